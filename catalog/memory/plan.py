@@ -1,0 +1,124 @@
+"""The two types every memory question is asked and answered in.
+
+`Plan` describes one run (training step or inference) the way the engine in this repo would execute it;
+`MemoryEstimate` is the frozen per-GPU answer, in bytes. The analytic engine, the simulator, the advisor,
+`automodel estimate`, the trainer's dry-run and the trainer's measured peak all speak these two types,
+so their numbers can be laid side by side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Mode = Literal["train", "inference"]
+Method = Literal["full", "lora", "qlora"]
+Precision = Literal["bf16-mixed", "bf16", "fp32"]
+Optimizer = Literal["adamw", "adamw-8bit", "sgd"]
+
+
+class Plan(BaseModel):
+    """One run, as the estimator sees it. Defaults live here and nowhere else."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Mode = Field("train", description="`train` (one optimizer step) or `inference` (prefill + generate).")
+    method: Method = Field(
+        "lora",
+        description="full: every weight trains; lora: frozen base + LoRA adapters; qlora: NF4-quantised frozen base + LoRA.",
+    )
+    lora_rank: int = Field(16, ge=1, description="LoRA rank r (adapter A is r x in, B is out x r).")
+    lora_targets: tuple[str, ...] | Literal["all-linear"] = Field(
+        "all-linear",
+        description="Module names LoRA wraps, or `all-linear` (every nn.Linear of the language model except the output head).",
+    )
+    precision: Precision = Field(
+        "bf16-mixed",
+        description="bf16-mixed: fp32 master weights, bf16 compute (FSDP2 MixedPrecisionPolicy); bf16: everything bf16; fp32: everything fp32.",
+    )
+    optimizer: Optimizer = Field("adamw", description="adamw: two fp32 states; adamw-8bit: two 8-bit states; sgd: no state.")
+    seq_len: int = Field(2048, ge=1, description="Tokens per sequence (prompt tokens for inference).")
+    micro_batch: int = Field(1, ge=1, description="Sequences per GPU per forward/backward.")
+    grad_ckpt: bool = Field(True, description="Activation checkpointing per decoder block.")
+    gpus: int = Field(1, ge=1, description="Data-parallel ranks; with more than one, FSDP2 shards weights, grads and optimizer state.")
+    cpu_offload: bool = Field(False, description="FSDP2 CPUOffloadPolicy: sharded params, grads and optimizer state live in host memory.")
+    new_tokens: int = Field(0, ge=0, description="Inference only: tokens generated after the prompt (KV cache grows to seq_len + new_tokens).")
+    images: int = Field(0, ge=0, description="VLM only: images per sequence.")
+    image_size: int = Field(448, ge=14, description="VLM only: image side in pixels before the processor resizes/patches it.")
+    audio_seconds: float = Field(30.0, gt=0, description="ASR only: seconds of audio per sample (Whisper pads to 30 s).")
+
+    @field_validator("lora_targets", mode="before")
+    @classmethod
+    def _targets_from_csv(cls, value: object) -> object:
+        """Accept `q_proj,v_proj` from a flag as well as a list from YAML."""
+        if isinstance(value, str) and value != "all-linear":
+            parts = tuple(p.strip() for p in value.split(",") if p.strip())
+            if not parts:
+                raise ValueError("give `all-linear` or a comma-separated list of module names")
+            return parts
+        if isinstance(value, list):
+            return tuple(value)
+        return value
+
+    @property
+    def trains_adapters(self) -> bool:
+        return self.mode == "train" and self.method in ("lora", "qlora")
+
+
+# The terms of a breakdown, in the order they are rendered. Each one is a per-GPU byte count.
+TERMS: tuple[str, ...] = (
+    "weights",
+    "adapter_weights",
+    "gradients",
+    "optimizer",
+    "activations",
+    "logits",
+    "kv_cache",
+    "comm_buffers",
+    "overhead",
+)
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Per-GPU memory of one run, in bytes.
+
+    peak_allocated is what `torch.cuda.max_memory_allocated()` would report (tensors only);
+    peak_reserved is device level as nvidia-smi sees it: the caching allocator's reserve
+    (fragmentation) plus the CUDA context and kernels (`overhead`).
+    """
+
+    engine: Literal["analytic", "simulate", "measured"]
+    params: int
+    trainable_params: int
+    weights: int
+    adapter_weights: int
+    gradients: int
+    optimizer: int
+    activations: int
+    logits: int
+    kv_cache: int
+    comm_buffers: int
+    overhead: int
+    peak_allocated: int
+    peak_reserved: int
+    assumptions: tuple[str, ...] = field(default_factory=tuple)
+
+    def breakdown(self) -> dict[str, int]:
+        """Term -> bytes, in render order."""
+        return {term: getattr(self, term) for term in TERMS}
+
+    def to_json(self) -> dict[str, object]:
+        """The `--json` shape shared by estimate, recommend and the trainer's report."""
+        data = asdict(self)
+        return {
+            "engine": self.engine,
+            "params": self.params,
+            "trainable_params": self.trainable_params,
+            "peak_allocated_bytes": self.peak_allocated,
+            "peak_reserved_bytes": self.peak_reserved,
+            "breakdown": self.breakdown(),
+            "assumptions": list(data["assumptions"]),
+        }

@@ -1,0 +1,1 @@
+"""The training-config schema (torch-free) and the one shared FSDP2/LoRA fine-tuning engine."""
