@@ -1,0 +1,463 @@
+"""The training config: one typed, validated description of a fine-tuning run (torch-free).
+
+`TrainConfig` is what `automodel finetune` reads from YAML, what the advisor writes, and what the engine
+(`trainer/recipe.py`) executes. Defaults live here and nowhere else. Every cross-field rule is one
+validator that names the dotted YAML path it checks. `to_plan()` maps the run onto the estimator's
+`Plan`, so dry-run, recommend and the finished run describe the same thing.
+
+Secrets: values interpolated from environment variables whose names look secret (TOKEN, KEY, SECRET,
+PASSWORD) are remembered per path; `dump_yaml` writes the unresolved `${NAME}` back and scrubs any
+secret value that still shows up, and `repr()` goes through the same redaction.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from automodel.catalog.errors import UserError
+from automodel.catalog.memory.plan import Plan
+from automodel.trainer.overrides import build_config_data, redact_text, set_path, validate
+
+LOCAL_DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+# A column path: a column name, then `.key` or `.0` steps into nested dicts/lists (e.g. `answers.text.0`).
+_COLUMN_PATH = re.compile(r"^[A-Za-z_][\w\-]*(\.[\w\-]+)*$")
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+
+
+def rule(path: str, message: str) -> PydanticCustomError:
+    """A validation failure that carries the path (relative to the model that raised it)."""
+    return PydanticCustomError("config_rule", "{path}: {message}", {"path": path, "message": message})
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def column_value(row: Mapping[str, object], path: str) -> object:
+    """Follow a column path (`answers.text.0`) into one dataset row."""
+    value: object = row
+    for step in path.split("."):
+        if isinstance(value, Mapping) and step in value:
+            value = value[step]
+        elif isinstance(value, Sequence) and not isinstance(value, str) and step.lstrip("-").isdigit():
+            value = value[int(step)]
+        else:
+            raise UserError(f"column path `{path}` has no `{step}` in this row", field="data",
+                            hint=f"the row's columns are {sorted(row)}")
+    return value
+
+
+def _check_column(value: str) -> str:
+    if not _COLUMN_PATH.match(value):
+        raise ValueError(f"`{value}` is not a column path (a column name, then `.key` or `.0` steps)")
+    return value
+
+
+ColumnPath = Annotated[str, AfterValidator(_check_column)]
+
+
+def _pick(row: Mapping[str, object], column: str, index_column: str | None) -> str:
+    value = column_value(row, column)
+    if index_column is not None:
+        index = column_value(row, index_column)
+        if not isinstance(value, Sequence) or isinstance(value, str):
+            raise UserError(f"`{column}` is not a list, so `{index_column}` cannot index it", field="data")
+        value = value[int(index)]  # type: ignore[call-overload]
+    return str(value)
+
+
+class InstructionFormat(Section):
+    """Prompt from a template over columns, answer from one column."""
+
+    prompt_template: str = Field(
+        description="Prompt text with `{column}` placeholders (column paths such as `{answers.text.0}` allowed), "
+        "e.g. `Context: {context}\\nQuestion: {question}\\nAnswer: `.",
+    )
+    answer_column: ColumnPath = Field(description="Column path holding the answer, e.g. `answers.text.0` for SQuAD.")
+    answer_index_column: ColumnPath | None = Field(
+        None, description="When set, `answer_column` is a list and this column holds the index of the answer in it."
+    )
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _placeholders_are_columns(cls, value: str) -> str:
+        for name in _PLACEHOLDER.findall(value):
+            if not _COLUMN_PATH.match(name):
+                raise ValueError(f"placeholder `{{{name}}}` is not a column path (no format specs or expressions)")
+        return value
+
+    def placeholders(self) -> list[str]:
+        return _PLACEHOLDER.findall(self.prompt_template)
+
+    def prompt(self, row: Mapping[str, object]) -> str:
+        return _PLACEHOLDER.sub(lambda m: str(column_value(row, m.group(1))), self.prompt_template)
+
+    def answer(self, row: Mapping[str, object]) -> str:
+        return _pick(row, self.answer_column, self.answer_index_column)
+
+
+class CompletionFormat(Section):
+    """Either one `text_column` (loss on all of it) or a prompt and a completion column."""
+
+    text_column: ColumnPath | None = Field(None, description="Column with the whole training text (no prompt/answer split).")
+    prompt_column: ColumnPath | None = Field(None, description="Column path with the prompt.")
+    completion_column: ColumnPath | None = Field(None, description="Column path with the completion (or a list of them).")
+    completion_index_column: ColumnPath | None = Field(
+        None, description="When set, `completion_column` is a list and this column holds the index to train on "
+        "(HellaSwag: `endings` indexed by `label`).",
+    )
+    separator: str = Field("", description="Text put between prompt and completion (e.g. a space).")
+
+    @model_validator(mode="after")
+    def _one_layout(self) -> CompletionFormat:
+        if self.text_column is not None and (self.prompt_column or self.completion_column):
+            raise rule("text_column", "give either text_column or prompt_column + completion_column, not both")
+        if self.text_column is None and not (self.prompt_column and self.completion_column):
+            raise rule("prompt_column", "give prompt_column and completion_column (or text_column alone)")
+        if self.completion_index_column is not None and self.completion_column is None:
+            raise rule("completion_index_column", "needs completion_column (the list it indexes)")
+        return self
+
+    def prompt(self, row: Mapping[str, object]) -> str:
+        """The un-trained part ('' for text_column)."""
+        return "" if self.prompt_column is None else str(column_value(row, self.prompt_column)) + self.separator
+
+    def completion(self, row: Mapping[str, object]) -> str:
+        if self.text_column is not None:
+            return str(column_value(row, self.text_column))
+        assert self.completion_column is not None  # guaranteed by _one_layout
+        return _pick(row, self.completion_column, self.completion_index_column)
+
+
+class ChatFormat(Section):
+    """A list of {role, content} messages, rendered with the tokenizer's chat template."""
+
+    messages_column: ColumnPath = Field("messages", description="Column with the list of {role, content} messages.")
+
+
+def is_local_source(source: str) -> bool:
+    """A local data file (by suffix) rather than an HF dataset name."""
+    return source.lower().endswith(LOCAL_DATA_SUFFIXES)
+
+
+class ValidationData(Section):
+    """Held-out data for the periodic validation loss."""
+
+    source: str | None = Field(
+        None, description="Local file or HF dataset name; default: the training `data.source` (then set `split`)."
+    )
+    split: str | None = Field(None, description="HF dataset split, e.g. `validation`; not used with a local file.")
+    num_samples: int | None = Field(None, ge=1, description="Use at most this many validation samples.")
+
+    @model_validator(mode="after")
+    def _split_for_local(self) -> ValidationData:
+        if self.source is not None and is_local_source(self.source) and self.split is not None:
+            raise rule("split", "a local file is a single split; remove split")
+        return self
+
+
+class ModelConfig(Section):
+    name: str = Field(description="Catalog name (e.g. `llama-3.2-1b`), HF id (`meta-llama/Llama-3.2-1B`) or local "
+                      "directory / config.json path.")
+    dtype: Literal["bf16", "fp32", "auto"] = Field(
+        "auto", description="Dtype the weights are loaded in; auto: bf16 on CUDA with bf16 support, else fp32."
+    )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        "sdpa", description="Attention kernel passed to transformers."
+    )
+    trust_remote_code: bool = Field(False, description="Allow model code from the Hub repo (only for repos you trust).")
+    init: Literal["pretrained", "random"] = Field(
+        "pretrained", description="pretrained: load weights; random: build from the config with `seed`, no weights "
+        "(offline tests and benches).",
+    )
+
+
+class PeftConfig(Section):
+    method: Literal["none", "lora"] = Field("lora", description="none: full fine-tuning; lora: LoRA adapters (peft).")
+    rank: int = Field(16, ge=1, description="LoRA rank r.")
+    alpha: float = Field(32.0, gt=0, description="LoRA alpha; the update is scaled by alpha / rank.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: Literal["all-linear"] | tuple[str, ...] = Field(
+        "all-linear", description="`all-linear` (every linear layer but the output head) or a list of module names."
+    )
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _targets_from_csv(cls, value: object) -> object:
+        if isinstance(value, str) and value != "all-linear":
+            return tuple(p.strip() for p in value.split(",") if p.strip()) or value
+        return tuple(value) if isinstance(value, list) else value
+
+
+class DistributedConfig(Section):
+    strategy: Literal["fsdp2", "none"] = Field(
+        "fsdp2", description="fsdp2: fully_shard each decoder block and the root when world size > 1; none: one process."
+    )
+    activation_checkpointing: bool = Field(True, description="Recompute each decoder block's activations in backward.")
+    cpu_offload: bool = Field(False, description="FSDP2 CPUOffloadPolicy: sharded params, grads, optimizer on host.")
+    mixed_precision: Literal["bf16-mixed", "bf16", "fp32"] = Field(
+        "bf16-mixed", description="bf16-mixed: fp32 master weights, bf16 compute; bf16: all bf16; fp32: all fp32. "
+        "On CPU the engine computes in fp32.",
+    )
+
+    @model_validator(mode="after")
+    def _offload_needs_fsdp(self) -> DistributedConfig:
+        if self.cpu_offload and self.strategy != "fsdp2":
+            raise rule("cpu_offload", "CPU offload is an FSDP2 policy; set distributed.strategy=fsdp2")
+        return self
+
+
+class DataConfig(Section):
+    source: str = Field(description="Local .jsonl/.json/.parquet/.csv file, or an HF dataset name (e.g. `rajpurkar/squad`).")
+    split: str | None = Field(None, description="HF dataset split (the engine uses `train` when unset); not used with "
+                              "a local file.")
+    subset: str | None = Field(None, description="HF dataset configuration name, if the dataset has several.")
+    format: Literal["instruction", "completion", "chat"] = Field(
+        description="instruction: prompt template + answer column; completion: prompt/completion (or text) columns; "
+        "chat: messages rendered with the tokenizer's chat template.",
+    )
+    instruction: InstructionFormat | None = Field(None, description="Column mapping for format=instruction.")
+    completion: CompletionFormat | None = Field(None, description="Column mapping for format=completion.")
+    chat: ChatFormat | None = Field(None, description="Column mapping for format=chat (default: a `messages` column).")
+    max_seq_len: int = Field(2048, ge=8, description="Tokens per sequence; longer samples are truncated.")
+    packing: bool = Field(False, description="Concatenate samples into full max_seq_len rows (no padding waste).")
+    answer_only_loss: bool = Field(
+        True, description="Train only on answer/completion/assistant tokens (the prompt is masked out of the loss)."
+    )
+    validation: ValidationData | None = Field(None, description="Held-out data for the validation loss; none: skip.")
+    num_samples: int | None = Field(None, ge=1, description="Use at most this many training samples.")
+
+    @property
+    def is_local(self) -> bool:
+        return is_local_source(self.source)
+
+    @model_validator(mode="after")
+    def _mapping_for_format(self) -> DataConfig:
+        if self.format in ("instruction", "completion") and getattr(self, self.format) is None:
+            raise rule(self.format, f"data.format is {self.format}: give the data.{self.format} column mapping")
+        return self
+
+    @model_validator(mode="after")
+    def _no_foreign_mapping(self) -> DataConfig:
+        for other in ("instruction", "completion", "chat"):
+            if other != self.format and getattr(self, other) is not None:
+                raise rule(other, f"data.format is {self.format}; remove data.{other} or set data.format={other}")
+        return self
+
+    @model_validator(mode="after")
+    def _split_for_local(self) -> DataConfig:
+        if self.is_local and (self.split is not None or self.subset is not None):
+            raise rule("split" if self.split is not None else "subset",
+                       "a local file is one split with no subsets; remove it")
+        return self
+
+    @model_validator(mode="after")
+    def _answer_only_needs_prompt(self) -> DataConfig:
+        if self.answer_only_loss and self.completion is not None and self.completion.text_column is not None:
+            raise rule("answer_only_loss", "completion.text_column has no prompt to mask; set data.answer_only_loss=false")
+        return self
+
+    @model_validator(mode="after")
+    def _validation_differs(self) -> DataConfig:
+        v = self.validation
+        if v is not None and (v.source or self.source) == self.source and (v.split or "train") == (self.split or "train"):
+            raise rule("validation", "validation would read the training data; give validation.split or .source")
+        return self
+
+    def format_spec(self) -> InstructionFormat | CompletionFormat | ChatFormat:
+        """The column mapping of the chosen format (chat falls back to its defaults)."""
+        spec = getattr(self, self.format)
+        return ChatFormat() if spec is None else spec
+
+
+class ScheduleConfig(Section):
+    global_batch_size: int = Field(8, ge=1, description="Sequences per optimizer step, summed over all ranks.")
+    micro_batch_size: int = Field(1, ge=1, description="Sequences per rank per forward/backward.")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps to run (give this or epochs).")
+    epochs: int | None = Field(None, ge=1, description="Passes over the training data (give this or max_steps).")
+    val_every: int | None = Field(None, ge=1, description="Validation loss every N steps; none: only at the end.")
+    checkpoint_every: int | None = Field(None, ge=1, description="Checkpoint every N steps; none: only the final one.")
+    log_every: int = Field(1, ge=1, description="Write a metrics line every N steps.")
+
+    @model_validator(mode="after")
+    def _micro_divides_global(self) -> ScheduleConfig:
+        if self.global_batch_size % self.micro_batch_size:
+            raise rule("global_batch_size", f"{self.global_batch_size} is not a multiple of micro_batch_size "
+                       f"{self.micro_batch_size}")
+        return self
+
+    @model_validator(mode="after")
+    def _one_length(self) -> ScheduleConfig:
+        if (self.max_steps is None) == (self.epochs is None):
+            raise rule("max_steps", "give exactly one of schedule.max_steps and schedule.epochs")
+        return self
+
+    def accumulation_steps(self, world_size: int = 1) -> int:
+        """Micro-batches per rank per optimizer step: global / (micro x world)."""
+        per_step = self.micro_batch_size * world_size
+        if self.global_batch_size % per_step:
+            raise UserError(
+                f"{self.global_batch_size} is not divisible by micro_batch_size {self.micro_batch_size} x "
+                f"{world_size} processes", field="schedule.global_batch_size",
+                hint=f"use a multiple of {per_step}, or change micro_batch_size / the number of processes",
+            )
+        return self.global_batch_size // per_step
+
+
+class OptimizerConfig(Section):
+    name: Literal["adamw"] = Field("adamw", description="Optimizer (AdamW, torch fused/foreach where available).")
+    lr: float = Field(2e-5, gt=0, description="Peak learning rate.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay.")
+    grad_clip: float | None = Field(1.0, gt=0, description="Clip the global gradient norm to this; none: no clipping.")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in value):
+            raise ValueError("each beta must be in [0, 1)")
+        return value
+
+
+class LRScheduleConfig(Section):
+    kind: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay after warmup.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup from 0 to optimizer.lr over this many steps.")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Final lr as a fraction of optimizer.lr (cosine/linear).")
+
+
+class CheckpointConfig(Section):
+    keep_last: int = Field(2, ge=1, description="Keep the newest N checkpoints, delete older ones.")
+    resume: str = Field("auto", description="auto: resume from the latest checkpoint in output_dir if any; never: start "
+                        "fresh; or a checkpoint directory path.")
+    export: Literal["adapter", "merged", "both", "none"] = Field(
+        "adapter", description="At the end write the LoRA adapter (PEFT format), the merged/full model (HF "
+        "safetensors), both, or nothing.",
+    )
+
+
+class LoggingConfig(Section):
+    metrics_file: str = Field("metrics.jsonl", description="File in output_dir, one JSON object per logged step.")
+    progress_bar: bool = Field(True, description="Rich progress bar on rank 0.")
+
+    @field_validator("metrics_file")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if not value or Path(value).name != value:
+            raise ValueError("a file name inside output_dir, without directories")
+        return value
+
+
+class TrainConfig(Section):
+    """A fine-tuning run."""
+
+    task: Literal["llm", "vlm", "asr"] = Field("llm", description="Which task adapter runs: llm, vlm or asr.")
+    model: ModelConfig = Field(description="What to fine-tune.")
+    peft: PeftConfig = Field(default_factory=PeftConfig, description="Full fine-tuning or LoRA.")
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig, description="Sharding and precision.")
+    data: DataConfig = Field(description="Training (and validation) data.")
+    schedule: ScheduleConfig = Field(description="Batch sizes, length and intervals.")
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig, description="AdamW settings.")
+    lr_schedule: LRScheduleConfig = Field(default_factory=LRScheduleConfig, description="Warmup and decay.")
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Checkpoints, resume, export.")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Metrics and progress output.")
+    seed: int = Field(42, ge=0, description="Seed for model init (init=random), data order, dropout.")
+    output_dir: str = Field("outputs/run", description="Checkpoints, metrics, exports and the resolved config go here.")
+
+    # dotted path -> unresolved `${NAME}` text, for values interpolated from secret-looking variables
+    _secret_templates: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _export_matches_peft(self) -> TrainConfig:
+        if self.checkpoint.export in ("adapter", "both") and self.peft.method != "lora":
+            raise rule("checkpoint.export", f"`{self.checkpoint.export}` needs peft.method=lora; for full "
+                       "fine-tuning use checkpoint.export=merged (the full model) or none")
+        return self
+
+    @model_validator(mode="after")
+    def _warmup_within_steps(self) -> TrainConfig:
+        steps = self.schedule.max_steps
+        if steps is not None and self.lr_schedule.warmup_steps > steps:
+            raise rule("lr_schedule.warmup_steps", f"{self.lr_schedule.warmup_steps} is more than schedule.max_steps {steps}")
+        return self
+
+    def to_plan(self, world_size: int = 1) -> Plan:
+        """The estimator's view of this run on `world_size` data-parallel ranks."""
+        return Plan(
+            mode="train",
+            method="lora" if self.peft.method == "lora" else "full",
+            lora_rank=self.peft.rank,
+            lora_targets=self.peft.target_modules,
+            precision=self.distributed.mixed_precision,
+            optimizer="adamw",
+            seq_len=self.data.max_seq_len,
+            micro_batch=self.schedule.micro_batch_size,
+            grad_ckpt=self.distributed.activation_checkpointing,
+            gpus=world_size,
+            cpu_offload=self.distributed.cpu_offload,
+        )
+
+    def redacted_data(self) -> dict[str, object]:
+        """The config as plain YAML data with secret interpolations put back as `${NAME}`."""
+        data = self.model_dump(mode="json")
+        for path, template in self._secret_templates.items():
+            set_path(data, path, template)
+        return data
+
+    def __repr__(self) -> str:
+        return f"TrainConfig({redact_text(json.dumps(self.redacted_data()), os.environ)})"
+
+    __str__ = __repr__
+
+
+def config_from_data(data: Mapping[str, object], overrides: Sequence[str] = (),
+                     environ: Mapping[str, str] | None = None) -> TrainConfig:
+    """Validate YAML data + `a.b=v` overrides (after `${ENV}` interpolation) into a TrainConfig."""
+    resolved, secret_templates = build_config_data(TrainConfig, data, overrides, os.environ if environ is None else environ)
+    cfg = validate(TrainConfig, resolved)
+    assert isinstance(cfg, TrainConfig)
+    cfg._secret_templates = secret_templates
+    return cfg
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = (), environ: Mapping[str, str] | None = None) -> TrainConfig:
+    """Read a YAML file, apply overrides, validate. Bad files and fields raise UserError."""
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise UserError(f"cannot read config file {file}: {exc.strerror}", field="-c",
+                        hint="pass an existing YAML file, e.g. examples/llm/tiny_offline.yaml") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UserError(f"{file} is not valid YAML: {exc}", field="-c") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{file} must hold a mapping of sections (model:, data:, ...), not {type(data).__name__}",
+                        field="-c")
+    return config_from_data(data, overrides, environ)
+
+
+def dump_yaml(cfg: TrainConfig) -> str:
+    """YAML that `load_config` reads back to an equal config; secrets stay `${NAME}` and are scrubbed."""
+    text = yaml.safe_dump(cfg.redacted_data(), sort_keys=False, allow_unicode=True)
+    return redact_text(text, os.environ)
