@@ -437,8 +437,8 @@ def config_from_data(data: Mapping[str, object], overrides: Sequence[str] = (),
     return cfg
 
 
-def load_config(path: str | Path, overrides: Sequence[str] = (), environ: Mapping[str, str] | None = None) -> TrainConfig:
-    """Read a YAML file, apply overrides, validate. Bad files and fields raise UserError."""
+def read_yaml(path: str | Path) -> dict[str, object]:
+    """The raw mapping in a config file (no interpolation, no validation)."""
     file = Path(path)
     try:
         text = file.read_text()
@@ -450,11 +450,16 @@ def load_config(path: str | Path, overrides: Sequence[str] = (), environ: Mappin
     except yaml.YAMLError as exc:
         raise UserError(f"{file} is not valid YAML: {exc}", field="-c") from None
     if data is None:
-        data = {}
+        return {}
     if not isinstance(data, dict):
         raise UserError(f"{file} must hold a mapping of sections (model:, data:, ...), not {type(data).__name__}",
                         field="-c")
-    return config_from_data(data, overrides, environ)
+    return data
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = (), environ: Mapping[str, str] | None = None) -> TrainConfig:
+    """Read a YAML file, apply overrides, validate. Bad files and fields raise UserError."""
+    return config_from_data(read_yaml(path), overrides, environ)
 
 
 def dump_yaml(cfg: TrainConfig) -> str:

@@ -1,0 +1,180 @@
+"""`automodel finetune | validate | config`: parse, call one function, render.
+
+The router in advisor/cli.py hands these commands here before argparse sees them, because everything
+after `-c CFG.yaml` that is not a launcher flag is a free-form `key.sub=value` override. Also runnable as
+`python -m automodel.trainer.cli ...` (that is how torchrun starts the workers).
+Exit codes: 0 success, 2 user error (one message on stderr), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from automodel.catalog.errors import UserError
+from automodel.trainer.config import TrainConfig, config_from_data, dump_yaml, is_local_source, read_yaml
+from automodel.trainer.launch import Topology, launch
+from automodel.trainer.overrides import split_overrides
+
+TASKS = ("llm", "vlm", "asr")
+
+EXAMPLES = """\
+examples:
+  automodel finetune llm -c examples/llm/tiny_offline.yaml
+  automodel finetune llm -c examples/llm/tiny_offline.yaml output_dir=/tmp/run schedule.max_steps=20
+  automodel finetune llm -c examples/llm/llama_3_2_1b_squad.yaml --dry-run --nproc-per-node 8
+  automodel finetune llm -c cfg.yaml --nproc-per-node 8 --nnodes 2 --node-rank 0 \\
+      --master-addr 10.0.0.1 --master-port 29500
+  automodel validate -c examples/llm/qwen_3_0p6b_hellaswag.yaml --peft.rank 32
+  automodel config schema > train-config.schema.json
+
+overrides (after -c, later ones win; defaults < YAML < command line):
+  key.sub=value   --key.sub=value   --key.sub value
+  values are typed by the schema: peft.rank=8, peft.target_modules=[q_proj,v_proj], model.name=qwen3-0.6b
+  ${NAME} and ${NAME,default} read environment variables; secret-looking ones (TOKEN, KEY, SECRET,
+  PASSWORD) stay `${NAME}` in every saved or printed config.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="automodel", description="Fine-tune from a validated config.", epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-c", "--config", required=True, type=Path, help="training config YAML")
+        p.add_argument("--nproc-per-node", type=int, default=1, help="processes per node (default 1)")
+        p.add_argument("--nnodes", type=int, default=1, help="nodes (default 1)")
+
+    ft = sub.add_parser("finetune", help="fine-tune from a config", epilog=EXAMPLES, allow_abbrev=False,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ft.add_argument("task", choices=TASKS, help="task adapter to run")
+    with_config(ft)
+    ft.add_argument("--node-rank", type=int, default=0, help="this node's rank (multi-node)")
+    ft.add_argument("--master-addr", help="rank-0 node address (multi-node)")
+    ft.add_argument("--master-port", type=int, help="rank-0 node port (multi-node)")
+    ft.add_argument("--dry-run", action="store_true", help="validate, print the resolved config and the memory "
+                    "estimate, and exit")
+
+    val = sub.add_parser("validate", help="check a config without training", epilog=EXAMPLES, allow_abbrev=False,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    with_config(val)
+
+    conf = sub.add_parser("config", help="config utilities", allow_abbrev=False)
+    conf.add_argument("action", choices=("schema",), help="schema: print the config's JSON Schema")
+    return parser
+
+
+def load(path: Path, overrides: Sequence[str], task: str | None = None) -> TrainConfig:
+    """The config the command works on; the positional task fills `task` unless the YAML disagrees."""
+    data = read_yaml(path)
+    if task is not None:
+        written = data.get("task")
+        if written is not None and written != task:
+            raise UserError(f"the config is for task `{written}`, the command asked for `{task}`", field="task",
+                            hint=f"run `automodel finetune {written} ...` or fix `task:` in {path}")
+        overrides = [f"task={task}", *overrides]
+    return config_from_data(data, overrides)
+
+
+def check_task_implemented(task: str) -> None:
+    """A task runs once its adapter module (trainer/tasks/<task>.py) exists."""
+    if importlib.util.find_spec(f"automodel.trainer.tasks.{task}") is None:
+        raise UserError(f"the {task} task adapter is not implemented yet; only `finetune llm` runs today",
+                        field=f"finetune {task}", hint="the config schema accepts it; training it lands with "
+                        f"automodel/trainer/tasks/{task}.py")
+
+
+def check_run(cfg: TrainConfig, world_size: int) -> list[str]:
+    """What `validate` checks beyond the schema; returns a summary, raises UserError on the first problem."""
+    from automodel.catalog.registry import resolve
+
+    lines = []
+    files = [("data.source", cfg.data.source)]
+    if cfg.data.validation is not None and cfg.data.validation.source is not None:
+        files.append(("data.validation.source", cfg.data.validation.source))
+    for field, source in files:
+        if is_local_source(source) and not Path(source).is_file():
+            raise UserError(f"no such file: {source}", field=field,
+                            hint="give an existing local file (relative to the current directory) or an HF dataset name")
+    if cfg.checkpoint.resume not in ("auto", "never") and not Path(cfg.checkpoint.resume).is_dir():
+        raise UserError(f"no such checkpoint directory: {cfg.checkpoint.resume}", field="checkpoint.resume",
+                        hint="use auto, never, or an existing checkpoint directory")
+    resolved = resolve(cfg.model.name)
+    accum = cfg.schedule.accumulation_steps(world_size)
+    lines.append(f"model      {cfg.model.name} -> {resolved.hf_id or resolved.name} ({resolved.source})")
+    lines.append(f"data       {cfg.data.source} ({cfg.data.format}, max_seq_len {cfg.data.max_seq_len})")
+    lines.append(f"batch      global {cfg.schedule.global_batch_size} = micro {cfg.schedule.micro_batch_size} x "
+                 f"{world_size} processes x {accum} accumulation steps")
+    return lines
+
+
+def render_estimate(estimate: object, world_size: int) -> str:
+    """The estimator's per-GPU answer as a small table."""
+    from automodel.catalog.memory.plan import MemoryEstimate
+
+    assert isinstance(estimate, MemoryEstimate)
+    gib = 1024**3
+    rows = [f"memory estimate per GPU ({estimate.engine}, {world_size} GPU{'s' if world_size > 1 else ''}):"]
+    rows += [f"  {term:<16}{value / gib:>10.2f} GiB" for term, value in estimate.breakdown().items()]
+    rows.append(f"  {'peak allocated':<16}{estimate.peak_allocated / gib:>10.2f} GiB")
+    rows.append(f"  {'peak reserved':<16}{estimate.peak_reserved / gib:>10.2f} GiB")
+    rows.append(f"  params {estimate.params:,}, trainable {estimate.trainable_params:,}")
+    rows += [f"  assumes: {a}" for a in estimate.assumptions]
+    return "\n".join(rows)
+
+
+def dry_run(cfg: TrainConfig, world_size: int) -> str:
+    """Resolved YAML, checks and the memory estimate of this run."""
+    from automodel.catalog.memory.estimate import estimate
+    from automodel.catalog.registry import resolve
+
+    summary = check_run(cfg, world_size)
+    result = estimate(resolve(cfg.model.name).config, cfg.to_plan(world_size))
+    return "\n".join([dump_yaml(cfg).rstrip(), "---", *summary, render_estimate(result, world_size)])
+
+
+def run_command(args: argparse.Namespace, overrides: list[str]) -> int:
+    if args.command == "config":
+        print(json.dumps(TrainConfig.model_json_schema(), indent=2))
+        return 0
+    world = args.nproc_per_node * args.nnodes
+    if args.command == "validate":
+        cfg = load(args.config, overrides)
+        print("\n".join(["config ok", *check_run(cfg, world)]))
+        return 0
+    check_task_implemented(args.task)
+    cfg = load(args.config, overrides, args.task)
+    topo = Topology(args.nproc_per_node, args.nnodes, args.node_rank, args.master_addr, args.master_port)
+    topo.check()
+    if args.dry_run:
+        print(dry_run(cfg, topo.world_size))
+        return 0
+    return launch(cfg, topo)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args, extra = parser.parse_known_args(args_list)
+        if args.command == "config" and extra:
+            raise UserError(f"unexpected arguments: {' '.join(extra)}", field="config schema")
+        split_overrides(extra)  # malformed tokens fail here with the token named
+        return run_command(args, extra)
+    except UserError as err:
+        print(err.render(), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,94 @@
+"""Where a validated run executes: in this process, or in N processes through `torch.distributed.run`.
+
+- one process and one node -> `automodel.trainer.recipe.run(cfg)` here;
+- already inside a torchrun worker (RANK, WORLD_SIZE and LOCAL_RANK set) -> here as well;
+- otherwise -> write the resolved config to `output_dir/launch_config.yaml` and re-exec
+  `python -m torch.distributed.run ... -m automodel.trainer.cli finetune TASK -c that file`, so every
+  worker validates exactly the config the launcher validated. Overrides are already baked into the file
+  and secrets stay `${NAME}` in it: the workers inherit the environment and resolve them themselves,
+  so no secret is ever on a command line or in the file.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from automodel.catalog.errors import UserError
+from automodel.trainer.config import TrainConfig, dump_yaml
+
+LAUNCH_CONFIG = "launch_config.yaml"
+WORKER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+@dataclass(frozen=True)
+class Topology:
+    """How many processes on how many nodes, and how they meet (torchrun's flags)."""
+
+    nproc_per_node: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str | None = None
+    master_port: int | None = None
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+    def check(self) -> None:
+        if self.nproc_per_node < 1:
+            raise UserError("must be at least 1", field="--nproc-per-node")
+        if self.nnodes < 1:
+            raise UserError("must be at least 1", field="--nnodes")
+        if not 0 <= self.node_rank < self.nnodes:
+            raise UserError(f"{self.node_rank} is not in [0, {self.nnodes})", field="--node-rank")
+        if self.nnodes > 1 and self.master_addr is None:
+            raise UserError("a multi-node run needs the rank-0 node's address", field="--master-addr",
+                            hint="pass --master-addr HOST --master-port PORT on every node")
+
+
+def in_worker(environ: dict[str, str] | None = None) -> bool:
+    """True inside a process that torchrun started."""
+    env = os.environ if environ is None else environ
+    return all(name in env for name in WORKER_ENV)
+
+
+def torchrun_command(task: str, config_file: Path, topo: Topology) -> list[str]:
+    """The torchrun re-exec for this run (no overrides, no secrets: everything is in the file)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={topo.nproc_per_node}"]
+    if topo.nnodes == 1 and topo.master_addr is None and topo.master_port is None:
+        cmd.append("--standalone")  # local rendezvous on a free port
+    else:
+        cmd += [f"--nnodes={topo.nnodes}", f"--node-rank={topo.node_rank}",
+                f"--master-addr={topo.master_addr or '127.0.0.1'}", f"--master-port={topo.master_port or 29500}"]
+    return cmd + ["-m", "automodel.trainer.cli", "finetune", task, "-c", str(config_file)]
+
+
+def write_launch_config(cfg: TrainConfig) -> Path:
+    """The resolved config the workers read (secrets as `${NAME}`)."""
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LAUNCH_CONFIG
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(dump_yaml(cfg))
+    tmp.replace(path)
+    return path
+
+
+def launch(cfg: TrainConfig, topo: Topology) -> int:
+    """Run `cfg` with this topology; the exit code of the run."""
+    topo.check()
+    if in_worker() or topo.world_size == 1:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        cfg.schedule.accumulation_steps(world)  # fail early, before any model is loaded
+        from automodel.trainer.recipe import run
+
+        run(cfg)
+        return 0
+    cfg.schedule.accumulation_steps(topo.world_size)
+    cmd = torchrun_command(cfg.task, write_launch_config(cfg), topo)
+    print(f"launching {topo.world_size} processes: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+    return subprocess.run(cmd, check=False).returncode
