@@ -1,0 +1,237 @@
+"""What the engine does to a model, in one place.
+
+The trainer (trainer/recipe.py) and the memory simulator (catalog/memory/simulate.py) both build, adapt,
+checkpoint, shard and score models through these functions, so the simulated step and the real step
+cannot drift apart. Torch, transformers and peft are imported inside the functions: importing this
+module is cheap, but only torch-side code should call it.
+
+Engine choices made here (the analytic estimator models the same ones):
+- attention: transformers' `sdpa` implementation;
+- dtypes (`cast_for_training`): `fp32` and `bf16` put every parameter in that dtype; `bf16-mixed` keeps
+  trainable parameters in fp32 (master weights; FSDP2 all-gathers them in bf16) and frozen parameters
+  in bf16 (they are never updated, so a fp32 master copy would only cost memory);
+- LoRA: peft `LoraConfig` on the language model's linears (never the output head; on VLMs never the
+  vision tower), base frozen, adapters A (r x in) and B (out x r) without bias;
+- gradient checkpointing: transformers' `activation_checkpointing_enable` with `use_reentrant=False`
+  (every decoder block is recomputed in backward);
+- sharding: FSDP2 `fully_shard` on every decoder block, then on the root;
+- optimizer: torch AdamW / SGD with foreach kernels over the trainable parameters (bitsandbytes for 8-bit);
+- loss: cross-entropy in fp32 over shifted labels, summed (the engine divides by the global count).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+PrecisionName = Literal["bf16-mixed", "bf16", "fp32"]
+IGNORE_INDEX = -100
+ATTN_IMPLEMENTATION = "sdpa"
+
+# Attribute paths of the language model inside multimodal wrappers (transformers 5 layout). LoRA
+# targets are looked up under the first one present; text-only and speech models use the whole model.
+_LANGUAGE_MODEL_PATHS: tuple[str, ...] = ("model.language_model", "language_model")
+
+
+def build_model(
+    config: dict[str, Any],
+    *,
+    device: str | torch.device = "meta",
+    dtype: torch.dtype | None = None,
+    seed: int | None = None,
+) -> nn.Module:
+    """The transformers model for a config dict, on `device` (random init unless meta), in `dtype` (fp32)."""
+    import torch
+
+    from automodel.catalog.params import hf_config_from_dict, model_class_for
+
+    hf_config = hf_config_from_dict(config)
+    model_cls = model_class_for(config)
+    if seed is not None:
+        torch.manual_seed(seed)
+    with torch.device(device):
+        model = model_cls.from_config(
+            hf_config, dtype=dtype or torch.float32, attn_implementation=ATTN_IMPLEMENTATION
+        )
+    model.train()
+    return model
+
+
+def decoder_blocks(model: nn.Module) -> list[nn.Module]:
+    """The repeated transformer blocks: every outermost `nn.ModuleList` of same-class, non-leaf modules.
+
+    That is the decoder layers of a language model, plus the vision blocks of a VLM and the encoder and
+    decoder layers of Whisper; lists nested inside a block (e.g. MoE experts) are part of their block.
+    """
+    from torch import nn
+
+    blocks: list[nn.Module] = []
+    taken: list[str] = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) == 0:
+            continue
+        if any(name.startswith(prefix + ".") for prefix in taken):
+            continue
+        kinds = {type(child) for child in module}
+        if len(kinds) != 1 or not any(True for _ in module[0].children()):
+            continue
+        taken.append(name)
+        blocks.extend(module)
+    return blocks
+
+
+def language_model(model: nn.Module) -> nn.Module:
+    """The text decoder inside a multimodal wrapper, else the model itself."""
+    base = _unwrap_peft(model)
+    for path in _LANGUAGE_MODEL_PATHS:
+        node: Any = base
+        for attr in path.split("."):
+            node = getattr(node, attr, None)
+            if node is None:
+                break
+        if node is not None:
+            return node
+    return base
+
+
+def lora_target_names(model: nn.Module, targets: str | list[str] | tuple[str, ...]) -> list[str]:
+    """Full names of the linears LoRA wraps: `all-linear` or those whose last name part is listed."""
+    from torch import nn
+
+    base = _unwrap_peft(model)
+    scope = language_model(base)
+    output = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    scope_ids = {id(m) for m in scope.modules()}
+    wanted = None if targets == "all-linear" else set(targets)
+    names = []
+    for name, module in base.named_modules():
+        if not isinstance(module, nn.Linear) or id(module) not in scope_ids or module is output:
+            continue
+        if wanted is None or name.rsplit(".", 1)[-1] in wanted:
+            names.append(name)
+    return names
+
+
+def apply_lora(
+    model: nn.Module,
+    *,
+    rank: int,
+    alpha: float,
+    dropout: float,
+    targets: str | list[str] | tuple[str, ...] = "all-linear",
+) -> nn.Module:
+    """Wrap the language model's linears with peft LoRA adapters; everything else is frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    from automodel.catalog.errors import UserError
+
+    names = lora_target_names(model, targets)
+    if not names:
+        raise UserError(
+            f"no linear layer of this model matches LoRA targets {targets!r}",
+            field="lora_targets",
+            hint="use `all-linear` or module names such as q_proj,v_proj",
+        )
+    # Exact full names: peft treats a list entry as a name suffix, so these match only themselves.
+    lora_config = LoraConfig(
+        r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=names, bias="none"
+    )
+    return get_peft_model(model, lora_config)
+
+
+def cast_for_training(model: nn.Module, precision: PrecisionName) -> nn.Module:
+    """Parameter dtypes the engine trains with (see the module docstring); buffers are left alone."""
+    import torch
+
+    for param in model.parameters():
+        if precision == "fp32" or (precision == "bf16-mixed" and param.requires_grad):
+            param.data = param.data.to(torch.float32)
+        else:
+            param.data = param.data.to(torch.bfloat16)
+    return model
+
+
+def enable_grad_ckpt(model: nn.Module) -> nn.Module:
+    """Recompute every decoder block in backward (transformers' non-reentrant checkpointing)."""
+    base = _unwrap_peft(model)
+    base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def shard_model(
+    model: nn.Module,
+    mesh: Any,
+    *,
+    precision: PrecisionName,
+    cpu_offload: bool = False,
+) -> nn.Module:
+    """FSDP2: `fully_shard` every decoder block, then the root, over a 1-D device mesh."""
+    import torch
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+
+    mp_policy = (
+        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        if precision == "bf16-mixed"
+        else MixedPrecisionPolicy()
+    )
+    offload = CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if cpu_offload else OffloadPolicy()
+    for block in decoder_blocks(model):
+        fully_shard(block, mesh=mesh, mp_policy=mp_policy, offload_policy=offload)
+    fully_shard(model, mesh=mesh, mp_policy=mp_policy, offload_policy=offload)
+    return model
+
+
+def build_optimizer(
+    model: nn.Module,
+    *,
+    name: Literal["adamw", "adamw-8bit", "sgd"],
+    lr: float,
+    weight_decay: float = 0.0,
+) -> torch.optim.Optimizer:
+    """The optimizer over the trainable parameters. AdamW uses the foreach kernels: torch's default on
+    CUDA, pinned here so a CPU or fake-tensor run allocates the same temporaries as the GPU step."""
+    import torch
+
+    from automodel.catalog.errors import UserError
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=True)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, foreach=True)
+    try:
+        import bitsandbytes as bnb
+    except ImportError as exc:
+        raise UserError(
+            "optimizer adamw-8bit needs bitsandbytes, which is not installed",
+            field="optimizer",
+            hint="pip install bitsandbytes (CUDA only), or use adamw",
+        ) from exc
+    return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay)
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed fp32 cross-entropy of next-token prediction; labels equal to -100 are ignored.
+
+    Labels are shifted (padded with -100) rather than the logits sliced, so no copy of the logits is
+    made beyond the fp32 upcast; no data-dependent op, so FakeTensorMode can trace it.
+    """
+    import torch.nn.functional as F
+
+    shifted = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
+    vocab = logits.shape[-1]
+    return F.cross_entropy(
+        logits.float().reshape(-1, vocab),
+        shifted.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+
+
+def _unwrap_peft(model: nn.Module) -> nn.Module:
+    """The transformers model under a peft wrapper (PeftModel -> LoraModel -> model)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model

@@ -1,0 +1,211 @@
+"""catalog/modeling.py: the engine's model operations on tiny models built from config dicts (CPU)."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import torch.distributed as dist  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from automodel.catalog import modeling  # noqa: E402
+from automodel.catalog.errors import UserError  # noqa: E402
+
+TINY_LLAMA = {
+    "model_type": "llama",
+    "architectures": ["LlamaForCausalLM"],
+    "vocab_size": 128,
+    "hidden_size": 64,
+    "intermediate_size": 96,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 256,
+    "tie_word_embeddings": False,
+}
+
+TINY_WHISPER = {
+    "model_type": "whisper",
+    "architectures": ["WhisperForConditionalGeneration"],
+    "vocab_size": 96,
+    "d_model": 32,
+    "encoder_layers": 2,
+    "decoder_layers": 3,
+    "encoder_attention_heads": 2,
+    "decoder_attention_heads": 2,
+    "encoder_ffn_dim": 64,
+    "decoder_ffn_dim": 64,
+    "num_mel_bins": 16,
+    "max_source_positions": 32,
+    "max_target_positions": 32,
+    "pad_token_id": 0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "decoder_start_token_id": 1,
+}
+
+
+def _batch(seed: int = 0, batch: int = 2, seq: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, TINY_LLAMA["vocab_size"], (batch, seq), generator=gen)
+    labels = ids.clone()
+    labels[:, :3] = modeling.IGNORE_INDEX  # a masked prompt
+    return ids, labels
+
+
+def test_build_model_is_seeded_and_meta_has_no_storage():
+    a = modeling.build_model(TINY_LLAMA, device="cpu", seed=3)
+    b = modeling.build_model(TINY_LLAMA, device="cpu", seed=3)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    meta = modeling.build_model(TINY_LLAMA)
+    assert all(p.is_meta for p in meta.parameters())
+    assert a.config._attn_implementation == modeling.ATTN_IMPLEMENTATION
+    assert a.training
+
+
+def test_decoder_blocks_text_and_encoder_decoder():
+    assert len(modeling.decoder_blocks(modeling.build_model(TINY_LLAMA))) == 2
+    whisper_blocks = modeling.decoder_blocks(modeling.build_model(TINY_WHISPER))
+    assert len(whisper_blocks) == 2 + 3
+    assert {type(b).__name__ for b in whisper_blocks} == {"WhisperEncoderLayer", "WhisperDecoderLayer"}
+
+
+def _analytic_lora_params(model: torch.nn.Module, rank: int, names: set[str] | None) -> int:
+    total = 0
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and name != "lm_head":
+            if names is None or name.rsplit(".", 1)[-1] in names:
+                total += rank * (module.in_features + module.out_features)
+    return total
+
+
+@pytest.mark.parametrize("targets", ["all-linear", ("q_proj", "v_proj")])
+def test_apply_lora_trains_exactly_the_adapters(targets):
+    model = modeling.build_model(TINY_LLAMA, device="cpu", seed=0)
+    expected = _analytic_lora_params(model, 4, None if targets == "all-linear" else set(targets))
+    base_params = sum(p.numel() for p in model.parameters())
+    peft_model = modeling.apply_lora(model, rank=4, alpha=8, dropout=0.0, targets=targets)
+    trainable = [(n, p) for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert sum(p.numel() for _, p in trainable) == expected
+    assert all("lora_" in n for n, _ in trainable)
+    assert not any("lm_head" in n for n, _ in trainable)
+    assert sum(p.numel() for p in peft_model.parameters()) == base_params + expected
+    # The hand-check of the formula for one layer: q (64->64), k/v (64->32) at r=4.
+    if targets != "all-linear":
+        assert expected == 2 * (4 * (64 + 64) + 4 * (64 + 32))
+
+
+def test_apply_lora_unknown_target_is_a_user_error():
+    model = modeling.build_model(TINY_LLAMA)
+    with pytest.raises(UserError) as err:
+        modeling.apply_lora(model, rank=4, alpha=8, dropout=0.0, targets=("nope_proj",))
+    assert err.value.field == "lora_targets"
+
+
+def test_cast_for_training_dtypes():
+    model = modeling.apply_lora(
+        modeling.build_model(TINY_LLAMA, device="cpu", seed=0), rank=2, alpha=4, dropout=0.0
+    )
+    modeling.cast_for_training(model, "bf16-mixed")
+    for p in model.parameters():
+        assert p.dtype == (torch.float32 if p.requires_grad else torch.bfloat16)
+    modeling.cast_for_training(model, "bf16")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+def test_causal_lm_loss_matches_cross_entropy_and_traces_fake():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 12, 128, dtype=torch.bfloat16)
+    _, labels = _batch()
+    expected = F.cross_entropy(
+        logits[:, :-1].float().reshape(-1, 128), labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum"
+    )
+    got = modeling.causal_lm_loss(logits, labels)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode() as mode:
+        fake = modeling.causal_lm_loss(mode.from_tensor(logits), mode.from_tensor(labels))
+    assert fake.shape == () and fake.dtype == torch.float32
+
+
+def _grads(grad_ckpt: bool) -> dict[str, torch.Tensor]:
+    model = modeling.build_model(TINY_LLAMA, device="cpu", seed=1)
+    if grad_ckpt:
+        modeling.enable_grad_ckpt(model)
+    ids, labels = _batch()
+    modeling.causal_lm_loss(model(input_ids=ids, use_cache=False).logits, labels).backward()
+    return {n: p.grad for n, p in model.named_parameters()}
+
+
+def test_grad_ckpt_gives_the_same_grads():
+    plain, ckpt = _grads(False), _grads(True)
+    assert plain.keys() == ckpt.keys()
+    for name in plain:
+        torch.testing.assert_close(ckpt[name], plain[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.fixture
+def one_rank_gloo():
+    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.usefixtures("one_rank_gloo")
+def test_shard_model_one_rank_matches_unsharded():
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import DTensor
+
+    ids, labels = _batch()
+    reference = modeling.build_model(TINY_LLAMA, device="cpu", seed=2)
+    ref_loss = modeling.causal_lm_loss(reference(input_ids=ids, use_cache=False).logits, labels)
+    ref_loss.backward()
+
+    model = modeling.build_model(TINY_LLAMA, device="cpu", seed=2)
+    modeling.shard_model(model, init_device_mesh("cpu", (1,)), precision="fp32")
+    assert isinstance(model, FSDPModule)
+    assert all(isinstance(b, FSDPModule) for b in modeling.decoder_blocks(model))
+    assert all(isinstance(p, DTensor) for p in model.parameters())
+    loss = modeling.causal_lm_loss(model(input_ids=ids, use_cache=False).logits, labels)
+    loss.backward()
+    torch.testing.assert_close(loss, ref_loss)
+    ref_grads = dict(reference.named_parameters())
+    for name, param in model.named_parameters():
+        torch.testing.assert_close(param.grad.full_tensor(), ref_grads[name].grad, msg=name)
+
+
+@pytest.mark.usefixtures("one_rank_gloo")
+def test_shard_model_bf16_mixed_computes_in_bf16():
+    from torch.distributed.device_mesh import init_device_mesh
+
+    model = modeling.build_model(TINY_LLAMA, device="cpu", seed=2)
+    modeling.cast_for_training(model, "bf16-mixed")
+    modeling.shard_model(model, init_device_mesh("cpu", (1,)), precision="bf16-mixed")
+    ids, labels = _batch()
+    logits = model(input_ids=ids, use_cache=False).logits
+    assert logits.dtype == torch.bfloat16
+    modeling.causal_lm_loss(logits, labels).backward()
+    # Master weights and their reduced gradients stay fp32.
+    assert {p.grad.dtype for p in model.parameters()} == {torch.float32}
+
+
+@pytest.mark.parametrize(("name", "states"), [("adamw", 2), ("sgd", 0)])
+def test_build_optimizer_covers_only_trainable_params(name, states):
+    model = modeling.apply_lora(
+        modeling.build_model(TINY_LLAMA, device="cpu", seed=0), rank=2, alpha=4, dropout=0.0
+    )
+    opt = modeling.build_optimizer(model, name=name, lr=1e-3)
+    params = [p for group in opt.param_groups for p in group["params"]]
+    assert {id(p) for p in params} == {id(p) for p in model.parameters() if p.requires_grad}
+    ids, labels = _batch()
+    modeling.causal_lm_loss(model(input_ids=ids, use_cache=False).logits, labels).backward()
+    opt.step()
+    tensors = [v for p in params for v in opt.state[p].values() if v.ndim > 0]
+    assert len(tensors) == states * len(params)
