@@ -1,0 +1,99 @@
+"""Analytic dimensions and parameter counts (catalog/architecture.py, catalog/towers.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from automodel.catalog.architecture import dims_from_config
+from automodel.catalog.errors import UserError
+
+REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "model-configs"
+REFERENCE_FILES = sorted(REFERENCE.glob("*.json")) if REFERENCE.is_dir() else []
+
+TINY_LLAMA = {
+    "model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100,
+}
+
+
+@pytest.mark.skipif(not REFERENCE_FILES, reason="../shared/reference/model-configs not beside the repo")
+@pytest.mark.parametrize("path", REFERENCE_FILES, ids=lambda p: p.stem)
+def test_total_matches_reference_meta_count(path: Path) -> None:
+    ref = json.loads(path.read_text())
+    dims = dims_from_config(ref["config"])
+    if ref["params_exact"] is None:  # Phi-3-small: remote code, official figure "7.39B"
+        assert abs(dims.total_params - 7.39e9) / 7.39e9 < 0.005
+        return
+    assert abs(dims.total_params - ref["params_exact"]) / ref["params_exact"] < 0.005
+    assert dims.total_params == ref["params_exact"]  # stronger than the contract: exact
+
+
+def test_tiny_llama_hand_count() -> None:
+    d = dims_from_config(TINY_LLAMA)
+    assert (d.hidden, d.layers, d.heads, d.kv_heads, d.head_dim) == (64, 2, 4, 2, 16)
+    attn = 64 * 64 + 2 * 64 * 32 + 64 * 64  # q, k, v (2 kv heads x 16), o
+    mlp = 3 * 64 * 128
+    assert d.params.layers == 2 * (attn + mlp + 2 * 64)
+    assert d.params.embedding == 100 * 64 and d.params.lm_head == 100 * 64  # llama: untied by default
+    assert d.total_params == 2 * (attn + mlp + 128) + 2 * 6400 + 64
+    assert {lin.name for lin in d.linears} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert d.linear_params(("q_proj", "v_proj")) == 2 * (64 * 64 + 64 * 32)
+    assert d.linear_params("all-linear") == 2 * (attn + mlp)
+
+
+def test_tied_and_nested_defaults() -> None:
+    cfg = {"model_type": "gemma3", "text_config": {"hidden_size": 64, "intermediate_size": 128,
+                                                   "num_hidden_layers": 2, "vocab_size": 100},
+           "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                             "num_attention_heads": 2, "image_size": 56, "patch_size": 14}}
+    d = dims_from_config(cfg)
+    assert d.tied_embeddings and d.params.lm_head == 0
+    assert (d.heads, d.kv_heads, d.head_dim) == (8, 4, 256)  # Gemma3TextConfig defaults
+    assert d.vision is not None and d.vision.lm_tokens(999) == 256 and d.vision.patches(999) == 16
+    assert any(lin.component == "vision" for lin in d.linears)
+
+
+def test_qwen2_vl_image_tokens() -> None:
+    cfg = dict(TINY_LLAMA, model_type="qwen2_vl", vision_config={"embed_dim": 32, "depth": 1, "num_heads": 2})
+    v = dims_from_config(cfg).vision
+    assert v is not None
+    assert v.patches(448) == 32 * 32 and v.lm_tokens(448) == 256  # (448/14)^2 / 4
+    assert v.lm_tokens(500) == v.lm_tokens(504) == 18 * 18 * 4 // 4  # rounded to a multiple of 28
+
+
+def test_audio_frames() -> None:
+    base = {"model_type": "wav2vec2", "hidden_size": 32, "num_attention_heads": 2, "num_hidden_layers": 1,
+            "intermediate_size": 64, "vocab_size": 32, "conv_dim": [16] * 7,
+            "conv_kernel": [10, 3, 3, 3, 3, 2, 2], "conv_stride": [5, 2, 2, 2, 2, 2, 2]}
+    a = dims_from_config(base).audio
+    assert a is not None and a.frames(1.0) == 49 and a.frames(10.0) == 499
+    whisper = {"model_type": "whisper", "d_model": 32, "encoder_layers": 1, "decoder_layers": 1,
+               "encoder_attention_heads": 2, "decoder_attention_heads": 2, "encoder_ffn_dim": 64,
+               "decoder_ffn_dim": 64, "vocab_size": 50}
+    w = dims_from_config(whisper)
+    assert w.audio is not None and w.audio.frames(12.0) == 1500 and w.audio.frames(45.0) == 3000
+    assert w.kind == "encoder-decoder" and w.cross_attention
+
+
+def test_moe_active_params() -> None:
+    cfg = dict(TINY_LLAMA, model_type="qwen3_moe", head_dim=16, num_experts=8, num_experts_per_tok=2,
+               moe_intermediate_size=32)
+    d = dims_from_config(cfg)
+    assert d.moe_layers == 2 and d.num_experts == 8
+    assert d.total_params - d.active_params == 2 * 6 * 3 * 64 * 32
+    assert not any(lin.name == "gate_proj" for lin in d.linears)  # experts are 3-D parameters
+
+
+@pytest.mark.parametrize(("cfg", "field"), [
+    ({"hidden_size": 64}, "config.model_type"),
+    ({"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4}, "config.num_hidden_layers"),
+    ({"model_type": "mystery", "num_hidden_layers": 2, "num_attention_heads": 4, "hidden_size": 64,
+      "intermediate_size": 128}, "config.vocab_size"),
+])
+def test_missing_key_names_the_field(cfg: dict, field: str) -> None:
+    with pytest.raises(UserError) as err:
+        dims_from_config(cfg)
+    assert err.value.field == field
