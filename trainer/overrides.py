@@ -96,14 +96,21 @@ def _field_at(model: type[BaseModel], path: str) -> Any:
     return annotation
 
 
-def unknown_key(model: type[BaseModel], path: str) -> UserError:
+def _suggest(model: type[BaseModel], path: str) -> str | None:
+    """The closest schema path: a sibling in the same section, else any path, else the same leaf elsewhere."""
     paths = list(schema_paths(model))
-    close = difflib.get_close_matches(path, paths, n=1, cutoff=0.6)
-    if not close:  # a right leaf under a wrong section (`rank` for `peft.rank`) still deserves a hint
-        leaf = path.rsplit(".", 1)[-1]
-        close = difflib.get_close_matches(leaf, [p.rsplit(".", 1)[-1] for p in paths], n=1, cutoff=0.8)
-        close = [p for p in paths if p.rsplit(".", 1)[-1] == close[0]][:1] if close else []
-    hint = f"did you mean `{close[0]}`?" if close else "run `automodel config schema` to list the fields"
+    prefix, _, leaf = path.rpartition(".")
+    siblings = [p.rpartition(".")[2] for p in paths if p.rpartition(".")[0] == prefix]
+    close = difflib.get_close_matches(leaf, siblings, n=1, cutoff=0.6)
+    if close:
+        return f"{prefix}.{close[0]}" if prefix else close[0]
+    leaves = difflib.get_close_matches(leaf, [p.rpartition(".")[2] for p in paths], n=1, cutoff=0.8)
+    return next((p for p in paths if leaves and p.rpartition(".")[2] == leaves[0]), None)
+
+
+def unknown_key(model: type[BaseModel], path: str) -> UserError:
+    close = _suggest(model, path)
+    hint = f"did you mean `{close}`?" if close else "run `automodel config schema` to list the fields"
     return UserError("unknown config key", field=path, hint=hint)
 
 
