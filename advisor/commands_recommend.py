@@ -1,0 +1,176 @@
+"""`automodel recommend` (flags in, ranked models out) and `automodel advise` (the interactive wizard).
+
+Thin on purpose: parse the flags into a `Profile`, call `rank.recommend`, render. Torch-free: detection
+goes through nvidia-smi, and torch is only imported when nvidia-smi is missing and the user gave no
+--gpu/--gpu-mem (so detection is the only way to answer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+from pydantic import ValidationError
+
+from automodel.advisor.profile import USE_CASES, Hardware, Profile, Requirements, StrategyPreference, Task
+from automodel.catalog.errors import UserError
+
+FIELD_TO_FLAG = {
+    "use_case": "--use-case",
+    "seq_len": "--seq-len",
+    "batch": "--batch-size",
+    "fsdp_degree": "--gpus",
+    "dataset_tokens": "--dataset-tokens",
+}
+_TOKENS = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmbt]?)\s*$", re.IGNORECASE)
+
+
+def parse_tokens(text: str) -> int:
+    """`250M`, `1.5B`, `2000000` -> token count."""
+    match = _TOKENS.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a token count (e.g. 2000000, 250M, 1.5B)")
+    scale = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}[match.group(2).lower()]
+    return int(float(match.group(1)) * scale)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "recommend",
+        help="rank the catalog's models for a task and hardware, with a strategy that fits",
+        description="Rank models for a task on given (or detected) GPUs. Every pick fits the stated memory "
+        "per the analytic estimator, with 10 %% headroom.",
+    )
+    p.add_argument("--task", required=True, choices=("llm", "vlm", "asr"), help="what to fine-tune")
+    p.add_argument("--use-case", choices=USE_CASES, help="what the model is for")
+    p.add_argument("--gpu", metavar="NAME", help="GPU model from `automodel gpus` (e.g. A100-80GB, 4090)")
+    p.add_argument("--gpu-mem", metavar="GB", help="memory per GPU: 24, 24G, 24GB or 24GiB (GiB)")
+    p.add_argument("--gpus", type=positive_int, metavar="N", help="GPUs per node (default 1, or detected)")
+    p.add_argument("--nodes", type=positive_int, metavar="N", help="nodes (default 1)")
+    p.add_argument("--priority", choices=("balanced", "quality", "latency"), default=None, help="default balanced")
+    p.add_argument("--multilingual", action="store_true", help="only multilingual models")
+    p.add_argument("--safety", action="store_true", help="only models marked for safety-critical use")
+    p.add_argument("--no-gated", action="store_true", help="skip models whose Hub repo is gated")
+    p.add_argument("--commercial", action="store_true", help="only licences that allow commercial use")
+    p.add_argument("--method", choices=("auto", "full", "lora", "qlora"), default=None, help="default auto")
+    p.add_argument("--seq-len", type=positive_int, metavar="N", help="tokens per sequence (default 2048; asr 448)")
+    p.add_argument("--batch-size", type=positive_int, metavar="N", help="micro batch per GPU (default 1)")
+    p.add_argument("--dataset-tokens", type=parse_tokens, metavar="N", help="training tokens, for a time estimate")
+    p.add_argument("--top", type=positive_int, default=5, metavar="K", help="show the best K (default 5)")
+    p.add_argument("--json", action="store_true", help="print JSON only")
+    p.add_argument("--write-config", metavar="PATH", help="write the top pick's training config to PATH")
+    p.set_defaults(func=run_recommend)
+
+    a = subparsers.add_parser("advise", help="interactive advisor (the automodel-advisor wizard)")
+    a.set_defaults(func=run_advise)
+
+
+def _flag_error(err: ValidationError) -> UserError:
+    first = err.errors()[0]
+    loc = [str(x) for x in first["loc"]]
+    name = loc[-1] if loc else ""
+    flag = FIELD_TO_FLAG.get(name, "--" + name.replace("_", "-"))
+    return UserError(first["msg"].removeprefix("Value error, "), field=flag)
+
+
+def profile_from_args(args: argparse.Namespace, hardware: Hardware) -> Profile:
+    """Flags -> Profile; only flags the user gave are passed, so the schema's defaults apply."""
+    req = {
+        "priority": args.priority,
+        "seq_len": args.seq_len,
+        "batch": args.batch_size,
+        "dataset_tokens": args.dataset_tokens,
+    }
+    try:
+        return Profile(
+            task=Task(modality=args.task, use_case=args.use_case),
+            hardware=hardware,
+            requirements=Requirements(
+                multilingual=args.multilingual,
+                safety=args.safety,
+                commercial_only=args.commercial,
+                allow_gated=not args.no_gated,
+                **{k: v for k, v in req.items() if v is not None},
+            ),
+            strategy=StrategyPreference(**({"method": args.method} if args.method else {})),
+        )
+    except ValidationError as err:
+        raise _flag_error(err) from None
+
+
+def inputs_json(args: argparse.Namespace, profile: Profile) -> dict[str, object]:
+    hw, req = profile.hardware, profile.requirements
+    return {
+        "task": profile.task.modality,
+        "use_case": profile.task.use_case,
+        "gpu": hw.gpu,
+        "gpu_mem_bytes": hw.memory_bytes,
+        "gpus": hw.gpus_per_node,
+        "nodes": hw.nodes,
+        "hardware_source": hw.source,
+        "priority": req.priority,
+        "multilingual": req.multilingual,
+        "safety": req.safety,
+        "commercial": req.commercial_only,
+        "no_gated": not req.allow_gated,
+        "method": profile.strategy.method,
+        "seq_len": profile.seq_len,
+        "batch_size": req.batch,
+        "dataset_tokens": req.dataset_tokens,
+        "top": args.top,
+    }
+
+
+def argv_from_args(args: argparse.Namespace) -> list[str]:
+    """The `recommend` command line that reproduces these flags (for the next-step hint)."""
+    argv = ["recommend", "--task", args.task]
+    for flag in ("use_case", "gpu", "gpu_mem", "gpus", "nodes", "priority", "method", "seq_len", "batch_size",
+                 "dataset_tokens"):
+        value = getattr(args, flag)
+        if value is not None:
+            argv += ["--" + flag.replace("_", "-"), str(value)]
+    for flag in ("multilingual", "safety", "no_gated", "commercial"):
+        if getattr(args, flag):
+            argv.append("--" + flag.replace("_", "-"))
+    return argv
+
+
+def run_recommend(args: argparse.Namespace) -> int:
+    from automodel.advisor.hardware import resolve_hardware
+    from automodel.advisor.rank import recommend
+
+    hardware = resolve_hardware(gpu=args.gpu, gpu_mem=args.gpu_mem, gpus=args.gpus, nodes=args.nodes)
+    profile = profile_from_args(args, hardware)
+    result = recommend(profile)
+    written = None
+    if args.write_config and result.recommendations:
+        from automodel.advisor.configgen import write_config
+
+        written = str(write_config(result.recommendations[0], args.write_config))
+    if args.json:
+        from automodel.advisor.render import to_json
+
+        print(to_json(result, inputs_json(args, profile), args.top))
+        return 0
+    from rich.console import Console
+
+    from automodel.advisor.render import print_human
+
+    print_human(Console(), result, args.top, argv_from_args(args), written)
+    return 0
+
+
+def run_advise(args: argparse.Namespace) -> int:
+    from automodel.advisor.wizard import run
+
+    return run()

@@ -1,0 +1,100 @@
+"""From a `Recommendation` to the trainer's `TrainConfig`, written as YAML the trainer launches as is.
+
+The config says exactly what the recommendation was estimated with (method, LoRA rank, precision,
+sequence length, micro batch, gradient checkpointing), so `TrainConfig.to_plan(world_size)` gives the
+recommendation's `Plan` back. The dataset is a clearly marked placeholder unless the user names one.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from automodel.advisor.rank import Recommendation
+from automodel.catalog.errors import UserError
+from automodel.trainer.config import TrainConfig, config_from_data, dump_yaml
+
+# A local chat-format file: the one layout every text task reads without a column mapping.
+PLACEHOLDER_DATASET = "REPLACE_ME_train.jsonl"
+TARGET_GLOBAL_BATCH = 8  # sequences per optimizer step the config aims for (gradient accumulation fills it)
+LORA_LR, FULL_LR = 2e-4, 2e-5
+
+
+def global_batch(micro_batch: int, world_size: int) -> int:
+    """The smallest multiple of micro x world that reaches TARGET_GLOBAL_BATCH."""
+    per_step = micro_batch * world_size
+    return per_step * max(1, math.ceil(TARGET_GLOBAL_BATCH / per_step))
+
+
+def _peft_method(method: str) -> str:
+    """The trainer's name for the recommended method; refuse what the trainer cannot run."""
+    allowed = TrainConfig.model_fields["peft"].annotation.model_fields["method"].annotation.__args__  # type: ignore[union-attr]
+    name = {"full": "none", "lora": "lora", "qlora": "qlora"}[method]
+    if name not in allowed:
+        raise UserError(
+            f"the trainer cannot run {method} yet (peft.method takes {', '.join(allowed)})",
+            field="--write-config",
+            hint="force a method the trainer runs, e.g. --method lora, and pick a model that fits with it",
+        )
+    return name
+
+
+def build_config(rec: Recommendation, *, dataset: str | None = None, output_dir: str | None = None) -> TrainConfig:
+    """The training config for one recommendation, validated by the trainer's own schema."""
+    plan = rec.plan
+    name = rec.model.name  # type: ignore[attr-defined]
+    peft_method = _peft_method(plan.method)
+    data: dict[str, object] = {
+        "task": rec.model.modality,  # type: ignore[attr-defined]
+        "model": {"name": name},
+        "peft": {
+            "method": peft_method,
+            "rank": plan.lora_rank,
+            "alpha": 2.0 * plan.lora_rank,
+            "target_modules": plan.lora_targets if isinstance(plan.lora_targets, str) else list(plan.lora_targets),
+        },
+        "distributed": {
+            "strategy": "fsdp2" if plan.gpus > 1 else "none",
+            "activation_checkpointing": plan.grad_ckpt,
+            "mixed_precision": plan.precision,
+        },
+        "data": {"source": dataset or PLACEHOLDER_DATASET, "format": "chat", "max_seq_len": plan.seq_len},
+        "schedule": {
+            "global_batch_size": global_batch(plan.micro_batch, plan.gpus),
+            "micro_batch_size": plan.micro_batch,
+            "epochs": 1,
+        },
+        "optimizer": {"lr": FULL_LR if plan.method == "full" else LORA_LR},
+        "checkpoint": {"export": "merged" if plan.method == "full" else "adapter"},
+        "output_dir": output_dir or f"outputs/{name}",
+    }
+    return config_from_data(data)
+
+
+def header(rec: Recommendation, dataset: str | None) -> str:
+    """YAML comments on top of the file: where it came from and what to fill in."""
+    plan = rec.plan
+    lines = [
+        f"# Written by `automodel recommend` for {rec.model.hf_id} ({rec.model.display_params} params).",  # type: ignore[attr-defined]
+        f"# Estimated peak {rec.estimate.peak_reserved / 2**30:.1f} GiB reserved per GPU of "
+        f"{rec.gpu_mem_bytes / 2**30:.1f} GiB, on {plan.gpus} GPU(s) ({rec.gpus_per_node} per node x {rec.nodes} node(s)).",
+    ]
+    if dataset is None:
+        lines += [
+            f"# >>> FILL IN data.source: `{PLACEHOLDER_DATASET}` is a placeholder. Give your own .jsonl file with a",
+            "# >>> `messages` column ([{role, content}, ...]) or an HF dataset name, and adjust data.format.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write_config(rec: Recommendation, path: str | Path, *, dataset: str | None = None) -> Path:
+    """Write the recommendation's config to `path` (parents created) and return the path."""
+    cfg = build_config(rec, dataset=dataset)
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(header(rec, dataset) + dump_yaml(cfg))
+    except OSError as exc:
+        raise UserError(f"cannot write {target}: {exc.strerror}", field="--write-config",
+                        hint="give a writable path, e.g. ./my-run.yaml") from None
+    return target

@@ -1,0 +1,355 @@
+"""The ranking engine: `recommend(profile) -> Recommendations`, pure and torch-free.
+
+For every catalog model of the task's modality it applies the user's filters, then looks for the
+cheapest strategy that fits one GPU of the stated size, using the analytic memory estimator:
+
+- methods, in order: full fine-tuning (only when quality matters: priority balanced or quality),
+  LoRA, QLoRA; a forced `--method` tries only that one;
+- within a method, gradient checkpointing and then more GPUs (FSDP2 shards weights, gradients and
+  optimizer state) are switched on only when the smaller setup does not fit;
+- headroom policy: a plan fits when its estimated peak *reserved* memory (what nvidia-smi shows,
+  allocator reserve and CUDA context included) is at most `HEADROOM` (90 %) of one GPU's memory.
+
+Fitting models are scored (0-100) from use-case fit, quality (size, family strengths), latency
+(smaller is faster) and the method (full > LoRA > QLoRA); the weights depend on the priority, so
+`quality` moves the answer to bigger models and `latency` to smaller ones. Every pick and every
+exclusion says why, with numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from automodel.advisor.profile import Profile
+from automodel.catalog.errors import UserError
+from automodel.catalog.memory.estimate import estimate
+from automodel.catalog.memory.plan import MemoryEstimate, Plan
+from automodel.catalog.registry import load_catalog
+
+GIB = 2**30
+HEADROOM = 0.90
+# Model FLOP utilisation assumed for time estimates: 40 % of the dense bf16 peak for bf16 training;
+# QLoRA dequantises every NF4 weight before each matmul, so 30 %.
+MFU = {"full": 0.40, "lora": 0.40, "qlora": 0.30}
+METHOD_LABEL = {"full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA"}
+# Full fine-tuning adapts every weight; QLoRA trains on a 4-bit base (slower steps, small quality loss).
+METHOD_SCORE = {"full": 1.0, "lora": 0.8, "qlora": 0.1}
+QLORA_NOTE = "QLoRA needs a CUDA GPU and the bitsandbytes package (pip install bitsandbytes)."
+# Score weights per priority: (quality, latency, balanced-size band, use-case fit, method).
+WEIGHTS: dict[str, tuple[float, float, float, float, float]] = {
+    "balanced": (0.15, 0.0, 0.40, 0.15, 0.30),
+    "quality": (0.65, 0.0, 0.0, 0.20, 0.15),
+    "latency": (0.0, 0.60, 0.0, 0.20, 0.20),
+}
+# A balanced pick aims at the model whose bf16 weights fill about half of all the GPU memory given
+# (2 bytes per parameter): big enough to use the hardware, small enough to train without quantising.
+BALANCED_WEIGHT_SHARE = 0.5
+ASSUMPTIONS: tuple[str, ...] = (
+    f"a plan fits when its estimated peak reserved memory is at most {HEADROOM:.0%} of one GPU's memory",
+    "gradient checkpointing and extra GPUs (FSDP2 sharding) are switched on only when needed",
+    "training FLOPs per token: full 6*N, LoRA/QLoRA 4*N (no weight gradients for the frozen base), "
+    "+2*N with gradient checkpointing (one more forward); N = active parameters",
+    f"training time at {MFU['full']:.0%} MFU of the GPU's dense bf16 peak ({MFU['qlora']:.0%} for QLoRA)",
+)
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    model: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """One fitting model, the plan it was estimated with, and why it ranks where it does."""
+
+    rank: int
+    model: object  # catalog ModelSpec
+    plan: Plan
+    estimate: MemoryEstimate
+    gpus_per_node: int
+    nodes: int
+    gpu_mem_bytes: int
+    score: float
+    reasons: tuple[str, ...]
+    train_seconds: float | None = None
+
+    @property
+    def headroom_bytes(self) -> int:
+        return self.gpu_mem_bytes - self.estimate.peak_reserved
+
+    def to_json(self) -> dict[str, object]:
+        m = self.model
+        est = self.estimate.to_json()
+        return {
+            "rank": self.rank,
+            "model": m.name,  # type: ignore[attr-defined]
+            "hf_id": m.hf_id,  # type: ignore[attr-defined]
+            "family": m.family,  # type: ignore[attr-defined]
+            "modality": m.modality,  # type: ignore[attr-defined]
+            "params": m.params,  # type: ignore[attr-defined]
+            "strategy": {
+                "method": self.plan.method,
+                "lora_rank": self.plan.lora_rank if self.plan.method != "full" else None,
+                "precision": self.plan.precision,
+                "grad_ckpt": self.plan.grad_ckpt,
+                "gpus": self.gpus_per_node,
+                "nodes": self.nodes,
+                "micro_batch": self.plan.micro_batch,
+                "seq_len": self.plan.seq_len,
+            },
+            "estimate": {
+                "peak_allocated_bytes": est["peak_allocated_bytes"],
+                "peak_reserved_bytes": est["peak_reserved_bytes"],
+                "breakdown": est["breakdown"],
+            },
+            "gpu_mem_bytes": self.gpu_mem_bytes,
+            "headroom_bytes": self.headroom_bytes,
+            "score": self.score,
+            "reasons": list(self.reasons),
+            "train_hours": None if self.train_seconds is None else round(self.train_seconds / 3600, 2),
+        }
+
+
+@dataclass(frozen=True)
+class Recommendations:
+    profile: Profile
+    recommendations: tuple[Recommendation, ...]
+    excluded: tuple[Exclusion, ...]
+    assumptions: tuple[str, ...] = field(default=ASSUMPTIONS)
+
+    def top(self, k: int) -> tuple[Recommendation, ...]:
+        return self.recommendations[:k]
+
+
+def gib(n: int | float) -> str:
+    return f"{n / GIB:.1f}"
+
+
+def fsdp_degrees(gpus_per_node: int, nodes: int) -> list[int]:
+    """GPU counts to try, smallest first: powers of two within a node, a full node, then whole nodes."""
+    degrees = {d for d in (2**i for i in range(12)) if d <= gpus_per_node} | {gpus_per_node}
+    degrees |= {gpus_per_node * k for k in range(1, nodes + 1)}
+    return sorted(degrees)
+
+
+def _families() -> dict[str, object]:
+    families = load_catalog().families
+    items = families.values() if isinstance(families, dict) else families
+    return {f.name: f for f in items}
+
+
+def _traits(model: object, family: object | None) -> set[str]:
+    """The use cases the catalog gives a model: its own tags plus its family's strengths."""
+    return set(model.use_cases) | set(getattr(family, "strengths", ()))  # type: ignore[attr-defined]
+
+
+def _filter(profile: Profile, model: object, family: object | None) -> str | None:
+    """Why a model is excluded before any estimate, or None."""
+    req = profile.requirements
+    if req.commercial_only and not model.commercial_use:  # type: ignore[attr-defined]
+        return f"licence `{model.license}` does not allow commercial use (--commercial)"  # type: ignore[attr-defined]
+    if not req.allow_gated and model.gated:  # type: ignore[attr-defined]
+        return f"{model.hf_id} is gated on the Hub (--no-gated)"  # type: ignore[attr-defined]
+    use_case, traits = profile.task.use_case, _traits(model, family)
+    if use_case is not None and use_case not in traits:
+        return f"not suited to {use_case} (catalog use cases: {', '.join(sorted(traits))})"
+    if req.multilingual and "multilingual" not in traits:
+        return "not marked multilingual in the catalog (--multilingual)"
+    if req.safety and "safety" not in traits:
+        return "not marked for safety-critical use in the catalog (--safety)"
+    context = model.context_length  # type: ignore[attr-defined]
+    if context and profile.seq_len > context:
+        return f"context length {context} tokens is shorter than --seq-len {profile.seq_len}"
+    return None
+
+
+def _methods(profile: Profile) -> list[str]:
+    forced = profile.strategy.method
+    if forced != "auto":
+        return [forced]
+    if profile.requirements.priority == "latency":
+        return ["lora", "qlora"]
+    return ["full", "lora", "qlora"]
+
+
+def _plan(profile: Profile, method: str, gpus: int, ckpt: bool) -> Plan:
+    return Plan(
+        mode="train",
+        method=method,  # type: ignore[arg-type]
+        lora_rank=profile.strategy.lora_rank,
+        seq_len=profile.seq_len,
+        micro_batch=profile.requirements.batch,
+        grad_ckpt=ckpt,
+        gpus=gpus,
+        images=1 if profile.task.modality == "vlm" else 0,
+    )
+
+
+def _estimate(model: object, plan: Plan) -> MemoryEstimate | str:
+    try:
+        return estimate(model.config, plan, engine="analytic", params=model.params)  # type: ignore[attr-defined]
+    except UserError as err:
+        return err.message
+
+
+def _describe(plan: Plan) -> str:
+    parts = [f"{METHOD_LABEL[plan.method]}" + (f" r{plan.lora_rank}" if plan.method != "full" else "")]
+    parts.append(f"at {plan.seq_len} tokens x {plan.micro_batch}")
+    parts.append("grad ckpt" if plan.grad_ckpt else "no grad ckpt")
+    parts.append(f"FSDP2 over {plan.gpus} GPUs" if plan.gpus > 1 else "1 GPU")
+    return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class Search:
+    """The cheapest fitting plan (or None) and, per method passed over, the numbers that rule it out."""
+
+    plan: Plan | None
+    estimate: MemoryEstimate | None
+    misses: tuple[str, ...]
+
+
+def _search(profile: Profile, model: object) -> Search:
+    hw, pref = profile.hardware, profile.strategy
+    limit = HEADROOM * hw.memory_bytes
+    degrees = [pref.fsdp_degree] if pref.fsdp_degree else fsdp_degrees(hw.gpus_per_node, hw.nodes)
+    ckpts = {"auto": [False, True], "on": [True], "off": [False]}[pref.grad_ckpt]
+    misses: list[str] = []
+    for method in _methods(profile):
+        # The smallest footprint first: if that does not fit, no plan of this method does.
+        smallest = _plan(profile, method, degrees[-1], ckpts[-1])
+        est = _estimate(model, smallest)
+        if isinstance(est, str):
+            misses.append(f"{METHOD_LABEL[method]}: {est}")
+            continue
+        if est.peak_reserved > limit:
+            misses.append(f"needs {gib(est.peak_reserved)} GiB per GPU with {_describe(smallest)}")
+            continue
+        for gpus in degrees:
+            for ckpt in ckpts:
+                last = (gpus, ckpt) == (degrees[-1], ckpts[-1])
+                plan = smallest if last else _plan(profile, method, gpus, ckpt)
+                found = est if last else _estimate(model, plan)
+                if isinstance(found, MemoryEstimate) and found.peak_reserved <= limit:
+                    return Search(plan, found, tuple(misses))
+    return Search(None, None, tuple(misses))
+
+
+def _size_terms(model: object, ideal: float) -> tuple[float, float, float]:
+    """(quality, latency, balanced band) in 0..1 from the parameter counts."""
+    total = model.params  # type: ignore[attr-defined]
+    active = getattr(model, "active_params", None) or total
+    effective = math.sqrt(total * active)  # an MoE is about as good as the geometric mean of its sizes
+    quality = min(1.0, max(0.0, (math.log10(effective) - 8.5) / 2.5))  # 0.3B -> 0, 100B -> 1
+    latency = 1.0 - min(1.0, max(0.0, (math.log10(active) - 8.5) / 2.5))
+    band = math.exp(-(math.log2(effective / ideal) ** 2) / (2 * 1.5**2))
+    return quality, latency, band
+
+
+def _fit(profile: Profile, model: object, family: object | None) -> float:
+    use_case = profile.task.use_case
+    if use_case is None:
+        return 0.5
+    strengths = {s.lower() for s in getattr(family, "strengths", ())}
+    return 1.0 if use_case in strengths else 0.5
+
+
+def score(profile: Profile, model: object, family: object | None, method: str) -> float:
+    wq, wl, wb, wf, wm = WEIGHTS[profile.requirements.priority]
+    hw = profile.hardware
+    ideal = max(5e8, BALANCED_WEIGHT_SHARE * hw.memory_bytes * hw.total_gpus / 2)
+    quality, latency, band = _size_terms(model, ideal)
+    total = wq * quality + wl * latency + wb * band + wf * _fit(profile, model, family) + wm * METHOD_SCORE[method]
+    return round(100 * total, 1)
+
+
+def train_seconds(model: object, plan: Plan, tokens: int, bf16_tflops: float | None) -> float | None:
+    """Wall time for `tokens` training tokens, from FLOPs at the stated MFU; None without a GPU peak."""
+    if bf16_tflops is None:
+        return None
+    active = getattr(model, "active_params", None) or model.params  # type: ignore[attr-defined]
+    per_token = (6 if plan.method == "full" else 4) * active + (2 * active if plan.grad_ckpt else 0)
+    return tokens * per_token / (plan.gpus * bf16_tflops * 1e12 * MFU[plan.method])
+
+
+def _reasons(
+    profile: Profile, model: object, family: object | None, plan: Plan, est: MemoryEstimate, misses: tuple[str, ...]
+) -> tuple[str, ...]:
+    hw = profile.hardware
+    size = model.params / 1e9  # type: ignore[attr-defined]
+    reasons = [
+        f"{size:.1f}B params; {_describe(plan)} needs {gib(est.peak_reserved)} of {gib(hw.memory_bytes)} GiB "
+        f"per GPU (limit {gib(HEADROOM * hw.memory_bytes)} at {HEADROOM:.0%})."
+    ]
+    if misses:
+        reasons.append("Passed over: " + "; ".join(misses) + ".")
+    use_case = profile.task.use_case
+    if family is not None and use_case and use_case in {s.lower() for s in getattr(family, "strengths", ())}:
+        reasons.append(f"{family.name} family is strong at {use_case}.")  # type: ignore[attr-defined]
+    if plan.method == "qlora":
+        reasons.append(QLORA_NOTE)
+    tokens = profile.requirements.dataset_tokens
+    if tokens:
+        seconds = train_seconds(model, plan, tokens, hw.bf16_tflops)
+        if seconds is None:
+            reasons.append("Give --gpu NAME for a training-time estimate (needs the GPU's bf16 peak).")
+        else:
+            reasons.append(
+                f"~{seconds / 3600:.1f} h for {tokens / 1e6:,.0f}M tokens on {plan.gpus} GPU(s) "
+                f"at {MFU[plan.method]:.0%} MFU."
+            )
+    return tuple(reasons)
+
+
+def recommend(profile: Profile) -> Recommendations:
+    """Rank every catalog model of the task's modality for this profile (all fitting ones, best first)."""
+    catalog, families = load_catalog(), _families()
+    hw = profile.hardware
+    scored: list[tuple[float, int, Recommendation]] = []
+    excluded: list[Exclusion] = []
+    for model in catalog.models:
+        if model.modality != profile.task.modality:
+            continue
+        family = families.get(model.family)
+        why = _filter(profile, model, family)
+        if why is not None:
+            excluded.append(Exclusion(model.name, why))
+            continue
+        found = _search(profile, model)
+        if found.plan is None or found.estimate is None:
+            excluded.append(Exclusion(model.name, _too_big(profile, found.misses)))
+            continue
+        plan, est = found.plan, found.estimate
+        gpn = min(plan.gpus, hw.gpus_per_node)
+        rec = Recommendation(
+            rank=0,
+            model=model,
+            plan=plan,
+            estimate=est,
+            gpus_per_node=gpn,
+            nodes=math.ceil(plan.gpus / gpn),
+            gpu_mem_bytes=hw.memory_bytes,
+            score=score(profile, model, family, plan.method),
+            reasons=_reasons(profile, model, family, plan, est, found.misses),
+            train_seconds=(
+                train_seconds(model, plan, profile.requirements.dataset_tokens, hw.bf16_tflops)
+                if profile.requirements.dataset_tokens
+                else None
+            ),
+        )
+        scored.append((rec.score, model.params, rec))
+    # Best score first; ties go to the bigger model, then to the later name (qwen2.5 after qwen2,
+    # -instruct after the base), which in the catalog's naming is the newer or tuned checkpoint.
+    scored.sort(key=lambda item: (item[0], item[1], item[2].model.name), reverse=True)
+    ranked = tuple(
+        Recommendation(**{**rec.__dict__, "rank": i + 1}) for i, (*_, rec) in enumerate(scored)
+    )
+    return Recommendations(profile=profile, recommendations=ranked, excluded=tuple(excluded))
+
+
+def _too_big(profile: Profile, misses: tuple[str, ...]) -> str:
+    hw = profile.hardware
+    have = f"you have {gib(hw.memory_bytes)} GiB (limit {gib(HEADROOM * hw.memory_bytes)} at {HEADROOM:.0%})"
+    return "; ".join(misses) + f"; {have}"

@@ -1,0 +1,119 @@
+"""How the advisor's answers look: rich tables for people, one JSON document for machines.
+
+`recommend` and the wizard both print through here, so the table a user sees in the wizard is the one
+`automodel recommend` prints. Nothing here decides anything; it only formats `rank.Recommendations`.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from automodel.advisor.rank import HEADROOM, METHOD_LABEL, Recommendation, Recommendations, gib
+from automodel.catalog.memory.plan import MemoryEstimate
+
+
+def strategy_text(rec: Recommendation) -> str:
+    plan = rec.plan
+    text = METHOD_LABEL[plan.method] + (f" r{plan.lora_rank}" if plan.method != "full" else "")
+    extras = ["grad ckpt"] if plan.grad_ckpt else []
+    if plan.gpus > 1:
+        extras.append(f"FSDP2 x{plan.gpus}" + (f" ({rec.nodes} nodes)" if rec.nodes > 1 else ""))
+    return text + (", " + ", ".join(extras) if extras else "")
+
+
+def recommendations_table(result: Recommendations, top: int) -> Table:
+    hw = result.profile.hardware
+    gpu = hw.gpu or f"{gib(hw.memory_bytes)} GiB GPU"
+    title = (
+        f"{result.profile.task.modality.upper()}"
+        + (f" / {result.profile.task.use_case}" if result.profile.task.use_case else "")
+        + f" on {hw.total_gpus} x {gpu} - priority {result.profile.requirements.priority}"
+        + f", {result.profile.seq_len} tokens x {result.profile.requirements.batch}"
+    )
+    table = Table(title=title, show_lines=False)
+    table.add_column("#", justify="right")
+    table.add_column("model")
+    table.add_column("size", justify="right")
+    table.add_column("strategy")
+    table.add_column("memory/GPU", justify="right")
+    table.add_column("score", justify="right")
+    table.add_column("why", overflow="fold")
+    for rec in result.top(top):
+        m = rec.model
+        table.add_row(
+            str(rec.rank),
+            m.name,  # type: ignore[attr-defined]
+            m.display_params,  # type: ignore[attr-defined]
+            strategy_text(rec),
+            f"{gib(rec.estimate.peak_reserved)} / {gib(rec.gpu_mem_bytes)} GiB",
+            f"{rec.score:.1f}",
+            " ".join(rec.reasons[1:3]) or rec.reasons[0],
+        )
+    return table
+
+
+def exclusions_table(result: Recommendations, limit: int | None = None) -> Table:
+    table = Table(title="excluded", show_lines=False)
+    table.add_column("model")
+    table.add_column("reason", overflow="fold")
+    for item in result.excluded[:limit]:
+        table.add_row(item.model, item.reason)
+    return table
+
+
+def breakdown_table(est: MemoryEstimate, gpu_mem_bytes: int) -> Table:
+    table = Table(title=f"memory per GPU ({est.engine} estimate)")
+    table.add_column("term")
+    table.add_column("GiB", justify="right")
+    for term, value in est.breakdown().items():
+        if value:
+            table.add_row(term, gib(value))
+    table.add_row("peak allocated", gib(est.peak_allocated))
+    table.add_row("peak reserved", gib(est.peak_reserved))
+    table.add_row(f"GPU ({HEADROOM:.0%} limit)", f"{gib(gpu_mem_bytes)} ({gib(HEADROOM * gpu_mem_bytes)})")
+    return table
+
+
+def launch_command(modality: str, config_path: str) -> str:
+    return f"automodel finetune {modality} -c {shlex.quote(config_path)}"
+
+
+def next_step(result: Recommendations, argv: Sequence[str], written: str | None) -> str:
+    """One line: the command that writes the top pick's config and launches it."""
+    modality = result.profile.task.modality
+    if written is not None:
+        return f"next: {launch_command(modality, written)}"
+    top = result.recommendations[0]
+    path = f"{top.model.name}.yaml"  # type: ignore[attr-defined]
+    again = " ".join(shlex.quote(a) for a in ["automodel", *argv, "--write-config", path])
+    return f"next: {again} && {launch_command(modality, path)}"
+
+
+def print_human(
+    console: Console, result: Recommendations, top: int, argv: Sequence[str], written: str | None = None
+) -> None:
+    if not result.recommendations:
+        console.print("[bold red]No model fits this hardware.[/] Why each was excluded:")
+        console.print(exclusions_table(result))
+        return
+    console.print(recommendations_table(result, top))
+    if result.excluded:
+        console.print(f"{len(result.excluded)} model(s) excluded (--json lists why).", style="dim")
+    console.print(next_step(result, argv, written), soft_wrap=True)
+
+
+def to_json(result: Recommendations, inputs: dict[str, object], top: int) -> str:
+    return json.dumps(
+        {
+            "inputs": inputs,
+            "recommendations": [rec.to_json() for rec in result.top(top)],
+            "excluded": [{"model": e.model, "reason": e.reason} for e in result.excluded],
+            "assumptions": list(result.assumptions),
+        },
+        indent=2,
+    )
