@@ -14,11 +14,15 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from automodel.catalog.errors import UserError
 from automodel.trainer.config import TrainConfig, config_from_data, dump_yaml, is_local_source, read_yaml
 from automodel.trainer.launch import Topology, launch
 from automodel.trainer.overrides import split_overrides
+
+if TYPE_CHECKING:
+    from automodel.catalog.registry import ResolvedModel
 
 TASKS = ("llm", "vlm", "asr")
 
@@ -91,10 +95,18 @@ def check_task_implemented(task: str) -> None:
                         f"automodel/trainer/tasks/{task}.py")
 
 
-def check_run(cfg: TrainConfig, world_size: int) -> list[str]:
-    """What `validate` checks beyond the schema; returns a summary, raises UserError on the first problem."""
+def resolve_model(cfg: TrainConfig) -> ResolvedModel:
+    """The catalog's resolution of model.name (errors name the YAML path, not the estimate's MODEL)."""
     from automodel.catalog.registry import resolve
 
+    try:
+        return resolve(cfg.model.name)
+    except UserError as err:
+        raise UserError(err.message, field="model.name", hint=err.hint) from None
+
+
+def check_run(cfg: TrainConfig, world_size: int) -> list[str]:
+    """What `validate` checks beyond the schema; returns a summary, raises UserError on the first problem."""
     lines = []
     files = [("data.source", cfg.data.source)]
     if cfg.data.validation is not None and cfg.data.validation.source is not None:
@@ -106,7 +118,7 @@ def check_run(cfg: TrainConfig, world_size: int) -> list[str]:
     if cfg.checkpoint.resume not in ("auto", "never") and not Path(cfg.checkpoint.resume).is_dir():
         raise UserError(f"no such checkpoint directory: {cfg.checkpoint.resume}", field="checkpoint.resume",
                         hint="use auto, never, or an existing checkpoint directory")
-    resolved = resolve(cfg.model.name)
+    resolved = resolve_model(cfg)
     accum = cfg.schedule.accumulation_steps(world_size)
     lines.append(f"model      {cfg.model.name} -> {resolved.hf_id or resolved.name} ({resolved.source})")
     lines.append(f"data       {cfg.data.source} ({cfg.data.format}, max_seq_len {cfg.data.max_seq_len})")
@@ -133,10 +145,9 @@ def render_estimate(estimate: object, world_size: int) -> str:
 def dry_run(cfg: TrainConfig, world_size: int) -> str:
     """Resolved YAML, checks and the memory estimate of this run."""
     from automodel.catalog.memory.estimate import estimate
-    from automodel.catalog.registry import resolve
 
     summary = check_run(cfg, world_size)
-    result = estimate(resolve(cfg.model.name).config, cfg.to_plan(world_size))
+    result = estimate(resolve_model(cfg).config, cfg.to_plan(world_size))
     return "\n".join([dump_yaml(cfg).rstrip(), "---", *summary, render_estimate(result, world_size)])
 
 

@@ -1,0 +1,112 @@
+"""`automodel finetune | validate | config` through the router: exit codes, messages, dry-run, no secrets."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from automodel.advisor.cli import main as automodel
+
+TINY_LLAMA = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 128, "hidden_size": 64,
+    "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+    "max_position_embeddings": 128, "rms_norm_eps": 1e-5, "tie_word_embeddings": False,
+}
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A config for a random-init 2-layer Llama on a 4-row jsonl file, all inside tmp_path; its output_dir
+    interpolates HF_TOKEN, which holds `secret`."""
+    monkeypatch.setenv("HF_TOKEN", "secret")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(json.dumps(TINY_LLAMA))
+    rows = [{"prompt": f"say {i}", "completion": f" {i}"} for i in range(4)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = {
+        "model": {"name": str(tmp_path / "model" / "config.json"), "init": "random"},
+        "data": {"source": str(tmp_path / "train.jsonl"), "format": "completion", "max_seq_len": 32,
+                 "completion": {"prompt_column": "prompt", "completion_column": "completion"}},
+        "schedule": {"global_batch_size": 4, "micro_batch_size": 2, "max_steps": 2},
+        "output_dir": str(tmp_path / "out-${HF_TOKEN}"),
+    }
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_config_schema_is_json_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    assert automodel(["config", "schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert schema["additionalProperties"] is False
+    assert {"model", "data", "schedule", "peft"} <= set(schema["properties"])
+    assert "description" in schema["$defs"]["PeftConfig"]["properties"]["rank"]
+
+
+def test_help_lists_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        automodel(["finetune", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "--nproc-per-node" in out and "tiny_offline.yaml" in out and "key.sub=value" in out
+
+
+def test_validate_ok(tiny_config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert automodel(["validate", "-c", str(tiny_config), "--nproc-per-node", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "config ok" in out and "micro 2 x 2 processes x 1 accumulation" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "field", "needle"),
+    [
+        (["validate", "-c", "{cfg}", "peft.rnak=4"], "peft.rnak", "did you mean `peft.rank`?"),
+        (["validate", "-c", "{cfg}", "--nproc-per-node", "3"], "schedule.global_batch_size", "not divisible"),
+        (["validate", "-c", "{cfg}", "data.source=/no/such.jsonl"], "data.source", "no such file"),
+        (["validate", "-c", "{cfg}", "model.name=no-such-model-xyz"], "model.name", "unknown model"),
+        (["validate", "-c", "{cfg}", "checkpoint.resume=/no/ckpt"], "checkpoint.resume", "no such checkpoint"),
+        (["validate", "-c", "{cfg}", "schedule.micro_batch_size=3"], "schedule.global_batch_size", "multiple"),
+        (["validate", "-c", "{cfg}", "--peft.rank"], "--peft.rank", "cannot read override"),
+        (["validate", "-c", "/no/such.yaml"], "-c", "cannot read config file"),
+        (["finetune", "llm", "-c", "{cfg}", "--nnodes", "2"], "--master-addr", "multi-node"),
+    ],
+)
+def test_user_errors_exit_2_naming_the_field(tiny_config: Path, capsys: pytest.CaptureFixture[str],
+                                             argv: list[str], field: str, needle: str) -> None:
+    code = automodel([a.replace("{cfg}", str(tiny_config)) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert f"{field}:" in err and needle in err
+
+
+def test_task_mismatch_with_the_yaml(tiny_config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = yaml.safe_load(tiny_config.read_text())
+    tiny_config.write_text(yaml.safe_dump({**data, "task": "asr"}))
+    assert automodel(["finetune", "llm", "-c", str(tiny_config), "--dry-run"]) == 2
+    assert "task: the config is for task `asr`" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("automodel.trainer.tasks.vlm") is not None,
+                    reason="the vlm task adapter has landed")
+def test_finetune_vlm_says_not_implemented(tiny_config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert automodel(["finetune", "vlm", "-c", str(tiny_config)]) == 2
+    assert "vlm task adapter is not implemented yet" in capsys.readouterr().err
+
+
+def test_dry_run_prints_config_and_estimate_without_secrets(tiny_config: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    assert automodel(["finetune", "llm", "-c", str(tiny_config), "--dry-run", "--nproc-per-node", "2",
+                      "peft.rank=4"]) == 0
+    captured = capsys.readouterr()
+    out = captured.out
+    assert "secret" not in out and "secret" not in captured.err
+    resolved = yaml.safe_load(out.split("\n---\n")[0])
+    assert resolved["peft"]["rank"] == 4
+    assert resolved["output_dir"].endswith("out-${HF_TOKEN}")
+    assert "memory estimate per GPU" in out and "2 GPUs" in out and "peak allocated" in out
+    assert not (tiny_config.parent / "out-secret").exists()  # a dry run writes nothing
