@@ -177,29 +177,37 @@ def _run_list(args: argparse.Namespace) -> int:
     if args.json:
         _print_json([model_row(m) for m in models])
         return 0
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{len(models)} models (exact parameter counts; `catalog show MODEL` for details)")
-    for column in ("name", "hf_id", "task", "params", "context", "license", "commercial", "gated"):
-        table.add_column(column, justify="right" if column in ("params", "context") else "left", no_wrap=True)
-    table.add_column("use cases")
+    console = Console()
+    wide = console.width >= 150  # hf_id and use cases only where they fit; `--json` always has them
+    table = Table(
+        title=f"{len(models)} models (exact parameter counts; `catalog show MODEL` for details)",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    columns = ["name", "hf_id", "task", "params", "ctx", "license", "comm.", "gated", "use cases"]
+    columns = columns if wide else [c for c in columns if c not in ("hf_id", "use cases")]
+    for column in columns:
+        table.add_column(column, justify="right" if column in ("params", "ctx") else "left", no_wrap=True)
     for m in models:
-        params = format_params(m.params) + (
-            f" ({format_params(m.active_params)} active)" if m.active_params else ""
-        )
-        table.add_row(
-            m.name,
-            m.hf_id,
-            m.modality,
-            params,
-            f"{m.context_length:,}" if m.context_length else "-",
-            m.license.split(" ")[0],
-            _yes_no(m.commercial_use),
-            _yes_no(m.gated),
-            ", ".join(m.use_cases),
-        )
-    Console().print(table)
+        active = f" ({format_params(m.active_params)} active)" if m.active_params and wide else ""
+        cells = {
+            "name": m.name,
+            "hf_id": m.hf_id,
+            "task": m.modality,
+            "params": format_params(m.params) + active,
+            "ctx": f"{m.context_length:,}" if m.context_length else "-",
+            "license": m.license.split(" ")[0],
+            "comm.": _yes_no(m.commercial_use),
+            "gated": _yes_no(m.gated),
+            "use cases": ", ".join(m.use_cases),
+        }
+        table.add_row(*(cells[c] for c in columns))
+    console.print(table)
     return 0
 
 
@@ -238,21 +246,27 @@ def _run_gpus(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(rows)
         return 0
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="GPUs (memory as torch reports it; dense tensor TFLOP/s)")
-    for column in ("name", "aliases", "memory", "bf16", "bf16 TFLOP/s", "fp16 TFLOP/s", "bandwidth"):
+    table = Table(
+        title="GPUs (memory as torch reports it; dense tensor TFLOP/s)",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    for column in ("name", "memory", "bf16", "bf16 TF/s", "fp16 TF/s", "bandwidth", "aliases"):
         table.add_column(column, justify="left" if column in ("name", "aliases") else "right")
     for g in rows:
         table.add_row(
             g["name"],
-            ", ".join(g["aliases"]),
             f"{g['memory_gib']:.2f} GiB ({g['marketed_gb']} GB)",
             _yes_no(g["bf16"]),
             f"{g['bf16_tflops']:g}" if g["bf16_tflops"] else "-",
             f"{g['fp16_tflops']:g}",
             f"{g['bandwidth_gbs']:g} GB/s",
+            ", ".join(g["aliases"]),
         )
     Console().print(table)
     return 0
