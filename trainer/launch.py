@@ -2,11 +2,12 @@
 
 - one process and one node -> `automodel.trainer.recipe.run(cfg)` here;
 - already inside a torchrun worker (RANK, WORLD_SIZE and LOCAL_RANK set) -> here as well;
-- otherwise -> write the resolved config to `output_dir/launch_config.yaml` and re-exec
-  `python -m torch.distributed.run ... -m automodel.trainer.cli finetune TASK -c that file`, so every
-  worker validates exactly the config the launcher validated. Overrides are already baked into the file
-  and secrets stay `${NAME}` in it: the workers inherit the environment and resolve them themselves,
-  so no secret is ever on a command line or in the file.
+- otherwise -> write the resolved config to a private temporary file (removed when torchrun returns)
+  and re-exec `python -m torch.distributed.run ... -m automodel.trainer.cli finetune TASK -c that file`,
+  so every worker validates exactly the config the launcher validated. Overrides are already baked into
+  the file and secrets stay `${NAME}` in it: the workers inherit the environment and resolve them
+  themselves, so no secret is ever on a command line (not even inside a path: the file does not live
+  in output_dir, which may interpolate one) or in the file.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from automodel.catalog.errors import UserError
 from automodel.trainer.config import TrainConfig, dump_yaml
 
-LAUNCH_CONFIG = "launch_config.yaml"
 WORKER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 
@@ -68,14 +69,11 @@ def torchrun_command(task: str, config_file: Path, topo: Topology) -> list[str]:
 
 
 def write_launch_config(cfg: TrainConfig) -> Path:
-    """The resolved config the workers read (secrets as `${NAME}`)."""
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / LAUNCH_CONFIG
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(dump_yaml(cfg))
-    tmp.replace(path)
-    return path
+    """The resolved config the workers read (secrets as `${NAME}`), in a file only this user can read."""
+    fd, name = tempfile.mkstemp(prefix="automodel-launch-", suffix=".yaml")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(dump_yaml(cfg))
+    return Path(name)
 
 
 def launch(cfg: TrainConfig, topo: Topology) -> int:
@@ -89,6 +87,10 @@ def launch(cfg: TrainConfig, topo: Topology) -> int:
         run(cfg)
         return 0
     cfg.schedule.accumulation_steps(topo.world_size)
-    cmd = torchrun_command(cfg.task, write_launch_config(cfg), topo)
-    print(f"launching {topo.world_size} processes: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
-    return subprocess.run(cmd, check=False).returncode
+    config_file = write_launch_config(cfg)
+    cmd = torchrun_command(cfg.task, config_file, topo)
+    print(f"launching {topo.nproc_per_node} processes on this node: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+    try:
+        return subprocess.run(cmd, check=False).returncode
+    finally:
+        config_file.unlink(missing_ok=True)

@@ -1,0 +1,122 @@
+"""Launch: in-process for one process or inside a torchrun worker, torchrun re-exec otherwise (the
+workers read the same resolved config, with no secret on the command line or in the file)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from automodel.catalog.errors import UserError
+from automodel.trainer import launch as launch_mod
+from automodel.trainer.config import TrainConfig, config_from_data, load_config
+from automodel.trainer.launch import Topology, in_worker, launch, torchrun_command
+
+WORKER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+def make(tmp_path: Path, *overrides: str) -> TrainConfig:
+    data = {
+        "model": {"name": "tiny", "init": "random"},
+        "data": {"source": "train.jsonl", "format": "completion", "answer_only_loss": False,
+                 "completion": {"text_column": "text"}},
+        "schedule": {"global_batch_size": 4, "micro_batch_size": 1, "max_steps": 2},
+        "output_dir": str(tmp_path / "out") + "/${HF_TOKEN}",
+    }
+    return config_from_data(data, list(overrides))
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in WORKER_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_TOKEN", "secret")
+
+
+@pytest.fixture
+def fake_recipe(monkeypatch: pytest.MonkeyPatch) -> list[TrainConfig]:
+    calls: list[TrainConfig] = []
+    module = types.ModuleType("automodel.trainer.recipe")
+    module.run = calls.append  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "automodel.trainer.recipe", module)
+    return calls
+
+
+def test_one_process_runs_in_process(tmp_path: Path, fake_recipe: list[TrainConfig],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("must not spawn"))
+    cfg = make(tmp_path)
+    assert launch(cfg, Topology()) == 0
+    assert fake_recipe == [cfg]
+
+
+def test_inside_a_worker_runs_in_process(tmp_path: Path, fake_recipe: list[TrainConfig],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("must not spawn"))
+    for name, value in zip(WORKER_VARS, ("1", "2", "1"), strict=True):
+        monkeypatch.setenv(name, value)
+    assert in_worker()
+    cfg = make(tmp_path)
+    assert launch(cfg, Topology(nproc_per_node=2)) == 0  # the worker's own argv still says 2: no recursion
+    assert fake_recipe == [cfg]
+
+
+def test_many_processes_reexec_through_torchrun(tmp_path: Path, fake_recipe: list[TrainConfig],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, Any] = {}
+
+    def fake_run(cmd: list[str], check: bool) -> subprocess.CompletedProcess[str]:
+        seen["cmd"] = cmd
+        seen["text"] = Path(cmd[-1]).read_text()  # what the workers will read
+        seen["cfg"] = load_config(cmd[-1])
+        return subprocess.CompletedProcess(cmd, 3)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    cfg = make(tmp_path, "peft.rank=4")
+    assert launch(cfg, Topology(nproc_per_node=2)) == 3  # torchrun's exit code comes back
+    assert fake_recipe == []
+    cmd = seen["cmd"]
+    assert cmd[1:-1] == ["-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone",
+                         "-m", "automodel.trainer.cli", "finetune", "llm", "-c"]
+    assert not any("secret" in part for part in cmd)  # output_dir interpolates HF_TOKEN: not on the line
+    assert "secret" not in seen["text"] and "${HF_TOKEN}" in seen["text"]
+    assert seen["cfg"] == cfg  # the workers validate the very same config
+    assert not Path(cmd[-1]).exists()  # removed once torchrun returned
+
+
+def test_multi_node_command() -> None:
+    topo = Topology(nproc_per_node=8, nnodes=2, node_rank=1, master_addr="10.0.0.1", master_port=29511)
+    cmd = torchrun_command("llm", Path("/o/launch_config.yaml"), topo)
+    assert cmd[3:8] == ["--nproc-per-node=8", "--nnodes=2", "--node-rank=1", "--master-addr=10.0.0.1",
+                        "--master-port=29511"]
+    assert topo.world_size == 16
+
+
+def test_indivisible_batch_fails_before_spawning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("must not spawn"))
+    with pytest.raises(UserError) as err:
+        launch(make(tmp_path), Topology(nproc_per_node=3))
+    assert err.value.field == "schedule.global_batch_size"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("topo", "field"),
+    [(Topology(nproc_per_node=0), "--nproc-per-node"), (Topology(nnodes=2, node_rank=2, master_addr="h"),
+                                                         "--node-rank"),
+     (Topology(nnodes=2), "--master-addr")],
+)
+def test_bad_topology(topo: Topology, field: str) -> None:
+    with pytest.raises(UserError) as err:
+        topo.check()
+    assert err.value.field == field
+
+
+def test_launch_module_is_torch_free() -> None:
+    code = "import sys, automodel.trainer.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False", launch_mod.__name__
