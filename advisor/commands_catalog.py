@@ -257,7 +257,9 @@ def _run_gpus(args: argparse.Namespace) -> int:
         collapse_padding=True,
     )
     for column in ("name", "memory", "bf16", "bf16 TF/s", "fp16 TF/s", "bandwidth", "aliases"):
-        table.add_column(column, justify="left" if column in ("name", "aliases") else "right")
+        table.add_column(
+            column, justify="left" if column in ("name", "aliases") else "right", no_wrap=column != "aliases"
+        )
     for g in rows:
         table.add_row(
             g["name"],
