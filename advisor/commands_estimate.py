@@ -1,0 +1,142 @@
+"""`automodel estimate MODEL`: per-GPU memory of a training step or a generate call, and what fits.
+
+Thin: argparse in, `Plan` built from the flags (pydantic validates), `estimate()` / `max_fit()` from
+catalog/memory, then a rich table in GiB with the assumptions, or one JSON document (`--json`).
+Torch-free unless `--simulate` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from pydantic import ValidationError
+
+from automodel.catalog.errors import UserError
+from automodel.catalog.memory.plan import TERMS, MemoryEstimate, Plan
+from automodel.catalog.units import GIB, parse_memory
+
+_FLAG_FOR_FIELD = {
+    "mode": "--mode", "method": "--method", "lora_rank": "--lora-rank", "lora_targets": "--lora-targets",
+    "precision": "--precision", "optimizer": "--optimizer", "seq_len": "--seq-len",
+    "micro_batch": "--batch-size", "grad_ckpt": "--grad-ckpt", "gpus": "--gpus", "new_tokens": "--new-tokens",
+}
+
+
+def _positive(flag: str, minimum: int = 1) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} takes an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{flag} must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "estimate",
+        help="per-GPU memory of fine-tuning or inference; --fit finds what fits a budget",
+        description="Estimate per-GPU memory (weights, gradients, optimizer, activations, logits, KV cache, "
+        "FSDP2 buffers, overhead) of a training step or a generate call.",
+    )
+    p.add_argument("model", metavar="MODEL", help="catalog name, Hub id, or path to a config.json / model dir")
+    p.add_argument("--mode", choices=("train", "inference"), default=None, help="default: train")
+    p.add_argument("--method", choices=("full", "lora", "qlora"), default=None, help="default: lora")
+    p.add_argument("--lora-rank", type=_positive("--lora-rank"), default=None, metavar="N")
+    p.add_argument("--lora-targets", default=None, metavar="all-linear|a,b,c")
+    p.add_argument("--precision", choices=("bf16-mixed", "bf16", "fp32"), default=None)
+    p.add_argument("--optimizer", choices=("adamw", "adamw-8bit", "sgd"), default=None)
+    p.add_argument("--seq-len", type=_positive("--seq-len"), default=None, metavar="N")
+    p.add_argument("--batch-size", type=_positive("--batch-size"), default=None, metavar="N",
+                   help="micro batch per GPU")
+    p.add_argument("--grad-ckpt", action=argparse.BooleanOptionalAction, default=None,
+                   help="activation checkpointing per block (default: on)")
+    p.add_argument("--gpus", type=_positive("--gpus"), default=None, metavar="N", help="FSDP2 ranks")
+    p.add_argument("--new-tokens", type=_positive("--new-tokens", 0), default=None, metavar="N",
+                   help="inference: tokens generated after the prompt")
+    p.add_argument("--gpu-mem", default=None, metavar="GB", help="per-GPU budget for --fit: 24, 24G, 24GB, 24GiB")
+    p.add_argument("--fit", action="store_true", help="largest batch and longest sequence within --gpu-mem")
+    p.add_argument("--simulate", action="store_true", help="simulate on fake tensors (imports torch)")
+    p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    p.set_defaults(func=run)
+
+
+def plan_from_args(args: argparse.Namespace) -> Plan:
+    """The flags a user gave, over the Plan's defaults (which live only in Plan)."""
+    given = {
+        "mode": args.mode, "method": args.method, "lora_rank": args.lora_rank, "lora_targets": args.lora_targets,
+        "precision": args.precision, "optimizer": args.optimizer, "seq_len": args.seq_len,
+        "micro_batch": args.batch_size, "grad_ckpt": args.grad_ckpt, "gpus": args.gpus,
+        "new_tokens": args.new_tokens,
+    }
+    try:
+        return Plan(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        name = str(problem["loc"][0]) if problem["loc"] else ""
+        raise UserError(problem["msg"], field=_FLAG_FOR_FIELD.get(name, name)) from exc
+
+
+def run(args: argparse.Namespace) -> int:
+    from automodel.catalog.memory.estimate import estimate
+    from automodel.catalog.registry import resolve
+
+    plan = plan_from_args(args)
+    if args.fit and args.gpu_mem is None:
+        raise UserError("--fit needs a per-GPU budget", field="--gpu-mem", hint="e.g. --fit --gpu-mem 24GB")
+    budget = parse_memory(args.gpu_mem) if args.gpu_mem is not None else None
+    model = resolve(args.model)
+    engine = "simulate" if args.simulate else "analytic"
+    spec_params = model.spec.params if model.spec is not None else None
+    result = estimate(model.config, plan, engine=engine, params=spec_params)
+    fit = None
+    if args.fit and budget is not None:
+        from automodel.catalog.memory.fit import max_fit
+
+        fit = max_fit(model.config, plan, budget, engine=engine)
+    if args.json:
+        doc: dict[str, object] = {"model": model.name, "plan": plan.model_dump(mode="json"), **result.to_json()}
+        if budget is not None:
+            doc["budget_bytes"] = budget
+            doc["fits"] = result.peak_reserved <= budget
+        if fit is not None:
+            doc["fit"] = fit.to_json()
+        print(json.dumps(doc, indent=2))
+        return 0
+    _render(model.name, plan, result, budget, fit)
+    return 0
+
+
+def _render(name: str, plan: Plan, est: MemoryEstimate, budget: int | None, fit: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    what = (f"{plan.mode}, {plan.method}" + (f" r={plan.lora_rank}" if plan.method != "full" else "")
+            + f", {plan.precision}, seq {plan.seq_len} x batch {plan.micro_batch}, {plan.gpus} GPU(s)")
+    table = Table(title=f"{name}: {what} ({est.engine})", title_justify="left")
+    table.add_column("term")
+    table.add_column("GiB / GPU", justify="right")
+    for term in TERMS:
+        value = getattr(est, term)
+        if value:
+            table.add_row(term.replace("_", " "), f"{value / GIB:.2f}")
+    table.add_section()
+    table.add_row("peak allocated", f"{est.peak_allocated / GIB:.2f}")
+    table.add_row("[bold]peak reserved (device)[/bold]", f"[bold]{est.peak_reserved / GIB:.2f}[/bold]")
+    console.print(table)
+    console.print(f"params {est.params:,}  trainable {est.trainable_params:,}")
+    if budget is not None:
+        verdict = "fits" if est.peak_reserved <= budget else "does NOT fit"
+        console.print(f"{verdict} in {budget / GIB:.1f} GiB per GPU")
+    if fit is not None:
+        console.print(f"max micro batch at seq {plan.seq_len}: {fit.max_micro_batch or 'none (even 1 does not fit)'}")
+        console.print(f"max seq len at batch {plan.micro_batch}: {fit.max_seq_len or 'none (even 1 does not fit)'}")
+    console.print("assumptions:")
+    for line in est.assumptions:
+        console.print(f"  - {line}", highlight=False)

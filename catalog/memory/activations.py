@@ -1,0 +1,140 @@
+"""Bytes autograd keeps per token for one transformer block, and the inference working set.
+
+Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models", Sec. 4.1)
+count a GPT block as s·b·h·(34 + 5·a·s/h) bytes in 16-bit. We recount tensor by tensor for what
+transformers 5 + peft actually save in this repo's engine, which differs from their GPT in four ways:
+- attention is SDPA (flash / memory-efficient kernels): no a·s² score or dropout tensors, only q, k, v,
+  the output and a fp32 logsumexp per head (the 5·a·s/h term disappears);
+- grouped-query attention: k and v are saved with kv_heads, not heads (`enable_gqa`, no repeat_kv copy);
+- SwiGLU / GeGLU MLPs save gate, act(gate), up and their product (4 tensors of `intermediate`), not
+  GELU's 2 tensors of 4h;
+- RMSNorm (transformers' LlamaRMSNorm and kin) upcasts to fp32 and autograd keeps that fp32 copy;
+  dropout is 0 in every modern checkpoint, so no masks.
+Autograd saves a linear's input only when its weight (or a LoRA adapter on it) needs a gradient, so
+`full` and `lora` differ in exactly those tensors. All counts are bytes per token (per position of the
+sequence the block sees); `c` is the compute dtype's size (2 for bf16, 4 for fp32).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from automodel.catalog.architecture import ArchDims
+from automodel.catalog.towers import AudioDims, VisionDims
+
+FP32 = 4
+
+
+@dataclass(frozen=True)
+class Trainable:
+    """Which weights need gradients: every weight (`full`), or only LoRA adapters on `adapted` linears."""
+
+    full: bool
+    adapted: frozenset[str]
+    rank: int
+
+    def needs_input(self, *names: str) -> bool:
+        """Autograd saves a linear's input iff its weight or an adapter on it trains."""
+        return self.full or any(n in self.adapted for n in names)
+
+    def lora_extra(self, *names: str, c: int) -> int:
+        """lora_A's output (r values) is saved for lora_B's weight gradient; dropout is 0 in this engine."""
+        return sum(self.rank * c for n in names if n in self.adapted)
+
+
+def decoder_layer_bytes(d: ArchDims, tr: Trainable, c: int, *, cross_tokens_ratio: float = 0.0) -> float:
+    """Saved bytes per token for one text block (decoder layer; wav2vec2 encoder layer)."""
+    h, hd = d.hidden, d.head_dim
+    q, kv = d.heads * hd, d.kv_heads * hd
+    names = {lin.name for lin in d.linears if lin.component == "text"}
+    qkv = tuple(n for n in ("q_proj", "k_proj", "v_proj", "qkv_proj", "query_key_value") if n in names)
+    o = next((n for n in ("o_proj", "dense", "out_proj") if n in names), "o_proj")
+    # Norm: fp32 upcast of the input (RMSNorm) or the normalised input (LayerNorm), the bf16 normalised
+    # value for the norm weight's gradient (full only) and the norm output that the projections read.
+    def norm(out_read_by: tuple[str, ...]) -> float:
+        return FP32 * h + FP32 + (c * h if tr.full else 0) + (c * h if tr.needs_input(*out_read_by) else 0)
+
+    attn = norm(qkv)
+    attn += c * (q + 2 * kv) + c * q + FP32 * d.heads  # q/k after RoPE, v, SDPA output, logsumexp
+    attn += c * q if tr.needs_input(o) else 0  # transpose().contiguous() copy that o_proj reads
+    if d.qk_norm:
+        attn += FP32 * (q + kv) + (c * (q + kv) if tr.full else 0)
+    attn += tr.lora_extra(*qkv, o, c=c)
+    if d.norms_per_layer == 4:  # Gemma: post-attention and post-feedforward norms on the block outputs
+        attn += 2 * (FP32 * h + FP32 + (c * h if tr.full else 0))
+    if d.cross_attention:  # Whisper decoder: q/out per decoder token; k/v over encoder frames
+        attn += norm(("q_proj",)) + c * 2 * q + FP32 * d.heads + (c * q if tr.needs_input("out_proj") else 0)
+        attn += cross_tokens_ratio * c * 2 * kv
+    mlp = mlp_bytes(d, tr, c)
+    return attn + mlp
+
+
+def mlp_bytes(d: ArchDims, tr: Trainable, c: int) -> float:
+    """Saved bytes per token of the MLP half (its norm included); MoE counts routed tokens only."""
+    h = d.hidden
+    names = {lin.name for lin in d.linears if lin.component == "text"}
+    up_names = tuple(n for n in ("gate_proj", "up_proj", "gate_up_proj", "fc1", "intermediate_dense") if n in names)
+    down = next((n for n in ("down_proj", "fc2", "output_dense") if n in names), "down_proj")
+    norm = 0.0 if d.norms_per_layer == 1 else FP32 * h + FP32 + (c * h if tr.full else 0)  # phi: shared norm
+    if d.num_experts:
+        k, m = d.experts_per_tok, d.moe_intermediate
+        routed = FP32 * 2 * d.num_experts + 2 * c * h * k  # router logits + probs, gathered inputs/outputs
+        routed += c * k * m * (3 + (1 if tr.full else 0))  # experts are 3-D params: only `full` trains them
+        norm += c * h
+        shared = c * d.shared_expert_intermediate * (3 + (1 if tr.needs_input(down) else 0))
+        dense_share = (d.layers - d.moe_layers) / d.layers
+        dense = c * d.intermediate * (3 + (1 if tr.needs_input(down) else 0))
+        return norm + (1 - dense_share) * (routed + shared) + dense_share * dense + tr.lora_extra(*up_names, down, c=c)
+    norm += c * h if tr.needs_input(*up_names) else 0
+    inter = d.intermediate
+    if d.mlp == "gated":
+        body = c * inter * 3  # gate (act input), act(gate) and up (the product's operands)
+    else:
+        body = c * inter  # fc1 output (GELU input)
+    body += c * inter if tr.needs_input(down) else 0  # what the down projection reads
+    return norm + body + tr.lora_extra(*up_names, down, c=c)
+
+
+def vit_layer_bytes(v: VisionDims, c: int, full: bool) -> float:
+    """Saved bytes per patch for one ViT block; a frozen tower (LoRA: the engine never adapts it) saves
+    nothing because nothing inside it needs a gradient."""
+    if not full:
+        return 0.0
+    w, m = v.width, v.mlp_dim
+    norms = 2 * (FP32 * w + c * w + c * w)
+    attn = c * 3 * w + c * w + FP32 * v.heads + c * w  # q, k, v, SDPA output, lse, proj input
+    mlp = c * m * (4 if v.mlp_gated else 2)
+    return norms + attn + mlp
+
+
+def audio_encoder_bytes(a: AudioDims, c: int, trains: bool) -> tuple[float, float]:
+    """(bytes per encoder frame per layer, bytes per sample of the conv front end) that autograd keeps.
+    Whisper's encoder is a stack of LayerNorm/GELU blocks; wav2vec2's front end is 7 convolutions."""
+    if not trains:
+        return 0.0, 0.0
+    if a.kind == "whisper":
+        w = a.width
+        per_frame = 2 * (FP32 * w + 2 * c * w) + c * 4 * w + FP32 * a.heads + c * w + 2 * c * a.ffn
+        return per_frame, 0.0
+    return 0.0, 0.0  # wav2vec2: see conv_front_end_bytes (depends on length, not on frames)
+
+
+def conv_front_end_bytes(a: AudioDims, seconds: float, c: int, trains: bool) -> float:
+    """wav2vec2 feature extractor: each conv's output and its GELU input are saved (per sample)."""
+    if not trains or a.kind != "wav2vec2":
+        return 0.0
+    return sum(2 * c * ch * n for ch, n in zip(a.conv_channels, a.conv_lengths(seconds), strict=True))
+
+
+def inference_layer_bytes(d: ArchDims, c: int) -> float:
+    """Largest working set inside one block during a no-grad prefill, per token: the residual stream
+    and normalised input plus the MLP's live intermediates (act(gate), up, product) or attention's
+    q/k/v/output, whichever is larger (intermediates are freed as soon as they are consumed)."""
+    h, q, kv = d.hidden, d.heads * d.head_dim, d.kv_heads * d.head_dim
+    if d.num_experts:
+        inter = max(d.experts_per_tok * d.moe_intermediate, d.shared_expert_intermediate)
+    else:
+        inter = d.intermediate
+    mlp = c * inter * (3 if d.mlp == "gated" else 2)
+    attn = c * (2 * q + 2 * kv)
+    return 2 * c * h + max(mlp, attn)

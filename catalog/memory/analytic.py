@@ -1,0 +1,275 @@
+"""The analytic memory estimate: closed-form bytes per GPU for one training step or one generate call.
+
+`estimate_analytic(config, plan)` models what this repo's engine does (catalog/modeling.py): transformers
+5 with SDPA attention, peft LoRA on the language model's linears, the `cast_for_training` dtypes, FSDP2
+`fully_shard` per block + root, non-reentrant activation checkpointing per block, foreach AdamW, and an
+fp32 cross-entropy over every position. Pure arithmetic, no torch: milliseconds. Every term, formula and
+source is in docs/memory.md; the short version is in `estimate_analytic`'s docstring.
+"""
+
+from __future__ import annotations
+
+import math
+
+from automodel.catalog.architecture import ArchDims, dims_from_config
+from automodel.catalog.memory.activations import (
+    FP32,
+    Trainable,
+    audio_encoder_bytes,
+    conv_front_end_bytes,
+    decoder_layer_bytes,
+    inference_layer_bytes,
+    vit_layer_bytes,
+)
+from automodel.catalog.memory.plan import MemoryEstimate, Plan
+
+GIB = 1024**3
+# bitsandbytes NF4 with double quantisation (Dettmers et al. 2023, QLoRA, Sec. 3): 4-bit codes, one 8-bit
+# absmax per 64 weights, one fp32 second-level constant per 256 absmax blocks.
+NF4_BYTES = 0.5 + 1 / 64 + FP32 / (64 * 256)
+# bitsandbytes 8-bit AdamW: two uint8 states + one fp32 absmax per 256-value block for each (Dettmers et al.
+# 2022, "8-bit Optimizers via Block-wise Quantization"); tensors under 4096 values stay 32-bit (ignored).
+ADAMW8_BYTES = 2 + 2 * FP32 / 256
+# Device-level memory outside the caching allocator: CUDA context, kernels, cuBLAS/cuDNN handles (measured
+# 0.5-0.7 GiB on A100/H100 with torch 2.x lazy module loading), plus NCCL buffers when ranks talk.
+CUDA_CONTEXT_BYTES = int(0.6 * GIB)
+NCCL_BYTES = int(0.25 * GIB)
+# Caching-allocator reserve over the allocated peak (block rounding, split blocks, freed-but-cached
+# activations); calibrated on the reserved rows of bench/data/measured-memory.csv (docs/memory.md).
+FRAGMENTATION = 1.07
+
+
+def _compute_bytes(plan: Plan) -> int:
+    return 4 if plan.precision == "fp32" else 2
+
+
+def _adapter_params(d: ArchDims, plan: Plan) -> int:
+    if plan.method == "full":
+        return 0
+    lins = [lin for lin in d.matched_linears(plan.lora_targets) if lin.component != "vision"]
+    return sum(plan.lora_rank * (lin.in_features + lin.out_features) * lin.count for lin in lins)
+
+
+def _quantised_params(d: ArchDims) -> int:
+    """Parameters bitsandbytes stores in NF4: every nn.Linear except the output head."""
+    return sum(lin.params for lin in d.linears if lin.name != "lm_head")
+
+
+def _tokens(d: ArchDims, plan: Plan) -> tuple[int, int]:
+    """(language-model positions per sequence, vision patches per sequence)."""
+    seq = plan.seq_len
+    patches = 0
+    if d.vision is not None and plan.images:
+        seq += plan.images * d.vision.lm_tokens(plan.image_size)
+        patches = plan.images * d.vision.patches(plan.image_size)
+    if d.model_type == "wav2vec2" and d.audio is not None:
+        seq = d.audio.frames(plan.audio_seconds)  # the encoder's positions are audio frames
+    return seq, patches
+
+
+def estimate_analytic(config: dict[str, object], plan: Plan, *, params: int | None = None) -> MemoryEstimate:
+    """Per-GPU peak memory of `plan` on the model `config` describes (N = plan.gpus, FSDP2 shards by N).
+
+    Terms (bytes; P params, T trainable, A LoRA adapter params, c compute bytes: 2 bf16, 4 fp32):
+    - weights: full: P x (4 bf16-mixed/fp32, 2 bf16) / N; lora: frozen base in the compute dtype, P x c / N;
+      qlora: linears x 0.5159 (NF4 + double-quant constants) + the rest x 2, / N.
+    - adapter_weights: A x (4 bf16-mixed/fp32, 2 bf16) / N; A = r x (in + out) per adapted linear.
+    - gradients: T x (dtype of the trainable param) / N, alive from backward to the step.
+    - optimizer: AdamW 2 states in the param dtype (8 B/param for fp32 masters); 8-bit AdamW 2.03 B/param;
+      SGD 0. Foreach AdamW adds one state-sized temporary during the step (sqrt of exp_avg_sq).
+    - activations: per-token bytes per block from activations.py x layers x tokens (no grad ckpt), or
+      block inputs (c x h per token per layer) + one recomputed block (grad ckpt); plus ViT/encoder parts.
+    - logits: (c + 12) x vocab x tokens: the c-byte logits, the saved fp32 log-softmax, and in backward its
+      fp32 incoming gradient and the fp32 input gradient (the fp32 upcast itself is freed after forward).
+    - kv_cache (inference): 2 x layers x kv_heads x head_dim x (prompt + new) x batch x c (sliding-window
+      layers keep the window); generate keeps only the last position's logits.
+    - comm_buffers: FSDP2 unsharded compute copies of two blocks (current + prefetch) and the root
+      (embeddings, head, norms) for the whole step, plus one block's unsharded gradient (c + 4 fp32 reduce).
+    - overhead: CUDA context 0.6 GiB (+0.25 GiB NCCL with N > 1), in peak_reserved only.
+    peak_allocated = resident + max(start of backward, end of backward, optimizer step); peak_reserved =
+    peak_allocated x 1.07 (caching allocator) + overhead.
+    """
+    d = dims_from_config(config)
+    total = params if params is not None else d.total_params
+    scale = total / d.total_params  # a caller's exact count rescales every weight-proportional term
+    n = plan.gpus
+    c = _compute_bytes(plan)
+    seq, patches = _tokens(d, plan)
+    b = plan.micro_batch
+    assumptions = _assumptions(plan, d)
+    if plan.mode == "inference":
+        return _inference(d, plan, total, scale, c, seq, patches, assumptions)
+
+    full = plan.method == "full"
+    param_bytes = 4 if plan.precision in ("bf16-mixed", "fp32") else 2  # storage of trainable params
+    adapters = _adapter_params(d, plan)
+    trainable = total if full else adapters
+    if full:
+        weights = total * param_bytes
+    elif plan.method == "lora":
+        weights = total * c
+    else:
+        quant = _quantised_params(d) * scale
+        weights = quant * NF4_BYTES + (total - quant) * 2
+    weights /= n
+    adapter_weights = adapters * param_bytes / n
+    gradients = trainable * param_bytes / n
+    if plan.optimizer == "adamw":
+        optimizer, step_tmp = 2 * trainable * param_bytes / n, trainable * param_bytes / n
+    elif plan.optimizer == "adamw-8bit":
+        optimizer, step_tmp = trainable * ADAMW8_BYTES / n, 0.0
+    else:
+        optimizer, step_tmp = 0.0, 0.0
+    if plan.cpu_offload:  # FSDP2 CPUOffloadPolicy: shards, their grads and the step live in host memory
+        weights = adapter_weights = gradients = optimizer = step_tmp = 0.0
+
+    adapted = frozenset(lin.name for lin in d.matched_linears(plan.lora_targets)) if not full else frozenset()
+    tr = Trainable(full=full, adapted=adapted, rank=plan.lora_rank)
+    frames = d.audio.frames(plan.audio_seconds) if d.audio is not None and d.model_type == "whisper" else 0
+    per_layer_tok = decoder_layer_bytes(d, tr, c, cross_tokens_ratio=frames / seq if frames else 0.0)
+    tokens = b * seq
+    block = per_layer_tok * tokens
+    # Vision tower and audio encoder blocks are checkpointed like the text blocks.
+    vit_layer = vit_layer_bytes(d.vision, c, full) * b * patches if d.vision is not None else 0.0
+    enc_layer, front = 0.0, 0.0
+    if d.audio is not None:
+        trains_audio = full or d.model_type == "whisper"  # LoRA on Whisper reaches encoder linears too
+        per_frame, _ = audio_encoder_bytes(d.audio, c, trains_audio)
+        enc_layer = per_frame * b * frames
+        front = conv_front_end_bytes(d.audio, plan.audio_seconds, c, full) * b
+    vit_depth = d.vision.depth if d.vision is not None else 0
+    enc_depth = d.audio.layers if d.audio is not None else 0
+    head_in = (FP32 * d.hidden + (2 * c * d.hidden if full else 0)) * tokens  # final norm (+ head input)
+    if plan.grad_ckpt:
+        kept = c * d.hidden * tokens * d.layers + head_in + front
+        kept += c * (d.vision.width if d.vision else 0) * b * patches * vit_depth * (1 if full else 0)
+        kept += c * (d.audio.width if d.audio else 0) * b * frames * enc_depth * (1 if enc_layer else 0)
+        recompute = max(block, vit_layer, enc_layer)
+        activations = kept + recompute
+    else:
+        activations = block * d.layers + vit_layer * vit_depth + enc_layer * enc_depth + head_in + front
+        recompute = block
+    logits = (c + 12) * d.vocab * tokens
+
+    gathered, grad_bufs = _fsdp_buffers(d, plan, full, scale, c)
+    comm = gathered + grad_bufs
+    resident = weights + adapter_weights + optimizer
+    start_bwd = activations + logits + gathered
+    end_bwd = gradients + recompute + gathered + grad_bufs
+    step = gradients + step_tmp
+    peak_alloc = resident + max(start_bwd, end_bwd, step)
+    overhead = CUDA_CONTEXT_BYTES + (NCCL_BYTES if n > 1 else 0)
+    return MemoryEstimate(
+        engine="analytic", params=int(total), trainable_params=int(trainable), weights=int(weights),
+        adapter_weights=int(adapter_weights), gradients=int(gradients), optimizer=int(optimizer),
+        activations=int(activations), logits=int(logits), kv_cache=0, comm_buffers=int(comm),
+        overhead=overhead, peak_allocated=int(peak_alloc),
+        peak_reserved=int(math.ceil(peak_alloc * FRAGMENTATION)) + overhead,
+        assumptions=tuple(assumptions),
+    )
+
+
+def _fsdp_buffers(d: ArchDims, plan: Plan, full: bool, scale: float, c: int) -> tuple[float, float]:
+    """FSDP2 transients: unsharded compute copies of the current and prefetched block plus the root's
+    parameters (all-gathered at the root's forward, kept until its backward), and for full training one
+    block's unsharded gradient in the compute dtype plus its fp32 reduce-scatter copy."""
+    block = d.params_per_layer * scale
+    root = (d.params.embedding + d.params.lm_head + d.params.final_norm) * scale
+    if plan.gpus == 1 and not (full and plan.precision == "bf16-mixed"):
+        return 0.0, 0.0  # nothing to gather or cast: parameters already sit in the compute dtype
+    if plan.method == "qlora":
+        gathered = 2 * block * NF4_BYTES + root * 2
+    else:
+        gathered = (2 * block + root) * c
+    if plan.gpus == 1:  # bf16-mixed full on one GPU: the bf16 compute copies without any gather
+        gathered = (2 * block + root) * c
+    grads = block * (c + (4 if plan.precision == "bf16-mixed" else 0)) + root * c if full else 0.0
+    return gathered, grads
+
+
+def _inference(d: ArchDims, plan: Plan, total: int, scale: float, c: int, seq: int, patches: int,
+               assumptions: list[str]) -> MemoryEstimate:
+    """Weights + KV cache + the prefill's largest transient + the last position's fp32 logits."""
+    b = plan.micro_batch
+    if plan.method == "qlora":
+        quant = _quantised_params(d) * scale
+        weights = quant * NF4_BYTES + (total - quant) * 2
+    else:
+        weights = total * c
+    weights /= plan.gpus
+    adapters = _adapter_params(d, plan) * c / plan.gpus
+    length = seq + plan.new_tokens
+    kv_per_layer = 2 * d.kv_heads * d.head_dim * c * b
+    if d.kind == "encoder":
+        kv = 0.0
+    else:
+        window = d.sliding_window or length
+        kv = kv_per_layer * ((d.layers - d.sliding_layers) * length + d.sliding_layers * min(window, length))
+    frames = d.audio.frames(plan.audio_seconds) if d.audio is not None and d.model_type == "whisper" else 0
+    kv += kv_per_layer * d.layers * frames  # Whisper cross-attention cache over encoder frames
+    prefill = inference_layer_bytes(d, c) * b * seq
+    if d.vision is not None and patches:
+        v = d.vision
+        prefill = max(prefill, (2 * c * v.width + c * v.mlp_dim * (3 if v.mlp_gated else 2)) * b * patches)
+    if d.audio is not None and d.audio.kind == "whisper":
+        a = d.audio
+        prefill = max(prefill, (2 * c * a.width + 2 * c * a.ffn) * b * frames)
+    logits = (c + FP32) * d.vocab * b * (seq if d.kind == "encoder" else 1)
+    peak = weights + adapters + kv + prefill + logits
+    overhead = CUDA_CONTEXT_BYTES + (NCCL_BYTES if plan.gpus > 1 else 0)
+    return MemoryEstimate(
+        engine="analytic", params=int(total), trainable_params=0, weights=int(weights),
+        adapter_weights=int(adapters), gradients=0, optimizer=0, activations=int(prefill), logits=int(logits),
+        kv_cache=int(kv), comm_buffers=0, overhead=overhead, peak_allocated=int(peak),
+        peak_reserved=int(math.ceil(peak * FRAGMENTATION)) + overhead, assumptions=tuple(assumptions),
+    )
+
+
+def _assumptions(plan: Plan, d: ArchDims) -> list[str]:
+    """What stack the numbers assume, and where a user's stack may differ."""
+    out = [
+        "Stack: transformers 5 with SDPA attention (flash/memory-efficient kernels, no seq x seq scores), "
+        "no padding mask (GQA without repeat_kv copies); torch caching allocator.",
+        f"{plan.gpus} GPU(s): FSDP2 fully_shard per block + root shards weights, gradients and optimizer "
+        "state evenly; weight-proportional terms are divided by the GPU count." if plan.gpus > 1 else
+        "1 GPU: no sharding; the whole model, gradients and optimizer state live on the device.",
+    ]
+    if plan.mode == "inference":
+        out.append("Inference: HF generate with a dynamic KV cache in the compute dtype; prefill keeps only the "
+                   "last position's logits (fp32); vLLM/paged caches or quantised KV caches use less.")
+        return out
+    precision = {
+        "bf16-mixed": "bf16-mixed: trainable parameters in fp32 (master weights, fp32 gradients and AdamW "
+                      "state), frozen parameters in bf16, compute in bf16 (FSDP2 MixedPrecisionPolicy).",
+        "bf16": "bf16: parameters, gradients and AdamW states all bf16.",
+        "fp32": "fp32: parameters, activations, gradients and states all fp32.",
+    }[plan.precision]
+    out.append(precision)
+    if plan.method != "full":
+        out.append(f"LoRA r={plan.lora_rank} on the language model's linears ({'all-linear' if plan.lora_targets == 'all-linear' else ','.join(plan.lora_targets)}), "
+                   "never the output head or a vision tower; lora_dropout 0 (dropout > 0 saves an extra copy "
+                   "of each adapted input).")
+    if plan.method == "qlora":
+        out.append("QLoRA: bitsandbytes NF4 with double quantisation for every linear but the head "
+                   "(0.516 B/param), bf16 compute; needs CUDA and bitsandbytes.")
+    out.append({
+        "adamw": "AdamW (torch, foreach): two states in the parameter dtype plus one state-sized temporary "
+                 "during the step; fused AdamW avoids the temporary, paged/offloaded optimizers save more.",
+        "adamw-8bit": "8-bit AdamW (bitsandbytes): two uint8 states + fp32 block scales (2.03 B/param).",
+        "sgd": "SGD without momentum: no optimizer state.",
+    }[plan.optimizer])
+    out.append("Activations: Korthikanti et al. 2022 recounted for SwiGLU, GQA, RMSNorm fp32 upcasts and SDPA; "
+               + ("gradient checkpointing keeps block inputs and recomputes one block at a time."
+                  if plan.grad_ckpt else "no checkpointing: every block's saved tensors live until backward."))
+    out.append("Logits: all positions, fp32 cross-entropy (c-byte logits + fp32 log-softmax + two fp32 "
+               "gradients); chunked/fused cross-entropy (Liger, torchtune) removes most of this term.")
+    if d.vision is not None:
+        out.append(f"Vision: {plan.images} image(s) of {plan.image_size}px per sequence add "
+                   f"{d.vision.lm_tokens(plan.image_size) * plan.images} tokens; the frozen tower saves no "
+                   "activations under LoRA.")
+    if d.audio is not None:
+        out.append(f"Audio: {plan.audio_seconds:g} s per sample -> {d.audio.frames(plan.audio_seconds)} encoder frames.")
+    out.append("Not modelled: torch.compile, DeepSpeed, optimizer-in-backward, activation offloading, "
+               "packed-sequence masks; with gradient accumulation the gradients also coexist with the "
+               "next micro-batch's activations.")
+    return out

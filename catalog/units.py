@@ -1,0 +1,36 @@
+"""Memory sizes as users type them: `24`, `24G`, `24GB`, `24GiB`, `80 gb`, `0.5TiB`.
+
+Torch-free; shared by `automodel estimate --gpu-mem` and the advisor's hardware flags. A bare number
+and the `G`/`GB` suffixes are read as GiB, the way GPU vendors label memory (an "80GB" A100 has 80 GiB).
+"""
+
+from __future__ import annotations
+
+import re
+
+from automodel.catalog.errors import UserError
+
+GIB = 1024**3
+_UNITS = {"": GIB, "g": GIB, "gb": GIB, "gib": GIB, "m": 1024**2, "mb": 1024**2, "mib": 1024**2,
+          "t": 1024**4, "tb": 1024**4, "tib": 1024**4}
+_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_memory(text: str | float, *, field: str = "--gpu-mem") -> int:
+    """Bytes for a memory size; a UserError naming `field` for anything else (or a size <= 0)."""
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        value, unit = float(text), ""
+    else:
+        match = _PATTERN.match(str(text))
+        if not match or match.group(2).lower() not in _UNITS:
+            raise UserError(f"cannot read {text!r} as a memory size", field=field,
+                            hint="give GiB as a number or with a unit: 24, 24G, 24GB, 24GiB, 512MiB")
+        value, unit = float(match.group(1)), match.group(2).lower()
+    if value <= 0:
+        raise UserError(f"memory size must be positive, got {text!r}", field=field, hint="e.g. 24GB")
+    return int(value * _UNITS[unit])
+
+
+def gib(n_bytes: float) -> float:
+    """Bytes as GiB (for rendering)."""
+    return n_bytes / GIB
