@@ -76,11 +76,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _flag_error(err: ValidationError) -> UserError:
+    """pydantic's first complaint, named by the flag the user typed."""
     first = err.errors()[0]
+    message = first["msg"].removeprefix("Value error, ")
     loc = [str(x) for x in first["loc"]]
     name = loc[-1] if loc else ""
-    flag = FIELD_TO_FLAG.get(name, "--" + name.replace("_", "-"))
-    return UserError(first["msg"].removeprefix("Value error, "), field=flag)
+    if not name and ": " in message:  # model validators name their field as the message's prefix
+        name, message = message.split(": ", 1)
+    name = name.rsplit(".", 1)[-1]
+    return UserError(message, field=FIELD_TO_FLAG.get(name, "--" + name.replace("_", "-")))
 
 
 def profile_from_args(args: argparse.Namespace, hardware: Hardware) -> Profile:

@@ -11,11 +11,13 @@ import math
 from pathlib import Path
 
 from automodel.advisor.rank import Recommendation
+from automodel.advisor.render import launch_command
 from automodel.catalog.errors import UserError
 from automodel.trainer.config import TrainConfig, config_from_data, dump_yaml
 
-# A local chat-format file: the one layout every text task reads without a column mapping.
-PLACEHOLDER_DATASET = "REPLACE_ME_train.jsonl"
+# Shaped like an HF dataset name so the config validates (and dry-runs) as written; the header comment
+# and the name itself say it must be replaced. Chat format needs no column mapping (a `messages` column).
+PLACEHOLDER_DATASET = "REPLACE_ME/your-dataset"
 TARGET_GLOBAL_BATCH = 8  # sequences per optimizer step the config aims for (gradient accumulation fills it)
 LORA_LR, FULL_LR = 2e-4, 2e-5
 
@@ -54,7 +56,6 @@ def build_config(rec: Recommendation, *, dataset: str | None = None, output_dir:
             "target_modules": plan.lora_targets if isinstance(plan.lora_targets, str) else list(plan.lora_targets),
         },
         "distributed": {
-            "strategy": "fsdp2" if plan.gpus > 1 else "none",
             "activation_checkpointing": plan.grad_ckpt,
             "mixed_precision": plan.precision,
         },
@@ -83,6 +84,7 @@ def header(rec: Recommendation, dataset: str | None) -> str:
         lines += [
             f"# >>> FILL IN data.source: `{PLACEHOLDER_DATASET}` is a placeholder. Give your own .jsonl file with a",
             "# >>> `messages` column ([{role, content}, ...]) or an HF dataset name, and adjust data.format.",
+            f"# Launch: {launch_command(rec, '<this file>')}",
         ]
     return "\n".join(lines) + "\n"
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -142,16 +141,11 @@ def detect(
     )
 
 
-_GPU_MEM = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(g|gb|gib)?\s*$", re.IGNORECASE)
-
-
 def parse_gpu_mem(text: str) -> int:
-    """`24`, `24G`, `24GB`, `24GiB` -> bytes, all read as GiB: GPU memory is counted in binary units
-    (a "24 GB" RTX 4090 reports 23.6 GiB), so 24 GB on a GPU means 24 GiB."""
-    match = _GPU_MEM.match(str(text))
-    if not match or float(match.group(1)) <= 0:
-        raise UserError(f"{text!r} is not a GPU memory size", field="--gpu-mem", hint="e.g. 24, 24G, 24GB or 24GiB")
-    return int(float(match.group(1)) * 2**30)
+    """`24`, `24G`, `24GB`, `24GiB` -> bytes (GiB, as GPU vendors count); the catalog's parser, named --gpu-mem."""
+    from automodel.catalog.units import parse_memory
+
+    return parse_memory(text, field="--gpu-mem")
 
 
 def resolve_hardware(

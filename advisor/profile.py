@@ -56,7 +56,7 @@ class Task(BaseModel):
     def _use_case_fits_modality(self) -> Task:
         if self.use_case is not None and self.use_case not in USE_CASES_BY_MODALITY[self.modality]:
             allowed = ", ".join(USE_CASES_BY_MODALITY[self.modality])
-            raise ValueError(f"use_case: {self.use_case!r} is not a {self.modality} use case (one of {allowed})")
+            raise ValueError(f"use_case: {self.use_case!r} is not a use case for {self.modality} (one of {allowed})")
         return self
 
 

@@ -33,8 +33,14 @@ HEADROOM = 0.90
 # QLoRA dequantises every NF4 weight before each matmul, so 30 %.
 MFU = {"full": 0.40, "lora": 0.40, "qlora": 0.30}
 METHOD_LABEL = {"full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA"}
-# Full fine-tuning adapts every weight; QLoRA trains on a 4-bit base (slower steps, small quality loss).
-METHOD_SCORE = {"full": 1.0, "lora": 0.8, "qlora": 0.1}
+# Full fine-tuning adapts every weight. QLoRA trains on a 4-bit base: close to 16-bit LoRA in quality
+# (Dettmers et al. 2023), so a quality pick happily takes a bigger model with it, but its steps are slower
+# and it needs bitsandbytes, so balanced and latency picks use it only when nothing bf16 fits.
+METHOD_SCORE: dict[str, dict[str, float]] = {
+    "quality": {"full": 1.0, "lora": 0.9, "qlora": 0.7},
+    "balanced": {"full": 1.0, "lora": 0.8, "qlora": 0.1},
+    "latency": {"full": 1.0, "lora": 0.8, "qlora": 0.1},
+}
 QLORA_NOTE = "QLoRA needs a CUDA GPU and the bitsandbytes package (pip install bitsandbytes)."
 # Score weights per priority: (quality, latency, balanced-size band, use-case fit, method).
 WEIGHTS: dict[str, tuple[float, float, float, float, float]] = {
@@ -195,11 +201,11 @@ def _estimate(model: object, plan: Plan) -> MemoryEstimate | str:
 
 
 def _describe(plan: Plan) -> str:
-    parts = [f"{METHOD_LABEL[plan.method]}" + (f" r{plan.lora_rank}" if plan.method != "full" else "")]
-    parts.append(f"at {plan.seq_len} tokens x {plan.micro_batch}")
-    parts.append("grad ckpt" if plan.grad_ckpt else "no grad ckpt")
-    parts.append(f"FSDP2 over {plan.gpus} GPUs" if plan.gpus > 1 else "1 GPU")
-    return ", ".join(parts)
+    """`LoRA r16 at 2048 tokens x 1 (grad ckpt, 1 GPU)`."""
+    method = METHOD_LABEL[plan.method] + (f" r{plan.lora_rank}" if plan.method != "full" else "")
+    where = f"FSDP2 over {plan.gpus} GPUs" if plan.gpus > 1 else "1 GPU"
+    ckpt = "grad ckpt" if plan.grad_ckpt else "no grad ckpt"
+    return f"{method} at {plan.seq_len} tokens x {plan.micro_batch} ({ckpt}, {where})"
 
 
 @dataclass(frozen=True)
@@ -208,7 +214,26 @@ class Search:
 
     plan: Plan | None
     estimate: MemoryEstimate | None
-    misses: tuple[str, ...]
+    misses: tuple[Miss, ...]
+
+
+@dataclass(frozen=True)
+class Miss:
+    """A method ruled out: its smallest plan and what that needs (or why it cannot run)."""
+
+    plan: Plan
+    need: MemoryEstimate | str
+
+    def needs(self) -> str:
+        if isinstance(self.need, str):
+            return f"{METHOD_LABEL[self.plan.method]} cannot be estimated: {self.need}"
+        return f"needs {gib(self.need.peak_reserved)} GiB per GPU with {_describe(self.plan)}"
+
+    def passed_over(self) -> str:
+        if isinstance(self.need, str):
+            return self.needs() + "."
+        return (f"Not {METHOD_LABEL[self.plan.method]}: it would need {gib(self.need.peak_reserved)} GiB per GPU "
+                f"even {'with grad ckpt ' if self.plan.grad_ckpt else ''}on {self.plan.gpus} GPU(s).")
 
 
 def _search(profile: Profile, model: object) -> Search:
@@ -216,16 +241,13 @@ def _search(profile: Profile, model: object) -> Search:
     limit = HEADROOM * hw.memory_bytes
     degrees = [pref.fsdp_degree] if pref.fsdp_degree else fsdp_degrees(hw.gpus_per_node, hw.nodes)
     ckpts = {"auto": [False, True], "on": [True], "off": [False]}[pref.grad_ckpt]
-    misses: list[str] = []
+    misses: list[Miss] = []
     for method in _methods(profile):
         # The smallest footprint first: if that does not fit, no plan of this method does.
         smallest = _plan(profile, method, degrees[-1], ckpts[-1])
         est = _estimate(model, smallest)
-        if isinstance(est, str):
-            misses.append(f"{METHOD_LABEL[method]}: {est}")
-            continue
-        if est.peak_reserved > limit:
-            misses.append(f"needs {gib(est.peak_reserved)} GiB per GPU with {_describe(smallest)}")
+        if isinstance(est, str) or est.peak_reserved > limit:
+            misses.append(Miss(smallest, est))
             continue
         for gpus in degrees:
             for ckpt in ckpts:
@@ -248,6 +270,11 @@ def _size_terms(model: object, ideal: float) -> tuple[float, float, float]:
     return quality, latency, band
 
 
+def _ideal(profile: Profile) -> float:
+    hw = profile.hardware
+    return max(5e8, BALANCED_WEIGHT_SHARE * hw.memory_bytes * hw.total_gpus / 2)
+
+
 def _fit(profile: Profile, model: object, family: object | None) -> float:
     use_case = profile.task.use_case
     if use_case is None:
@@ -258,10 +285,8 @@ def _fit(profile: Profile, model: object, family: object | None) -> float:
 
 def score(profile: Profile, model: object, family: object | None, method: str) -> float:
     wq, wl, wb, wf, wm = WEIGHTS[profile.requirements.priority]
-    hw = profile.hardware
-    ideal = max(5e8, BALANCED_WEIGHT_SHARE * hw.memory_bytes * hw.total_gpus / 2)
-    quality, latency, band = _size_terms(model, ideal)
-    total = wq * quality + wl * latency + wb * band + wf * _fit(profile, model, family) + wm * METHOD_SCORE[method]
+    quality, latency, band = _size_terms(model, _ideal(profile))
+    total = wq * quality + wl * latency + wb * band + wf * _fit(profile, model, family) + wm * METHOD_SCORE[profile.requirements.priority][method]
     return round(100 * total, 1)
 
 
@@ -275,26 +300,34 @@ def train_seconds(model: object, plan: Plan, tokens: int, bf16_tflops: float | N
 
 
 def _reasons(
-    profile: Profile, model: object, family: object | None, plan: Plan, est: MemoryEstimate, misses: tuple[str, ...]
+    profile: Profile, model: object, family: object | None, plan: Plan, est: MemoryEstimate, misses: tuple[Miss, ...]
 ) -> tuple[str, ...]:
+    """The pick in a sentence or two: what fits and how, why this method, what speaks for the model."""
     hw = profile.hardware
-    size = model.params / 1e9  # type: ignore[attr-defined]
     reasons = [
-        f"{size:.1f}B params; {_describe(plan)} needs {gib(est.peak_reserved)} of {gib(hw.memory_bytes)} GiB "
-        f"per GPU (limit {gib(HEADROOM * hw.memory_bytes)} at {HEADROOM:.0%})."
+        f"Fits as {_describe(plan)}: {gib(est.peak_reserved)} of {gib(hw.memory_bytes)} GiB per GPU "
+        f"(limit {gib(HEADROOM * hw.memory_bytes)} at {HEADROOM:.0%})."
     ]
-    if misses:
-        reasons.append("Passed over: " + "; ".join(misses) + ".")
-    use_case = profile.task.use_case
-    if family is not None and use_case and use_case in {s.lower() for s in getattr(family, "strengths", ())}:
-        reasons.append(f"{family.name} family is strong at {use_case}.")  # type: ignore[attr-defined]
+    reasons.extend(miss.passed_over() for miss in misses)
+    use_case, priority = profile.task.use_case, profile.requirements.priority
+    strengths = set(getattr(family, "strengths", ()))
+    title = getattr(family, "title", model.family)  # type: ignore[attr-defined]
+    if use_case and use_case in strengths:
+        reasons.append(f"{title} is strong at {use_case}.")
+    size = f"{model.params / 1e9:.1f}B"  # type: ignore[attr-defined]
+    if priority == "quality":
+        reasons.append(f"{size} params: quality priority favours the biggest model that fits.")
+    elif priority == "latency":
+        reasons.append(f"{size} params: latency priority favours small, fast models.")
+    else:
+        reasons.append(f"{size} params: balanced priority aims at ~{_ideal(profile) / 1e9:.0f}B for this hardware.")
     if plan.method == "qlora":
         reasons.append(QLORA_NOTE)
     tokens = profile.requirements.dataset_tokens
     if tokens:
         seconds = train_seconds(model, plan, tokens, hw.bf16_tflops)
         if seconds is None:
-            reasons.append("Give --gpu NAME for a training-time estimate (needs the GPU's bf16 peak).")
+            reasons.append("Give --gpu NAME for a training-time estimate (it needs the GPU's bf16 peak).")
         else:
             reasons.append(
                 f"~{seconds / 3600:.1f} h for {tokens / 1e6:,.0f}M tokens on {plan.gpus} GPU(s) "
@@ -349,7 +382,8 @@ def recommend(profile: Profile) -> Recommendations:
     return Recommendations(profile=profile, recommendations=ranked, excluded=tuple(excluded))
 
 
-def _too_big(profile: Profile, misses: tuple[str, ...]) -> str:
+def _too_big(profile: Profile, misses: tuple[Miss, ...]) -> str:
+    """The smallest plan's need (the last method tried) against what the user has."""
     hw = profile.hardware
-    have = f"you have {gib(hw.memory_bytes)} GiB (limit {gib(HEADROOM * hw.memory_bytes)} at {HEADROOM:.0%})"
-    return "; ".join(misses) + f"; {have}"
+    have = f"you have {gib(hw.memory_bytes)} (limit {gib(HEADROOM * hw.memory_bytes)} at {HEADROOM:.0%})"
+    return f"{misses[-1].needs()}; {have}" if misses else f"no training method was tried; {have}"

@@ -52,7 +52,7 @@ def recommendations_table(result: Recommendations, top: int) -> Table:
             strategy_text(rec),
             f"{gib(rec.estimate.peak_reserved)} / {gib(rec.gpu_mem_bytes)} GiB",
             f"{rec.score:.1f}",
-            " ".join(rec.reasons[1:3]) or rec.reasons[0],
+            " ".join(r for r in rec.reasons[1:] if not r.startswith("~")) or rec.reasons[0],
         )
     return table
 
@@ -79,19 +79,24 @@ def breakdown_table(est: MemoryEstimate, gpu_mem_bytes: int) -> Table:
     return table
 
 
-def launch_command(modality: str, config_path: str) -> str:
-    return f"automodel finetune {modality} -c {shlex.quote(config_path)}"
+def launch_command(rec: Recommendation, config_path: str) -> str:
+    """`automodel finetune <task> -c PATH`, with the process layout when the plan spans several GPUs."""
+    command = f"automodel finetune {rec.model.modality} -c {shlex.quote(config_path)}"  # type: ignore[attr-defined]
+    if rec.gpus_per_node > 1 or rec.nodes > 1:
+        command += f" --nproc-per-node {rec.gpus_per_node}"
+    if rec.nodes > 1:
+        command += f" --nnodes {rec.nodes} --node-rank <0..{rec.nodes - 1}> --master-addr <rank-0 host>"
+    return command
 
 
 def next_step(result: Recommendations, argv: Sequence[str], written: str | None) -> str:
     """One line: the command that writes the top pick's config and launches it."""
-    modality = result.profile.task.modality
-    if written is not None:
-        return f"next: {launch_command(modality, written)}"
     top = result.recommendations[0]
+    if written is not None:
+        return f"next: {launch_command(top, written)}"
     path = f"{top.model.name}.yaml"  # type: ignore[attr-defined]
     again = " ".join(shlex.quote(a) for a in ["automodel", *argv, "--write-config", path])
-    return f"next: {again} && {launch_command(modality, path)}"
+    return f"next: {again} && {launch_command(top, path)}"
 
 
 def print_human(

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from automodel.advisor.profile import (
     DEFAULT_SEQ_LEN,
@@ -27,9 +27,13 @@ from automodel.advisor.profile import (
 )
 from automodel.catalog.errors import UserError
 
+if TYPE_CHECKING:
+    from automodel.advisor.rank import Recommendation, Recommendations
+
 Step = Literal["task", "hardware", "requirements", "strategy"]
 STEPS: tuple[Step, ...] = ("task", "hardware", "requirements", "strategy")
 NONE = "<none>"
+TOP = 5  # recommendations shown and offered
 
 
 @dataclass
@@ -41,6 +45,9 @@ class Context:
 
     def __getitem__(self, key: str) -> Any:
         return self.answers.get(key)
+
+    result: Recommendations | None = None  # set once the engine has answered
+    pick: Recommendation | None = None  # set once the user has chosen
 
     @property
     def using_detected(self) -> bool:
@@ -140,6 +147,23 @@ QUESTIONS: tuple[Question, ...] = (
 )
 
 
+def _pick_title(rec: Recommendation) -> str:
+    return f"{rec.rank}. {rec.model.name} ({rec.model.display_params}) - {rec.reasons[0]}"  # type: ignore[attr-defined]
+
+
+# After the ranking: which pick, where its config goes, which data it names, whether to launch it.
+PICK = Question("pick", "strategy", "select", lambda c: "Which one?", lambda c: 1,
+                choices=lambda c: [(_pick_title(r), r.rank) for r in c.result.top(TOP)])  # type: ignore[union-attr]
+LAUNCH = Question("launch", "strategy", "confirm", lambda c: "Launch it now?", lambda c: False)
+OUTPUT_QUESTIONS: tuple[Question, ...] = (
+    Question("path", "strategy", "text", lambda c: "Write the training config to?",
+             lambda c: f"{c.pick.model.name}.yaml"),  # type: ignore[union-attr]
+    Question("dataset", "strategy", "text",
+             lambda c: "Training data (local .jsonl with a `messages` column, or HF dataset; empty = placeholder)?",
+             lambda c: ""),
+)
+
+
 def ask(question: Question, ctx: Context) -> Any:
     """The one place that talks to questionary. Ctrl-C raises KeyboardInterrupt (unsafe_ask)."""
     import questionary
@@ -208,11 +232,15 @@ def profile_from_answers(ctx: Context) -> Profile:
     )
 
 
-def launch(modality: str, path: str) -> int:
-    """Run `automodel finetune <task> -c path` as a child process and return its exit code."""
+def launch(rec: Recommendation, path: str) -> int:
+    """Run the printed launch command as a child process and return its exit code."""
+    import shlex
+
+    from automodel.advisor.render import launch_command
+
     exe = shutil.which("automodel")
-    cmd = [exe] if exe else [sys.executable, "-m", "automodel.advisor.cli"]
-    return subprocess.run([*cmd, "finetune", modality, "-c", path], check=False).returncode
+    head = [exe] if exe else [sys.executable, "-m", "automodel.advisor.cli"]
+    return subprocess.run([*head, *shlex.split(launch_command(rec, path))[1:]], check=False).returncode
 
 
 def run(asker: Callable[[Question, Context], Any] = ask, detected: Hardware | None | Literal["detect"] = "detect") -> int:
@@ -238,21 +266,22 @@ def run(asker: Callable[[Question, Context], Any] = ask, detected: Hardware | No
             console.print("[bold red]No model fits this hardware.[/] Why each was excluded:")
             console.print(exclusions_table(result))
             return 0
-        console.print(recommendations_table(result, 5))
-        picks = [(f"{r.rank}. {r.model.name} - {r.reasons[0]}", r.rank) for r in result.top(5)]  # type: ignore[attr-defined]
-        pick = Question("pick", "strategy", "select", lambda c: "Which one?", lambda c: 1, choices=lambda c: picks)
-        rec = result.recommendations[asker(pick, ctx) - 1]
+        console.print(recommendations_table(result, TOP))
+        ctx.result = result
+        rec = ctx.pick = result.recommendations[asker(PICK, ctx) - 1]
         console.print(breakdown_table(rec.estimate, rec.gpu_mem_bytes))
         for reason in rec.reasons:
             console.print(f"- {reason}")
-        where = Question("path", "strategy", "text", lambda c: "Write the training config to?",
-                         lambda c: f"{rec.model.name}.yaml")  # type: ignore[attr-defined]
-        path = str(write_config(rec, asker(where, ctx)))
-        command = launch_command(profile.task.modality, path)
+        for question in OUTPUT_QUESTIONS:
+            ctx.answers[question.key] = asker(question, ctx)
+        path = str(write_config(rec, ctx["path"], dataset=ctx["dataset"] or None))
+        command = launch_command(rec, path)
         console.print(f"wrote {path}\nlaunch with: {command}", soft_wrap=True)
-        go = Question("launch", "strategy", "confirm", lambda c: "Launch it now?", lambda c: False)
-        if asker(go, ctx):
-            return launch(profile.task.modality, path)
+        if rec.nodes > 1:  # every node runs its own copy; nothing to launch from here
+            console.print("run that command on every node, with its own --node-rank")
+            return 0
+        if asker(LAUNCH, ctx):
+            return launch(rec, path)
         return 0
     except (KeyboardInterrupt, EOFError):
         print("\nadvisor cancelled; nothing launched.", file=sys.stderr)

@@ -1,0 +1,221 @@
+"""The ranking engine over the seed's hardware tiers, tasks and requirements.
+
+Every scenario checks the invariants (each pick fits the stated memory with the headroom policy, the
+modality is never mixed, ranks are ordered) and then what a user would expect of it.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from automodel.advisor.profile import Hardware, Profile, Requirements, StrategyPreference, Task
+from automodel.advisor.rank import HEADROOM, MFU, Recommendations, fsdp_degrees, recommend, train_seconds
+from automodel.catalog.registry import find_gpu, load_catalog
+
+GIB = 2**30
+
+
+def run(task: str, mem_gib: float | None = None, *, gpu: str | None = None, gpus: int = 1, nodes: int = 1,
+        use_case: str | None = None, method: str = "auto", grad_ckpt: str = "auto", **req) -> Recommendations:
+    spec = find_gpu(gpu) if gpu else None
+    hw = Hardware(gpu=spec.name if spec else None, memory_bytes=spec.memory_bytes if spec else int(mem_gib * GIB),
+                  gpus_per_node=gpus, nodes=nodes, bf16_tflops=spec.bf16_tflops if spec else None)
+    profile = Profile(task=Task(modality=task, use_case=use_case), hardware=hw,
+                      requirements=Requirements(**req), strategy=StrategyPreference(method=method, grad_ckpt=grad_ckpt))
+    result = recommend(profile)
+    check_invariants(result)
+    return result
+
+
+def check_invariants(result: Recommendations) -> None:
+    hw = result.profile.hardware
+    names = {m.name: m for m in load_catalog().models}
+    for i, rec in enumerate(result.recommendations):
+        assert rec.rank == i + 1
+        assert rec.estimate.peak_reserved <= HEADROOM * hw.memory_bytes, rec.model.name
+        assert rec.headroom_bytes == hw.memory_bytes - rec.estimate.peak_reserved
+        assert rec.model.modality == result.profile.task.modality
+        assert rec.plan.gpus <= hw.total_gpus and rec.gpus_per_node * rec.nodes == rec.plan.gpus
+        assert rec.plan.seq_len == result.profile.seq_len and rec.plan.micro_batch == result.profile.requirements.batch
+        assert rec.reasons and "GiB" in rec.reasons[0]
+    scores = [r.score for r in result.recommendations]
+    assert scores == sorted(scores, reverse=True)
+    considered = {r.model.name for r in result.recommendations} | {e.model for e in result.excluded}
+    expected = {n for n, m in names.items() if m.modality == result.profile.task.modality}
+    assert considered == expected  # every model of the task is either ranked or excluded, no others
+
+
+TIERS = [("8-16 GB", 12), ("24-48 GB", 24), ("24-48 GB", 48), ("80 GB", 80)]
+
+
+@pytest.mark.parametrize(("tier", "mem"), TIERS)
+@pytest.mark.parametrize("task", ["llm", "vlm", "asr"])
+def test_every_tier_and_task_gives_fitting_picks(tier, mem, task) -> None:
+    result = run(task, mem)
+    assert result.recommendations, f"{task} on {tier} ({mem} GiB) found nothing"
+
+
+def test_priorities_move_the_size_the_way_a_user_expects() -> None:
+    for mem in (16, 24, 80):
+        top = {p: run("llm", mem, priority=p).recommendations[0].model for p in ("latency", "balanced", "quality")}
+        assert top["latency"].params <= top["balanced"].params <= top["quality"].params, mem
+        assert top["latency"].params < top["quality"].params
+
+
+def test_balanced_follows_the_seed_tiers() -> None:
+    small = run("llm", 12).recommendations[0].model.params
+    mid = run("llm", 24).recommendations[0].model.params
+    assert small <= 4.5e9  # 8-16 GB: the 1-4B class
+    assert 6e9 <= mid <= 10e9  # 24 GB: the 7-9B class with LoRA
+
+
+def test_more_memory_never_shrinks_the_quality_pick() -> None:
+    sizes = [run("llm", mem, priority="quality").recommendations[0].model.params for mem in (12, 24, 48, 80)]
+    assert sizes == sorted(sizes)
+
+
+def test_full_fine_tuning_only_when_it_fits_and_quality_matters() -> None:
+    small = run("llm", 80, use_case="chat", priority="quality")
+    tiny = [r for r in small.recommendations if r.model.params < 2e9]
+    by_name = {r.model.name: r for r in run("llm", 80).recommendations}
+    assert by_name["qwen2.5-0.5b-instruct"].plan.method == "full"  # fits easily: full fine-tuning
+    assert by_name["llama-3.1-8b-instruct"].plan.method != "full"  # 8B full needs ~16 bytes/param > 80 GiB
+    assert all(r.plan.method != "full" for r in run("llm", 80, priority="latency").recommendations)
+    assert tiny or small.recommendations
+
+
+def test_eight_gpus_shard_full_fine_tuning_only_as_far_as_needed() -> None:
+    result = run("llm", gpu="H100-SXM", gpus=8, priority="quality")
+    by_name = {r.model.name: r for r in result.recommendations}
+    full8b = by_name["llama-3.1-8b-instruct"]
+    assert full8b.plan.method == "full" and 1 < full8b.plan.gpus <= 8
+    one_less = full8b.plan.model_copy(update={"gpus": full8b.plan.gpus // 2})
+    from automodel.catalog.memory.estimate import estimate
+
+    smaller = estimate(full8b.model.config, one_less, params=full8b.model.params)
+    assert smaller.peak_reserved > HEADROOM * result.profile.hardware.memory_bytes  # fewer GPUs would not fit
+    small = by_name["qwen2.5-0.5b-instruct"]
+    assert small.plan.gpus == 1 and not small.plan.grad_ckpt  # fits alone: no sharding, no checkpointing
+
+
+def test_multi_node_reaches_70b_full_fine_tuning_or_lora() -> None:
+    result = run("llm", gpu="H100-SXM", gpus=8, nodes=4, priority="quality")
+    top = result.recommendations[0]
+    assert top.model.params > 60e9
+    assert top.plan.method in ("full", "lora")
+
+
+def test_grad_ckpt_only_when_needed() -> None:
+    by_name = {r.model.name: r for r in run("llm", 24).recommendations}
+    assert not by_name["qwen2.5-0.5b-instruct"].plan.grad_ckpt
+    off = run("llm", 24, grad_ckpt="off")
+    assert all(not r.plan.grad_ckpt for r in off.recommendations)
+    on = run("llm", 24, grad_ckpt="on")
+    assert all(r.plan.grad_ckpt for r in on.recommendations)
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "qlora"])
+def test_forced_method_is_used_for_every_pick(method) -> None:
+    result = run("llm", 24, method=method)
+    assert result.recommendations and {r.plan.method for r in result.recommendations} == {method}
+
+
+def test_qlora_picks_say_they_need_cuda_and_bitsandbytes() -> None:
+    result = run("llm", 12, priority="quality")
+    qlora = [r for r in result.recommendations if r.plan.method == "qlora"]
+    assert qlora and all(any("bitsandbytes" in reason for reason in r.reasons) for r in qlora)
+
+
+def test_commercial_filter() -> None:
+    result = run("llm", 24, commercial_only=True)
+    assert all(r.model.commercial_use for r in result.recommendations)
+    excluded = {e.model: e.reason for e in result.excluded}
+    assert "qwen2.5-3b-instruct" in excluded and "commercial" in excluded["qwen2.5-3b-instruct"]
+    assert "qwen2.5-3b-instruct" in {r.model.name for r in run("llm", 24).recommendations}
+
+
+def test_no_gated_filter() -> None:
+    result = run("llm", 24, allow_gated=False)
+    assert result.recommendations and not any(r.model.gated for r in result.recommendations)
+    assert any("gated" in e.reason for e in result.excluded if e.model.startswith("llama"))
+
+
+def test_safety_picks_the_gemma_families() -> None:
+    result = run("llm", 24, safety=True)
+    assert result.recommendations and all(r.model.family.startswith("gemma") for r in result.recommendations)
+    vlm = run("vlm", 24, safety=True)
+    assert vlm.recommendations and all(r.model.family.startswith("gemma") for r in vlm.recommendations)
+
+
+def test_multilingual_and_use_case_filters() -> None:
+    multi = run("llm", 24, multilingual=True)
+    assert "codellama-7b-instruct" in {e.model for e in multi.excluded}
+    code = run("llm", 24, use_case="code")
+    assert {r.model.name for r in code.recommendations} >= {"codellama-7b-instruct"}
+    assert "gemma-2-9b-it" in {e.model for e in code.excluded}
+    asr = run("asr", 16, multilingual=True)
+    assert {r.model.family for r in asr.recommendations} == {"whisper"}  # wav2vec2 is English only
+
+
+def test_use_case_strength_ranks_the_family_up() -> None:
+    docs = run("vlm", 48, use_case="document").recommendations
+    assert docs[0].model.family in ("qwen2-vl", "qwen2.5-vl")
+
+
+def test_long_sequences_exclude_short_context_models() -> None:
+    result = run("llm", 80, seq_len=8192)
+    reasons = {e.model: e.reason for e in result.excluded}
+    assert "phi-2" in reasons and "2048" in reasons["phi-2"]
+
+
+def test_too_small_hardware_explains_with_numbers() -> None:
+    result = run("llm", 1)
+    assert not result.recommendations
+    assert result.excluded and all("GiB per GPU" in e.reason and "you have 1.0" in e.reason for e in result.excluded)
+
+
+def test_exclusion_when_one_gpu_is_too_small_names_the_method_and_tokens() -> None:
+    result = run("llm", 24, method="lora")
+    reason = {e.model: e.reason for e in result.excluded}["llama-3.1-70b-instruct"]
+    assert "LoRA r16 at 2048 tokens" in reason and "you have 24.0" in reason
+
+
+def test_training_time_from_flops() -> None:
+    result = run("llm", gpu="A100-80GB", dataset_tokens=100_000_000)
+    rec = result.recommendations[0]
+    n = rec.model.active_params or rec.model.params
+    per_token = (6 if rec.plan.method == "full" else 4) * n + (2 * n if rec.plan.grad_ckpt else 0)
+    expected = 1e8 * per_token / (rec.plan.gpus * 312e12 * MFU[rec.plan.method])
+    assert rec.train_seconds == pytest.approx(expected)
+    assert any(" h for 100M tokens" in r for r in rec.reasons)
+    assert train_seconds(rec.model, rec.plan, 10**8, None) is None
+
+
+def test_moe_time_uses_active_params() -> None:
+    moe = next(m for m in load_catalog().models if m.active_params)
+    plan = run("llm", 80).recommendations[0].plan.model_copy(update={"method": "lora", "grad_ckpt": False, "gpus": 1})
+    assert train_seconds(moe, plan, 10**9, 100.0) == pytest.approx(1e9 * 4 * moe.active_params / (100e12 * MFU["lora"]))
+
+
+def test_fsdp_degrees() -> None:
+    assert fsdp_degrees(1, 1) == [1]
+    assert fsdp_degrees(8, 1) == [1, 2, 4, 8]
+    assert fsdp_degrees(6, 2) == [1, 2, 4, 6, 12]
+    assert fsdp_degrees(8, 4) == [1, 2, 4, 8, 16, 24, 32]
+
+
+def test_forced_fsdp_degree() -> None:
+    hw = Hardware(memory_bytes=80 * GIB, gpus_per_node=8)
+    profile = Profile(task=Task(modality="llm"), hardware=hw, strategy=StrategyPreference(fsdp_degree=4))
+    assert {r.plan.gpus for r in recommend(profile).recommendations} == {4}
+
+
+def test_recommendation_json_shape() -> None:
+    rec = run("vlm", 24).recommendations[0]
+    data = rec.to_json()
+    assert set(data) >= {"rank", "model", "hf_id", "family", "modality", "params", "strategy", "estimate",
+                         "gpu_mem_bytes", "headroom_bytes", "score", "reasons"}
+    assert set(data["strategy"]) == {"method", "lora_rank", "precision", "grad_ckpt", "gpus", "nodes",
+                                     "micro_batch", "seq_len"}
+    assert set(data["estimate"]) == {"peak_allocated_bytes", "peak_reserved_bytes", "breakdown"}
+    assert rec.plan.images == 1  # a VLM plan carries an image per sequence
