@@ -59,6 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--gpus", type=_positive("--gpus"), default=None, metavar="N", help="FSDP2 ranks")
     p.add_argument("--new-tokens", type=_positive("--new-tokens", 0), default=None, metavar="N",
                    help="inference: tokens generated after the prompt")
+    p.add_argument("--images", type=_positive("--images", 0), default=None, metavar="N",
+                   help="VLM only: images per sequence (default 0)")
     p.add_argument("--gpu-mem", default=None, metavar="GB", help="per-GPU budget for --fit: 24, 24G, 24GB, 24GiB")
     p.add_argument("--fit", action="store_true", help="largest batch and longest sequence within --gpu-mem")
     p.add_argument("--simulate", action="store_true", help="simulate on fake tensors (imports torch)")
@@ -72,7 +74,7 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
         "mode": args.mode, "method": args.method, "lora_rank": args.lora_rank, "lora_targets": args.lora_targets,
         "precision": args.precision, "optimizer": args.optimizer, "seq_len": args.seq_len,
         "micro_batch": args.batch_size, "grad_ckpt": args.grad_ckpt, "gpus": args.gpus,
-        "new_tokens": args.new_tokens,
+        "new_tokens": args.new_tokens, "images": args.images,
     }
     try:
         return Plan(**{k: v for k, v in given.items() if v is not None})
