@@ -1,0 +1,69 @@
+"""`automodel estimate`: JSON shape, table output, exit codes, torch-free import."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from automodel.advisor.cli import main
+
+TINY = {
+    "model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100,
+}
+
+
+@pytest.fixture
+def config_path(tmp_path: Path) -> str:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(TINY))
+    return str(path)
+
+
+def test_json_shape(config_path: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["estimate", config_path, "--method", "full", "--seq-len", "256", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    for key in ("params", "trainable_params", "peak_allocated_bytes", "peak_reserved_bytes", "breakdown",
+                "assumptions"):
+        assert key in doc
+    assert doc["params"] == doc["trainable_params"] == 86_848
+    assert doc["breakdown"]["weights"] == 4 * 86_848
+    assert doc["plan"]["seq_len"] == 256 and isinstance(doc["assumptions"], list)
+
+
+def test_fit_json_and_table(config_path: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["estimate", config_path, "--fit", "--gpu-mem", "2GiB", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["fit"]["budget_bytes"] == 2 * 1024**3 and doc["fit"]["max_micro_batch"] >= 1
+    assert doc["fits"] is True
+    assert main(["estimate", config_path, "--mode", "inference", "--new-tokens", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "kv cache" in out and "assumptions" in out and "peak reserved" in out
+
+
+@pytest.mark.parametrize(("argv", "flag"), [
+    (["--seq-len", "-1"], "--seq-len"), (["--lora-rank", "0"], "--lora-rank"), (["--gpus", "0"], "--gpus"),
+    (["--precision", "fp16"], "--precision"), (["--batch-size", "x"], "--batch-size"), (["--fit"], "--gpu-mem"),
+    (["--fit", "--gpu-mem", "lots"], "--gpu-mem"), (["--lora-targets", ","], "--lora-targets"),
+])
+def test_nonsense_exits_2_naming_the_flag(config_path: str, argv: list[str], flag: str,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    try:
+        code = main(["estimate", config_path, *argv])
+    except SystemExit as exc:  # argparse rejects type/choice errors itself
+        code = exc.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert flag in err and "Traceback" not in err
+
+
+def test_estimate_path_does_not_import_torch(config_path: str) -> None:
+    code = ("import sys; from automodel.advisor.cli import main; "
+            f"rc = main(['estimate', {config_path!r}, '--json']); "
+            "print('TORCH' if 'torch' in sys.modules else 'NOTORCH', rc)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().endswith("NOTORCH 0")

@@ -1,0 +1,110 @@
+"""The analytic estimator on a tiny config: pinned byte counts and the directions terms must move."""
+
+from __future__ import annotations
+
+import pytest
+
+from automodel.catalog.memory.analytic import ADAMW8_BYTES, NF4_BYTES, estimate_analytic
+from automodel.catalog.memory.plan import Plan
+
+# 2 layers, hidden 64, 4 heads / 2 kv heads (head_dim 16), MLP 128, vocab 100, untied.
+TINY = {
+    "model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100,
+}
+LAYER = 64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 128 + 2 * 64  # attention + MLP + 2 norms = 36,992
+P = 2 * LAYER + 2 * 100 * 64 + 64  # layers + embedding + head + final norm = 86,848
+LINEARS = 2 * (LAYER - 128)  # every nn.Linear in the blocks
+
+
+def est(**kw: object):
+    return estimate_analytic(TINY, Plan(**kw))
+
+
+def test_full_bf16_mixed_pins_weights_grads_optimizer() -> None:
+    e = est(method="full", precision="bf16-mixed", optimizer="adamw")
+    assert e.params == P == 86_848
+    assert e.trainable_params == P
+    assert e.weights == 4 * P  # fp32 master weights
+    assert e.gradients == 4 * P
+    assert e.optimizer == 8 * P  # two fp32 AdamW states
+    assert e.adapter_weights == 0 and e.kv_cache == 0
+
+
+def test_pure_bf16_and_fp32_and_sharding() -> None:
+    assert est(method="full", precision="bf16").optimizer == 4 * P  # torch keeps states in the param dtype
+    assert est(method="full", precision="fp32").weights == 4 * P
+    four = est(method="full", precision="bf16-mixed", gpus=4)
+    assert four.weights == P and four.gradients == P and four.optimizer == 2 * P
+
+
+def test_lora_pins_adapters() -> None:
+    e = est(method="lora", lora_rank=8, lora_targets="q_proj,v_proj", precision="bf16-mixed")
+    adapters = 2 * 8 * ((64 + 64) + (64 + 32))  # two layers x (q: 64->64, v: 64->32)
+    assert e.trainable_params == adapters == 3584
+    assert e.weights == 2 * P  # frozen base in bf16
+    assert e.adapter_weights == 4 * adapters and e.gradients == 4 * adapters and e.optimizer == 8 * adapters
+    all_linear = est(method="lora", lora_rank=8)
+    assert all_linear.trainable_params == 2 * 8 * sum(i + o for i, o in
+                                                      [(64, 64), (64, 32), (64, 32), (64, 64),
+                                                       (64, 128), (64, 128), (128, 64)])
+
+
+def test_qlora_and_8bit_optimizer() -> None:
+    e = est(method="qlora", lora_rank=8)
+    assert e.weights == int(LINEARS * NF4_BYTES + (P - LINEARS) * 2)
+    e8 = est(method="full", optimizer="adamw-8bit")
+    assert e8.optimizer == int(P * ADAMW8_BYTES)
+    assert est(method="full", optimizer="sgd").optimizer == 0
+
+
+def test_logits_formula() -> None:
+    e = est(method="lora", seq_len=512, micro_batch=3, precision="bf16")
+    assert e.logits == (2 + 12) * 100 * 512 * 3
+    assert est(method="lora", seq_len=512, precision="fp32").logits == 16 * 100 * 512
+
+
+def test_inference_kv_cache_formula() -> None:
+    e = est(mode="inference", method="full", seq_len=1000, new_tokens=24, micro_batch=2, precision="bf16")
+    assert e.kv_cache == 2 * 2 * 2 * 16 * (1000 + 24) * 2 * 2  # 2 x layers x kv_heads x head_dim x len x b x c
+    assert e.gradients == e.optimizer == 0 and e.weights == 2 * P
+    assert e.logits == (2 + 4) * 100 * 2  # generate keeps the last position only
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "qlora"])
+def test_monotone(method: str) -> None:
+    short, long = est(method=method, seq_len=256), est(method=method, seq_len=4096)
+    assert long.activations > short.activations and long.peak_allocated > short.peak_allocated
+    no_ckpt = est(method=method, seq_len=4096, grad_ckpt=False)
+    assert no_ckpt.activations > long.activations
+    assert est(method=method, micro_batch=4).peak_allocated > est(method=method).peak_allocated
+    one, eight = est(method=method, gpus=1), est(method=method, gpus=8)
+    assert eight.weights < one.weights and eight.optimizer <= one.optimizer
+
+
+def test_lora_below_full_and_reserved_above_allocated() -> None:
+    big = {**TINY, "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 8,
+           "num_attention_heads": 16, "num_key_value_heads": 4, "vocab_size": 32000}
+    full = estimate_analytic(big, Plan(method="full"))
+    lora = estimate_analytic(big, Plan(method="lora"))
+    qlora = estimate_analytic(big, Plan(method="qlora"))
+    assert qlora.peak_allocated < lora.peak_allocated < full.peak_allocated
+    for e in (full, lora, qlora):
+        assert e.peak_reserved > e.peak_allocated + e.overhead - 1
+        assert e.peak_allocated >= e.weights + e.optimizer
+        assert e.assumptions and all(isinstance(a, str) and a for a in e.assumptions)
+
+
+def test_vlm_images_add_tokens_and_asr_frames() -> None:
+    vlm = {**TINY, "model_type": "qwen2_vl", "vision_config": {"embed_dim": 32, "depth": 2, "num_heads": 2,
+                                                                "hidden_size": 64}}
+    none = estimate_analytic(vlm, Plan(method="lora", seq_len=128))
+    two = estimate_analytic(vlm, Plan(method="lora", seq_len=128, images=2, image_size=448))
+    assert two.logits == none.logits * (128 + 2 * 256) // 128
+    assert any("image" in a for a in two.assumptions)
+    whisper = {"model_type": "whisper", "d_model": 64, "encoder_layers": 2, "decoder_layers": 2,
+               "encoder_attention_heads": 4, "decoder_attention_heads": 4, "encoder_ffn_dim": 128,
+               "decoder_ffn_dim": 128, "vocab_size": 100}
+    inf = estimate_analytic(whisper, Plan(mode="inference", method="full", seq_len=4, new_tokens=60,
+                                          precision="bf16"))
+    assert inf.kv_cache == 2 * 2 * 4 * 16 * 2 * (4 + 60 + 1500)  # self + cross-attention caches

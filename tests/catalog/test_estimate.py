@@ -1,0 +1,49 @@
+"""estimate(): engine dispatch, and the units parser the CLI and advisor share."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from automodel.catalog.errors import UserError
+from automodel.catalog.memory.analytic import estimate_analytic
+from automodel.catalog.memory.estimate import estimate
+from automodel.catalog.memory.plan import Plan
+from automodel.catalog.units import GIB, parse_memory
+
+TINY = {
+    "model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100,
+}
+
+
+def test_analytic_dispatch_and_params_override() -> None:
+    plan = Plan(method="full")
+    assert estimate(TINY, plan) == estimate_analytic(TINY, plan)
+    doubled = estimate(TINY, plan, params=2 * estimate(TINY, plan).params)
+    assert doubled.weights == 2 * estimate(TINY, plan).weights
+
+
+def test_simulate_is_lazy_and_unknown_engine_is_a_user_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "automodel.catalog.memory.simulate", None)  # import fails
+    with pytest.raises(UserError) as err:
+        estimate(TINY, Plan(), engine="simulate")
+    assert err.value.field == "--simulate"
+    with pytest.raises(UserError):
+        estimate(TINY, Plan(), engine="guess")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("24", 24 * GIB), ("24G", 24 * GIB), ("24GB", 24 * GIB), ("24GiB", 24 * GIB), ("24 gb", 24 * GIB),
+    ("0.5TiB", 512 * GIB), ("512MiB", 512 * 1024**2), (80, 80 * GIB),
+])
+def test_parse_memory(text: str, expected: int) -> None:
+    assert parse_memory(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "GB", "24XB", "-3", "0", "twenty"])
+def test_parse_memory_rejects(text: str) -> None:
+    with pytest.raises(UserError) as err:
+        parse_memory(text)
+    assert err.value.field == "--gpu-mem"
