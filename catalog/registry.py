@@ -99,13 +99,16 @@ def load_catalog() -> Catalog:
     return load_catalog_from(resources.files("automodel.catalog") / "data")
 
 
-def _did_you_mean(name: str, candidates: list[str]) -> str:
+def _did_you_mean(name: str, candidates: list[str], canonical: dict[str, str] | None = None) -> str:
+    """`; did you mean 'a', 'b'?` for up to three close candidates (mapped through `canonical`, so an
+    alias suggests the entry's real name), or an empty string."""
     lowered = {c.lower(): c for c in candidates}
     key = name.lower()
-    close = difflib.get_close_matches(key, list(lowered), n=3, cutoff=0.55)
+    close = difflib.get_close_matches(key, list(lowered), n=5, cutoff=0.5)
     # Substring hits catch "llama-8b"-style abbreviations difflib scores low.
-    close += [c for c in lowered if key and key in c and c not in close][: 3 - len(close)]
-    return f"; did you mean {', '.join(repr(lowered[c]) for c in close)}?" if close else ""
+    close += [c for c in lowered if key and key in c and c not in close]
+    names = list(dict.fromkeys((canonical or {}).get(lowered[c], lowered[c]) for c in close))[:3]
+    return f"; did you mean {', '.join(repr(n) for n in names)}?" if names else ""
 
 
 def find_model(name: str) -> ModelSpec:
@@ -130,9 +133,9 @@ def find_gpu(name: str) -> GPUSpec:
     for gpu in catalog.gpus:
         if key in (n.lower() for n in (gpu.name, *gpu.aliases)):
             return gpu
-    names = [n for g in catalog.gpus for n in (g.name, *g.aliases)]
+    canonical = {n: g.name for g in catalog.gpus for n in (g.name, *g.aliases)}
     raise UserError(
-        f"unknown GPU {name!r}{_did_you_mean(key, names)}",
+        f"unknown GPU {name!r}{_did_you_mean(key, list(canonical), canonical)}",
         field="--gpu",
         hint=f"one of: {', '.join(g.name for g in catalog.gpus)} (see `automodel gpus`)",
     )

@@ -1,0 +1,194 @@
+"""Model resolution (catalog name, HF id, config.json, directory, Hub) and GPU lookup. The Hub is mocked:
+`huggingface_hub.hf_hub_download` is replaced, so nothing touches the network."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import huggingface_hub
+import pytest
+from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, RepositoryNotFoundError
+
+from automodel.catalog.errors import UserError
+from automodel.catalog.registry import find_gpu, find_model, load_catalog, resolve
+
+# A 2-layer Llama: embed 256*64 + lm_head 256*64 + 2 * (4*64*64 + 3*64*128 + 2*64) + 64.
+TINY_LLAMA = {
+    "model_type": "llama",
+    "architectures": ["LlamaForCausalLM"],
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "vocab_size": 256,
+    "tie_word_embeddings": False,
+}
+TINY_LLAMA_PARAMS = 2 * 256 * 64 + 2 * (4 * 64 * 64 + 3 * 64 * 128 + 2 * 64) + 64
+
+
+def _hub_error(cls: type[Exception], message: str) -> Exception:
+    # The hub's HTTP errors want a live response object; the message is all resolve() reads.
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    return err
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[dict[str, str]]:
+    """Fake hf_hub_download: serves TINY_LLAMA for any repo, records each call."""
+    calls: list[dict[str, str]] = []
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    def fake_download(repo_id: str, filename: str, **kwargs: object) -> str:
+        calls.append({"repo_id": repo_id, "filename": filename, **kwargs})
+        path = tmp_path / "hub" / repo_id / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(TINY_LLAMA))
+        return str(path)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    return calls
+
+
+def test_load_catalog_is_cached() -> None:
+    assert load_catalog() is load_catalog()
+    assert len(load_catalog().models) == 50 and len(load_catalog().families) == 16
+
+
+@pytest.mark.parametrize(
+    "text", ["llama-3.2-1b", "LLAMA-3.2-1B", "meta-llama/Llama-3.2-1B", " meta-llama/llama-3.2-1b "]
+)
+def test_catalog_names_and_ids_case_insensitive(text: str) -> None:
+    resolved = resolve(text)
+    assert resolved.source == "catalog" and resolved.name == "llama-3.2-1b"
+    assert resolved.hf_id == "meta-llama/Llama-3.2-1B"
+    assert resolved.params == 1_235_814_400 and resolved.params_method == "meta-build"
+    assert resolved.config["hidden_size"] == 2048 and resolved.spec is find_model(text)
+
+
+def test_config_file_and_directory(tmp_path: Path) -> None:
+    model_dir = tmp_path / "my-llama"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text(json.dumps(TINY_LLAMA))
+    by_file = resolve(str(model_dir / "config.json"))
+    by_dir = resolve(model_dir)
+    for resolved in (by_file, by_dir):
+        assert resolved.source == "path" and resolved.name == "my-llama" and resolved.spec is None
+        assert resolved.hf_id is None and resolved.params == TINY_LLAMA_PARAMS
+    other = tmp_path / "llama-tiny.json"
+    other.write_text(json.dumps(TINY_LLAMA))
+    assert resolve(other).name == "llama-tiny"
+
+
+def test_bad_paths(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="has no config.json") as info:
+        resolve(tmp_path)
+    assert info.value.field == "MODEL"
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(UserError, match="cannot read .* as JSON"):
+        resolve(tmp_path / "config.json")
+    (tmp_path / "config.json").write_text(json.dumps({"hidden_size": 3}))
+    with pytest.raises(UserError, match="no `model_type`"):
+        resolve(tmp_path)
+    with pytest.raises(UserError, match="no such file or directory"):
+        resolve(str(tmp_path / "missing" / "config.json"))
+
+
+def test_hub_fetches_only_config_json(hub: list[dict[str, str]]) -> None:
+    resolved = resolve("acme/Tiny-Llama-Chat")
+    assert hub == [{"repo_id": "acme/Tiny-Llama-Chat", "filename": "config.json"}]
+    assert resolved.source == "hub" and resolved.hf_id == "acme/Tiny-Llama-Chat"
+    assert resolved.name == "Tiny-Llama-Chat" and resolved.params == TINY_LLAMA_PARAMS
+
+
+def test_catalog_ids_never_touch_the_hub(hub: list[dict[str, str]]) -> None:
+    resolve("Qwen/Qwen3-8B")
+    assert hub == []
+
+
+@pytest.mark.parametrize("value", ["1", "true", "YES"])
+def test_offline_is_a_clear_error(
+    hub: list[dict[str, str]], monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", value)
+    with pytest.raises(UserError) as info:
+        resolve("acme/Tiny-Llama-Chat")
+    assert "HF_HUB_OFFLINE" in info.value.message and info.value.field == "MODEL"
+    assert "config.json" in info.value.hint
+    assert hub == []
+    assert resolve("qwen3-8b").source == "catalog"  # the catalog still works offline
+
+
+def test_gated_repo_names_repo_licence_page_and_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    def gated(repo_id: str, filename: str, **_: object) -> str:
+        raise _hub_error(GatedRepoError, "403 gated")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", gated)
+    with pytest.raises(UserError) as info:
+        resolve("meta-llama/Llama-3.3-70B-Instruct")
+    text = info.value.render()
+    assert "meta-llama/Llama-3.3-70B-Instruct" in text
+    assert "https://huggingface.co/meta-llama/Llama-3.3-70B-Instruct" in text and "HF_TOKEN" in text
+
+
+def test_unknown_hub_repo_suggests_catalog_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    def missing(repo_id: str, filename: str, **_: object) -> str:
+        raise _hub_error(RepositoryNotFoundError, "404")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", missing)
+    with pytest.raises(UserError) as info:
+        resolve("Qwen/Qwen2.5-7B-Instrct")
+    assert "did you mean" in info.value.message and "'Qwen/Qwen2.5-7B-Instruct'" in info.value.message
+
+    def no_config(repo_id: str, filename: str, **_: object) -> str:
+        raise _hub_error(EntryNotFoundError, "404 entry")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_config)
+    with pytest.raises(UserError, match="has no config.json"):
+        resolve("acme/weights-only")
+
+
+def test_network_failure_is_a_user_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    def down(repo_id: str, filename: str, **_: object) -> str:
+        raise OSError("connection refused")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", down)
+    with pytest.raises(UserError, match="could not fetch config.json of acme/x"):
+        resolve("acme/x")
+
+
+def test_unknown_short_name_did_you_mean() -> None:
+    with pytest.raises(UserError) as info:
+        resolve("qwen3-7b")
+    assert info.value.field == "MODEL"
+    assert "did you mean" in info.value.message and "'qwen3-8b'" in info.value.message
+    with pytest.raises(UserError, match="empty model name"):
+        resolve("  ")
+
+
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [("h100", "H100-SXM"), ("RTX 4090", "RTX-4090"), ("4090", "RTX-4090"), ("a100_80gb", "A100-80GB")]
+    + [("mi300x", "MI300X"), ("T4", "T4"), ("l40s", "L40S")],
+)
+def test_find_gpu(text: str, name: str) -> None:
+    assert find_gpu(text).name == name
+
+
+def test_find_gpu_unknown() -> None:
+    with pytest.raises(UserError) as info:
+        find_gpu("H100 SMX")
+    assert (
+        info.value.field == "--gpu"
+        and "did you mean" in info.value.message
+        and "'H100-SXM'" in info.value.message
+    )
+    assert "automodel gpus" in info.value.hint
