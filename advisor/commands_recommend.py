@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from automodel.advisor.profile import USE_CASES, Hardware, Profile, Requirements, StrategyPreference, Task
 from automodel.catalog.errors import UserError
+
+if TYPE_CHECKING:
+    from automodel.advisor.rank import Recommendation
 
 FIELD_TO_FLAG = {
     "use_case": "--use-case",
@@ -158,9 +163,7 @@ def run_recommend(args: argparse.Namespace) -> int:
     result = recommend(profile)
     written = None
     if args.write_config and result.recommendations:
-        from automodel.advisor.configgen import write_config
-
-        written = str(write_config(result.recommendations[0], args.write_config))
+        written = _write_top(result.recommendations, args.write_config)
     if args.json:
         from automodel.advisor.render import to_json
 
@@ -172,6 +175,21 @@ def run_recommend(args: argparse.Namespace) -> int:
 
     print_human(Console(), result, args.top, argv_from_args(args), written)
     return 0
+
+
+def _write_top(recs: tuple[Recommendation, ...], path: str) -> tuple[str, Recommendation]:
+    """The top pick's config; when the trainer cannot run the top pick's method (QLoRA today), the best
+    pick it can run, with a note on stderr (stdout stays JSON-only)."""
+    from automodel.advisor.configgen import first_runnable, write_config
+
+    rec = first_runnable(recs) or recs[0]  # nothing runnable: write_config raises the UserError that says why
+    if rec is not recs[0]:
+        print(
+            f"note: #1 {recs[0].model.name} uses {recs[0].plan.method}, which the trainer does not run yet; "  # type: ignore[attr-defined]
+            f"wrote the config of #{rec.rank} {rec.model.name} ({rec.plan.method}) instead",  # type: ignore[attr-defined]
+            file=sys.stderr,
+        )
+    return str(write_config(rec, path)), rec
 
 
 def run_advise(args: argparse.Namespace) -> int:

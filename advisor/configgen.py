@@ -8,6 +8,7 @@ recommendation's `Plan` back. The dataset is a clearly marked placeholder unless
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 from automodel.advisor.rank import Recommendation
@@ -20,6 +21,7 @@ from automodel.trainer.config import TrainConfig, config_from_data, dump_yaml
 PLACEHOLDER_DATASET = "REPLACE_ME/your-dataset"
 TARGET_GLOBAL_BATCH = 8  # sequences per optimizer step the config aims for (gradient accumulation fills it)
 LORA_LR, FULL_LR = 2e-4, 2e-5
+PEFT_NAME = {"full": "none", "lora": "lora", "qlora": "qlora"}  # the plan's method -> the trainer's peft.method
 
 
 def global_batch(micro_batch: int, world_size: int) -> int:
@@ -28,17 +30,32 @@ def global_batch(micro_batch: int, world_size: int) -> int:
     return per_step * max(1, math.ceil(TARGET_GLOBAL_BATCH / per_step))
 
 
+def trainer_methods() -> tuple[str, ...]:
+    """The peft methods the trainer's schema accepts (`none` is full fine-tuning)."""
+    from automodel.trainer.config import PeftConfig
+
+    return tuple(PeftConfig.model_fields["method"].annotation.__args__)  # type: ignore[union-attr]
+
+
+def trainer_runs(rec: Recommendation) -> bool:
+    return PEFT_NAME[rec.plan.method] in trainer_methods()
+
+
+def first_runnable(recs: Sequence[Recommendation]) -> Recommendation | None:
+    """The best-ranked recommendation whose method the trainer can run."""
+    return next((rec for rec in recs if trainer_runs(rec)), None)
+
+
 def _peft_method(method: str) -> str:
     """The trainer's name for the recommended method; refuse what the trainer cannot run."""
-    allowed = TrainConfig.model_fields["peft"].annotation.model_fields["method"].annotation.__args__  # type: ignore[union-attr]
-    name = {"full": "none", "lora": "lora", "qlora": "qlora"}[method]
-    if name not in allowed:
+    allowed = trainer_methods()
+    if PEFT_NAME[method] not in allowed:
         raise UserError(
             f"the trainer cannot run {method} yet (peft.method takes {', '.join(allowed)})",
             field="--write-config",
             hint="force a method the trainer runs, e.g. --method lora, and pick a model that fits with it",
         )
-    return name
+    return PEFT_NAME[method]
 
 
 def build_config(rec: Recommendation, *, dataset: str | None = None, output_dir: str | None = None) -> TrainConfig:
@@ -91,7 +108,7 @@ def header(rec: Recommendation, dataset: str | None) -> str:
 
 def write_config(rec: Recommendation, path: str | Path, *, dataset: str | None = None) -> Path:
     """Write the recommendation's config to `path` (parents created) and return the path."""
-    cfg = build_config(rec, dataset=dataset)
+    cfg = build_config(rec, dataset=dataset)  # validates before anything is written
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,7 @@ HEADROOM = 0.90
 # QLoRA dequantises every NF4 weight before each matmul, so 30 %.
 MFU = {"full": 0.40, "lora": 0.40, "qlora": 0.30}
 METHOD_LABEL = {"full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA"}
+METHOD_SHORT = {"full": "full FT", "lora": "LoRA", "qlora": "QLoRA"}
 # Full fine-tuning adapts every weight. QLoRA trains on a 4-bit base: close to 16-bit LoRA in quality
 # (Dettmers et al. 2023), so a quality pick happily takes a bigger model with it, but its steps are slower
 # and it needs bitsandbytes, so balanced and latency picks use it only when nothing bf16 fits.
@@ -79,6 +80,7 @@ class Recommendation:
     gpu_mem_bytes: int
     score: float
     reasons: tuple[str, ...]
+    summary: str = ""  # a few words for the table's "why" column
     train_seconds: float | None = None
 
     @property
@@ -154,6 +156,10 @@ def _traits(model: object, family: object | None) -> set[str]:
 def _filter(profile: Profile, model: object, family: object | None) -> str | None:
     """Why a model is excluded before any estimate, or None."""
     req = profile.requirements
+    if model.params_method == "analytic":  # type: ignore[attr-defined]
+        # The catalog counts these by formula because transformers does not ship their architecture.
+        model_type = model.config.get("model_type")  # type: ignore[attr-defined]
+        return f"remote-code architecture ({model_type}): transformers cannot build it, so the trainer cannot fine-tune it"
     if req.commercial_only and not model.commercial_use:  # type: ignore[attr-defined]
         return f"licence `{model.license}` does not allow commercial use (--commercial)"  # type: ignore[attr-defined]
     if not req.allow_gated and model.gated:  # type: ignore[attr-defined]
@@ -336,6 +342,20 @@ def _reasons(
     return tuple(reasons)
 
 
+def _summary(profile: Profile, family: object | None, plan: Plan, misses: tuple[Miss, ...]) -> str:
+    """`full FT needs 148 GiB; strong at chat; ~9.6 h` for the table."""
+    parts = []
+    for miss in misses:
+        if isinstance(miss.need, MemoryEstimate):
+            parts.append(f"{METHOD_SHORT[miss.plan.method]} needs {miss.need.peak_reserved / GIB:.0f} GiB")
+    use_case = profile.task.use_case
+    if use_case and use_case in set(getattr(family, "strengths", ())):
+        parts.append(f"strong at {use_case}")
+    if plan.method == "qlora":
+        parts.append("needs CUDA + bitsandbytes")
+    return "; ".join(parts) or "fits as is"
+
+
 def recommend(profile: Profile) -> Recommendations:
     """Rank every catalog model of the task's modality for this profile (all fitting ones, best first)."""
     catalog, families = load_catalog(), _families()
@@ -366,6 +386,7 @@ def recommend(profile: Profile) -> Recommendations:
             gpu_mem_bytes=hw.memory_bytes,
             score=score(profile, model, family, plan.method),
             reasons=_reasons(profile, model, family, plan, est, found.misses),
+            summary=_summary(profile, family, plan, found.misses),
             train_seconds=(
                 train_seconds(model, plan, profile.requirements.dataset_tokens, hw.bf16_tflops)
                 if profile.requirements.dataset_tokens

@@ -37,12 +37,12 @@ def recommendations_table(result: Recommendations, top: int) -> Table:
     )
     table = Table(title=title, show_lines=False)
     table.add_column("#", justify="right")
-    table.add_column("model")
+    table.add_column("model", no_wrap=True)
     table.add_column("size", justify="right")
     table.add_column("strategy")
-    table.add_column("memory/GPU", justify="right")
+    table.add_column("GiB/GPU", justify="right", no_wrap=True)
     table.add_column("score", justify="right")
-    table.add_column("why", overflow="fold")
+    table.add_column("why")
     for rec in result.top(top):
         m = rec.model
         table.add_row(
@@ -50,9 +50,9 @@ def recommendations_table(result: Recommendations, top: int) -> Table:
             m.name,  # type: ignore[attr-defined]
             m.display_params,  # type: ignore[attr-defined]
             strategy_text(rec),
-            f"{gib(rec.estimate.peak_reserved)} / {gib(rec.gpu_mem_bytes)} GiB",
+            f"{gib(rec.estimate.peak_reserved)}/{gib(rec.gpu_mem_bytes)}",
             f"{rec.score:.1f}",
-            " ".join(r for r in rec.reasons[1:] if not r.startswith("~")) or rec.reasons[0],
+            rec.summary + (f"; ~{rec.train_seconds / 3600:.1f} h" if rec.train_seconds is not None else ""),
         )
     return table
 
@@ -89,18 +89,24 @@ def launch_command(rec: Recommendation, config_path: str) -> str:
     return command
 
 
-def next_step(result: Recommendations, argv: Sequence[str], written: str | None) -> str:
+def next_step(result: Recommendations, argv: Sequence[str], written: tuple[str, Recommendation] | None) -> str:
     """One line: the command that writes the top pick's config and launches it."""
-    top = result.recommendations[0]
     if written is not None:
-        return f"next: {launch_command(top, written)}"
-    path = f"{top.model.name}.yaml"  # type: ignore[attr-defined]
+        return f"next: {launch_command(written[1], written[0])}"
+    from automodel.advisor.configgen import first_runnable
+
+    rec = first_runnable(result.recommendations) or result.recommendations[0]  # what --write-config writes
+    path = f"{rec.model.name}.yaml"  # type: ignore[attr-defined]
     again = " ".join(shlex.quote(a) for a in ["automodel", *argv, "--write-config", path])
-    return f"next: {again} && {launch_command(top, path)}"
+    return f"next: {again} && {launch_command(rec, path)}"
 
 
 def print_human(
-    console: Console, result: Recommendations, top: int, argv: Sequence[str], written: str | None = None
+    console: Console,
+    result: Recommendations,
+    top: int,
+    argv: Sequence[str],
+    written: tuple[str, Recommendation] | None = None,
 ) -> None:
     if not result.recommendations:
         console.print("[bold red]No model fits this hardware.[/] Why each was excluded:")

@@ -171,7 +171,13 @@ def test_long_sequences_exclude_short_context_models() -> None:
 def test_too_small_hardware_explains_with_numbers() -> None:
     result = run("llm", 1)
     assert not result.recommendations
-    assert result.excluded and all("GiB per GPU" in e.reason and "you have 1.0" in e.reason for e in result.excluded)
+    sized = [e for e in result.excluded if "remote-code" not in e.reason]
+    assert sized and all("GiB per GPU" in e.reason and "you have 1.0" in e.reason for e in sized)
+
+
+def test_remote_code_models_are_excluded_with_the_reason() -> None:
+    reasons = {e.model: e.reason for e in run("llm", 80).excluded}
+    assert "phi3small" in reasons["phi-3-small-8k-instruct"]
 
 
 def test_exclusion_when_one_gpu_is_too_small_names_the_method_and_tokens() -> None:

@@ -1,0 +1,163 @@
+"""`automodel recommend`: flags, exit codes, the --json shape, --write-config, and consistency with
+`automodel estimate` for every pick over a grid of scenarios."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from automodel.advisor import hardware
+from automodel.advisor.cli import main
+from automodel.trainer.config import load_config
+
+GIB = 2**30
+
+
+def recommend_json(capsys, *flags: str) -> dict:
+    assert main(["recommend", *flags, "--json"]) == 0
+    out = capsys.readouterr().out
+    return json.loads(out)  # stdout is JSON only
+
+
+def test_json_shape_is_the_issue_s(capsys) -> None:
+    doc = recommend_json(capsys, "--task", "vlm", "--gpu-mem", "24GB", "--top", "3")
+    assert {"inputs", "recommendations", "excluded"} <= set(doc)
+    assert doc["inputs"]["task"] == "vlm" and doc["inputs"]["gpu_mem_bytes"] == 24 * GIB
+    assert 0 < len(doc["recommendations"]) <= 3
+    for i, rec in enumerate(doc["recommendations"], 1):
+        assert rec["rank"] == i and rec["modality"] == "vlm"
+        assert {"rank", "model", "hf_id", "family", "modality", "params", "strategy", "estimate", "gpu_mem_bytes",
+                "headroom_bytes", "score", "reasons"} <= set(rec)
+        assert set(rec["strategy"]) == {"method", "lora_rank", "precision", "grad_ckpt", "gpus", "nodes",
+                                        "micro_batch", "seq_len"}
+        assert set(rec["estimate"]) == {"peak_allocated_bytes", "peak_reserved_bytes", "breakdown"}
+        assert rec["headroom_bytes"] == rec["gpu_mem_bytes"] - rec["estimate"]["peak_reserved_bytes"] > 0
+        assert isinstance(rec["reasons"], list) and rec["reasons"]
+    assert all(set(e) == {"model", "reason"} for e in doc["excluded"])
+
+
+def test_flags_reach_the_profile(capsys) -> None:
+    doc = recommend_json(capsys, "--task", "llm", "--use-case", "code", "--gpu", "A100-80GB", "--gpus", "2",
+                         "--nodes", "1", "--priority", "quality", "--multilingual", "--no-gated", "--commercial",
+                         "--method", "lora", "--seq-len", "4096", "--batch-size", "2", "--top", "2")
+    inputs = doc["inputs"]
+    assert (inputs["use_case"], inputs["gpu"], inputs["gpus"], inputs["priority"]) == ("code", "A100-80GB", 2, "quality")
+    assert inputs["multilingual"] and inputs["no_gated"] and inputs["commercial"]
+    for rec in doc["recommendations"]:
+        s = rec["strategy"]
+        assert (s["method"], s["seq_len"], s["micro_batch"]) == ("lora", 4096, 2)
+
+
+def test_too_small_hardware_is_exit_0_with_reasons(capsys) -> None:
+    doc = recommend_json(capsys, "--task", "llm", "--gpu-mem", "1")
+    assert doc["recommendations"] == []
+    sized = [e for e in doc["excluded"] if "remote-code" not in e["reason"]]
+    assert sized and all("GiB per GPU" in e["reason"] and "you have 1.0" in e["reason"] for e in sized)
+
+
+@pytest.mark.parametrize(
+    ("flags", "field"),
+    [
+        (["--task", "llm", "--gpu-mem", "lots"], "--gpu-mem"),
+        (["--task", "llm", "--gpu", "banana"], "--gpu"),
+        (["--task", "llm", "--use-case", "vqa", "--gpu-mem", "24"], "--use-case"),
+    ],
+)
+def test_bad_input_exits_2_naming_the_flag(capsys, flags, field) -> None:
+    assert main(["recommend", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {field}:") and "Traceback" not in err
+
+
+def test_argparse_errors_exit_2(capsys) -> None:
+    for flags in (["--gpu-mem", "24"], ["--task", "tts", "--gpu-mem", "24"], ["--task", "llm", "--gpus", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            main(["recommend", *flags])
+        assert exc.value.code == 2
+
+
+def test_no_hardware_given_or_detected_exits_2(capsys, monkeypatch) -> None:
+    monkeypatch.setattr(hardware, "detect", lambda **kw: None)
+    assert main(["recommend", "--task", "llm"]) == 2
+    assert "none detected" in capsys.readouterr().err
+
+
+def test_detected_hardware_is_used(capsys, monkeypatch) -> None:
+    found = hardware.Hardware(gpu="L4", memory_bytes=22 * GIB, gpus_per_node=2, source="nvidia-smi")
+    monkeypatch.setattr(hardware, "detect", lambda **kw: found)
+    doc = recommend_json(capsys, "--task", "asr")
+    assert doc["inputs"]["hardware_source"] == "nvidia-smi" and doc["inputs"]["gpus"] == 2
+    assert doc["recommendations"][0]["gpu_mem_bytes"] == 22 * GIB
+
+
+def test_human_output_has_table_and_next_step(capsys) -> None:
+    assert main(["recommend", "--task", "llm", "--gpu-mem", "24", "--use-case", "chat"]) == 0
+    out = capsys.readouterr().out
+    assert "GiB/GPU" in out and "next: automodel recommend --task llm --use-case chat --gpu-mem 24" in out
+    assert "--write-config" in out and "&& automodel finetune llm -c" in out
+
+
+def test_write_config_validates_against_the_trainer_schema(capsys, tmp_path) -> None:
+    path = tmp_path / "sub" / "run.yaml"
+    doc = recommend_json(capsys, "--task", "llm", "--gpu-mem", "24", "--write-config", str(path))
+    top = doc["recommendations"][0]
+    text = path.read_text()
+    assert "FILL IN data.source" in text
+    cfg = load_config(path)
+    assert cfg.model.name == top["model"] and cfg.data.max_seq_len == top["strategy"]["seq_len"]
+    assert cfg.distributed.activation_checkpointing == top["strategy"]["grad_ckpt"]
+
+
+def test_write_config_skips_methods_the_trainer_cannot_run(capsys, tmp_path) -> None:
+    path = tmp_path / "q.yaml"
+    assert main(["recommend", "--task", "llm", "--gpu-mem", "12", "--priority", "quality", "--json",
+                 "--write-config", str(path)]) == 0
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    first = doc["recommendations"][0]
+    cfg = load_config(path)
+    if first["strategy"]["method"] == "qlora":
+        assert "does not run yet" in captured.err and cfg.model.name != first["model"]
+    runnable = next(r for r in doc["recommendations"] if r["strategy"]["method"] != "qlora")
+    assert cfg.model.name == runnable["model"]
+
+
+GRID = [
+    ("llm", "12", "1", "balanced", "auto"),
+    ("llm", "24", "1", "quality", "auto"),
+    ("llm", "80", "8", "quality", "auto"),
+    ("llm", "48", "1", "latency", "full"),
+    ("vlm", "24", "1", "balanced", "auto"),
+    ("vlm", "80", "2", "quality", "lora"),
+    ("asr", "16", "1", "balanced", "auto"),
+]
+
+
+@pytest.mark.parametrize(("task", "mem", "gpus", "priority", "method"), GRID)
+def test_every_pick_equals_automodel_estimate(capsys, task, mem, gpus, priority, method) -> None:
+    doc = recommend_json(capsys, "--task", task, "--gpu-mem", mem, "--gpus", gpus, "--priority", priority,
+                         "--method", method, "--top", "5")
+    assert doc["recommendations"]
+    for rec in doc["recommendations"]:
+        s = rec["strategy"]
+        flags = ["estimate", rec["model"], "--method", s["method"], "--precision", s["precision"],
+                 "--seq-len", str(s["seq_len"]), "--batch-size", str(s["micro_batch"]),
+                 "--grad-ckpt" if s["grad_ckpt"] else "--no-grad-ckpt", "--gpus", str(s["gpus"] * s["nodes"]),
+                 "--images", "1" if task == "vlm" else "0", "--json"]
+        if s["lora_rank"] is not None:
+            flags += ["--lora-rank", str(s["lora_rank"])]
+        assert main(flags) == 0
+        est = json.loads(capsys.readouterr().out)
+        assert est["peak_reserved_bytes"] == rec["estimate"]["peak_reserved_bytes"], rec["model"]
+        assert est["peak_allocated_bytes"] == rec["estimate"]["peak_allocated_bytes"]
+        assert est["breakdown"] == rec["estimate"]["breakdown"]
+
+
+def test_recommend_does_not_import_torch() -> None:
+    code = ("import sys, automodel.advisor.cli as c; rc = c.main(['recommend', '--task', 'vlm', '--gpu-mem', '24',"
+            " '--json']); print('TORCH', 'torch' in sys.modules, rc, file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "TORCH False 0" in done.stderr
