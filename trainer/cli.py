@@ -10,11 +10,18 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import io
 import json
+import os
 import sys
+import types
+import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from pydantic import AfterValidator, BaseModel
+from pydantic.fields import FieldInfo
 
 from automodel.catalog.errors import UserError
 from automodel.trainer.config import TrainConfig, config_from_data, dump_yaml, is_local_source, read_yaml
@@ -22,6 +29,7 @@ from automodel.trainer.launch import Topology, launch
 from automodel.trainer.overrides import split_overrides
 
 if TYPE_CHECKING:
+    from automodel.catalog.memory.plan import MemoryEstimate
     from automodel.catalog.registry import ResolvedModel
 
 TASKS = ("llm", "vlm", "asr")
@@ -72,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     conf = sub.add_parser("config", help="config utilities", allow_abbrev=False)
     conf.add_argument("action", choices=("schema",), help="schema: print the config's JSON Schema")
+    conf.add_argument("--format", choices=("json", "markdown"), default="json",
+                      help="json: JSON Schema for editors; markdown: one table per section (docs)")
     return parser
 
 
@@ -127,19 +137,67 @@ def check_run(cfg: TrainConfig, world_size: int) -> list[str]:
     return lines
 
 
-def render_estimate(estimate: object, world_size: int) -> str:
-    """The estimator's per-GPU answer as a small table."""
-    from automodel.catalog.memory.plan import MemoryEstimate
+def _type_name(annotation: Any) -> str:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        validators = [m for m in args[1:] if isinstance(m, AfterValidator)]
+        return "column path" if args[0] is str and validators else _type_name(args[0])
+    if origin is typing.Literal:
+        return " \\| ".join(str(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        names = [_type_name(a) for a in args if a is not type(None)]
+        return " \\| ".join(names) + (" \\| none" if type(None) in args else "")
+    if origin is tuple:
+        return f"list of {_type_name(args[0])}" if args[-1] is Ellipsis else f"[{', '.join(map(_type_name, args))}]"
+    return getattr(annotation, "__name__", str(annotation))
 
-    assert isinstance(estimate, MemoryEstimate)
+
+def _default(info: FieldInfo) -> str:
+    if info.is_required():
+        return "**required**"
+    value = info.get_default(call_default_factory=True)
+    if isinstance(value, BaseModel):
+        return "(section)"
+    if isinstance(value, tuple):
+        return f"`[{', '.join(map(str, value))}]`"
+    return "none" if value is None else f"`{json.dumps(value)}`"
+
+
+def schema_markdown(model: type[BaseModel] = TrainConfig, prefix: str = "") -> str:
+    """The schema as one markdown table per section (docs/training.md embeds this output)."""
+    rows, sections = [], []
+    for name, info in model.model_fields.items():
+        sub = next((a for a in (info.annotation, *typing.get_args(info.annotation))
+                    if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if sub is not None:
+            sections.append(schema_markdown(sub, f"{prefix}{name}."))
+        else:
+            rows.append(f"| `{prefix}{name}` | {_type_name(info.rebuild_annotation())} | {_default(info)} | {info.description} |")
+    head = f"### `{prefix.rstrip('.') or 'top level'}`\n\n" + (f"{model.__doc__.strip()}\n\n" if prefix and model.__doc__ else "")
+    table = head + "| key | type | default | meaning |\n| --- | --- | --- | --- |\n" + "\n".join(rows) if rows else ""
+    return "\n\n".join(part for part in (table, *sections) if part)
+
+
+def render_estimate(estimate: MemoryEstimate, world_size: int) -> str:
+    """The estimator's per-GPU answer as a rich table (plain text when not a terminal)."""
+    from rich.console import Console
+    from rich.table import Table
+
     gib = 1024**3
-    rows = [f"memory estimate per GPU ({estimate.engine}, {world_size} GPU{'s' if world_size > 1 else ''}):"]
-    rows += [f"  {term:<16}{value / gib:>10.2f} GiB" for term, value in estimate.breakdown().items()]
-    rows.append(f"  {'peak allocated':<16}{estimate.peak_allocated / gib:>10.2f} GiB")
-    rows.append(f"  {'peak reserved':<16}{estimate.peak_reserved / gib:>10.2f} GiB")
-    rows.append(f"  params {estimate.params:,}, trainable {estimate.trainable_params:,}")
-    rows += [f"  assumes: {a}" for a in estimate.assumptions]
-    return "\n".join(rows)
+    table = Table()
+    table.add_column("term")
+    table.add_column("GiB", justify="right")
+    for term, value in estimate.breakdown().items():
+        table.add_row(term, f"{value / gib:.2f}")
+    table.add_row("peak allocated", f"{estimate.peak_allocated / gib:.2f}", style="bold")
+    table.add_row("peak reserved", f"{estimate.peak_reserved / gib:.2f}", style="bold")
+    console = Console(file=io.StringIO(), width=110, force_terminal=sys.stdout.isatty())
+    console.print(f"memory estimate per GPU ({estimate.engine}, {world_size} GPU{'s' if world_size > 1 else ''}):")
+    console.print(table)
+    console.print(f"params {estimate.params:,}, trainable {estimate.trainable_params:,}")
+    for assumption in estimate.assumptions:
+        console.print(f"assumes: {assumption}", markup=False)
+    return console.file.getvalue().rstrip()  # type: ignore[attr-defined]
 
 
 def dry_run(cfg: TrainConfig, world_size: int) -> str:
@@ -153,7 +211,8 @@ def dry_run(cfg: TrainConfig, world_size: int) -> str:
 
 def run_command(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.command == "config":
-        print(json.dumps(TrainConfig.model_json_schema(), indent=2))
+        schema = TrainConfig.model_json_schema()
+        print(json.dumps(schema, indent=2) if args.format == "json" else schema_markdown())
         return 0
     world = args.nproc_per_node * args.nnodes
     if args.command == "validate":
@@ -185,6 +244,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `automodel config schema | head`: the reader left, nothing to report
+        sys.stdout = open(os.devnull, "w")  # keeps the interpreter's final flush quiet
+        return 0
 
 
 if __name__ == "__main__":
