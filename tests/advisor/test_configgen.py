@@ -1,0 +1,91 @@
+"""Recommendation -> TrainConfig -> YAML: validated by the trainer's schema, the same Plan back, dry-run ok."""
+
+from __future__ import annotations
+
+import pytest
+
+from automodel.advisor.cli import main
+from automodel.advisor.configgen import (
+    PLACEHOLDER_DATASET,
+    build_config,
+    global_batch,
+    trainer_methods,
+    write_config,
+)
+from automodel.advisor.profile import Hardware, Profile, Requirements, StrategyPreference, Task
+from automodel.advisor.rank import recommend
+from automodel.catalog.errors import UserError
+from automodel.trainer.config import load_config
+
+GIB = 2**30
+
+
+def picks(task: str, mem: int, method: str = "auto", gpus: int = 1, **req):
+    profile = Profile(task=Task(modality=task), hardware=Hardware(memory_bytes=mem * GIB, gpus_per_node=gpus),
+                      requirements=Requirements(**req), strategy=StrategyPreference(method=method))
+    return recommend(profile).recommendations
+
+
+@pytest.mark.parametrize(("task", "mem", "method", "gpus"),
+                         [("llm", 24, "lora", 1), ("llm", 80, "full", 8), ("asr", 16, "auto", 1)])
+def test_config_gives_the_recommendation_s_plan_back(task, mem, method, gpus) -> None:
+    for rec in picks(task, mem, method, gpus)[:3]:
+        if rec.plan.method not in ("full", "lora"):
+            continue
+        cfg = build_config(rec)
+        assert cfg.task == task and cfg.model.name == rec.model.name
+        assert cfg.to_plan(rec.plan.gpus) == rec.plan
+
+
+def test_vlm_config_matches_the_plan_but_for_images() -> None:
+    rec = picks("vlm", 24, "lora")[0]
+    back = build_config(rec).to_plan(rec.plan.gpus)
+    assert back.model_copy(update={"images": rec.plan.images}) == rec.plan  # trainer's to_plan has no images yet
+
+
+def test_full_fine_tuning_config() -> None:
+    rec = next(r for r in picks("llm", 80, "full", gpus=8) if r.plan.gpus > 1)
+    cfg = build_config(rec)
+    assert cfg.peft.method == "none" and cfg.checkpoint.export == "merged" and cfg.optimizer.lr == 2e-5
+    assert cfg.schedule.global_batch_size % (cfg.schedule.micro_batch_size * rec.plan.gpus) == 0
+
+
+@pytest.mark.parametrize(("micro", "world", "expected"), [(1, 1, 8), (3, 1, 9), (2, 8, 16), (1, 16, 16), (4, 2, 8)])
+def test_global_batch(micro, world, expected) -> None:
+    assert global_batch(micro, world) == expected
+
+
+def test_yaml_round_trip_with_placeholder_and_with_a_real_dataset(tmp_path) -> None:
+    rec = picks("llm", 24, "lora")[0]
+    path = write_config(rec, tmp_path / "a.yaml")
+    text = path.read_text()
+    assert text.startswith("# Written by `automodel recommend`") and "FILL IN data.source" in text
+    assert load_config(path) == build_config(rec) and load_config(path).data.source == PLACEHOLDER_DATASET
+    real = write_config(rec, tmp_path / "b.yaml", dataset="rajpurkar/squad")
+    assert "FILL IN" not in real.read_text() and load_config(real).data.source == "rajpurkar/squad"
+
+
+def test_methods_the_trainer_lacks_are_refused_with_the_flag() -> None:
+    rec = picks("llm", 12, "qlora")[0]
+    if "qlora" in trainer_methods():
+        assert build_config(rec).peft.method == "qlora"
+        return
+    with pytest.raises(UserError) as err:
+        build_config(rec)
+    assert err.value.field == "--write-config" and "--method lora" in (err.value.hint or "")
+
+
+def test_unwritable_path_is_a_user_error(tmp_path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(UserError) as err:
+        write_config(picks("llm", 24, "lora")[0], blocker / "run.yaml")
+    assert err.value.field == "--write-config"
+
+
+def test_finetune_dry_run_accepts_the_written_config(tmp_path, capsys) -> None:
+    rec = picks("llm", 24, "lora")[0]
+    path = write_config(rec, tmp_path / "run.yaml")
+    assert main(["finetune", "llm", "-c", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"{rec.estimate.peak_reserved / GIB:.2f}" in out  # the dry-run estimate is the recommendation one
