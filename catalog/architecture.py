@@ -20,7 +20,7 @@ from automodel.catalog.towers import AudioDims, VisionDims, audio_dims, vision_d
 Component = Literal["text", "vision", "audio"]
 
 # transformers' `tie_word_embeddings` default per model_type (PretrainedConfig's own default is True).
-_TIED_DEFAULT = {"gemma": True, "gemma2": True, "gemma3": True, "gemma3_text": True, "phi3small": True, "whisper": True}
+_TIED_DEFAULT = {"bloom": True, "gemma": True, "gemma2": True, "gemma3": True, "gemma3_text": True, "phi3small": True, "whisper": True}
 # Gemma3TextConfig defaults the published multimodal configs rely on.
 _GEMMA3_TEXT_DEFAULTS: dict[str, object] = {
     "vocab_size": 262208, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
@@ -192,17 +192,17 @@ def dims_from_config(config: dict[str, object]) -> ArchDims:
 
 
 def _attn_shape(c: _Cfg) -> tuple[int, int, int, int]:
-    hidden = c.int("hidden_size", c.raw("n_embd", ...) if c.has("n_embd") else ...)
-    heads = c.int("num_attention_heads")
+    hidden = c.int("hidden_size", c.raw("n_embed", ...) if c.has("n_embed") else ...)
+    heads = c.int("num_attention_heads", c.raw("n_head", ...) if c.has("n_head") else ...)
     kv_heads = c.int("num_key_value_heads", heads)
-    head_dim = c.int("head_dim", hidden // heads)
+    head_dim = c.int("head_dim", c.raw("kv_channels", hidden // heads))
     return hidden, heads, kv_heads, head_dim
 
 
 def _decoder(c: _Cfg, model_type: str, config: dict[str, object]) -> ArchDims:
     """Decoder-only language models (and the language half of Qwen2-VL / Qwen2.5-VL / Gemma 3)."""
     h, heads, kv, hd = _attn_shape(c)
-    layers = c.int("num_hidden_layers")
+    layers = c.int("num_hidden_layers", c.raw("n_layer", ...) if c.has("n_layer") else ...)
     vocab = c.int("vocab_size")
     tied = c.bool("tie_word_embeddings")
     q_out, kv_out = heads * hd, kv * hd
@@ -230,6 +230,21 @@ def _decoder(c: _Cfg, model_type: str, config: dict[str, object]) -> ArchDims:
         add("up_proj", h, 2 * inter, True)
         add("down_proj", inter, h, True)
         per_layer_extra = 4 * h
+    elif model_type == "qwen":  # Qwen (v1) remote code: fused c_attn with bias, w1/w2 halves of intermediate
+        inter = c.int("intermediate_size") // 2
+        add("c_attn", h, 3 * q_out, True)
+        add("c_proj", q_out, h, False)
+        add("w1", h, inter, False)
+        add("w2", h, inter, False)
+        lin.append(LinearLayer("c_proj", inter, h, layers, False, "text"))
+        per_layer_extra = 2 * h
+    elif model_type == "bloom":  # fused query_key_value, LayerNorms and biases everywhere, tied head
+        norm, mlp, inter = "layer", "plain", 4 * h
+        add("query_key_value", h, 3 * q_out, True)
+        add("dense", q_out, h, True)
+        add("dense_h_to_4h", h, inter, True)
+        add("dense_4h_to_h", inter, h, True)
+        per_layer_extra = 4 * h
     elif model_type == "phi3":
         inter = c.int("intermediate_size")
         add("qkv_proj", h, q_out + 2 * kv_out, False)
@@ -249,8 +264,13 @@ def _decoder(c: _Cfg, model_type: str, config: dict[str, object]) -> ArchDims:
         per_layer_extra = norms * h + (2 * hd if qk_norm else 0)
     experts = c.int("num_experts", 0) if model_type in ("qwen2_moe", "qwen3_moe") else 0
     top_k = moe_inter = shared_inter = moe_layers = 0
-    if model_type in ("phi", "phi3", "phi3small"):
-        inter = c.int("ff_intermediate_size") if model_type == "phi3small" else c.int("intermediate_size")
+    if model_type in ("phi", "phi3", "phi3small", "qwen", "bloom"):
+        if model_type == "phi3small":
+            inter = c.int("ff_intermediate_size")
+        elif model_type in ("qwen", "bloom"):
+            inter = c.int("intermediate_size") // 2 if model_type == "qwen" else 4 * h
+        else:
+            inter = c.int("intermediate_size")
     else:
         inter = c.int("intermediate_size")
         mlp_bias = c.bool("mlp_bias", False)
@@ -279,6 +299,7 @@ def _decoder(c: _Cfg, model_type: str, config: dict[str, object]) -> ArchDims:
     expert_params = moe_layers * (experts * 3 * h * moe_inter + experts * h)  # experts + router weight
     layer_params = text_linear + layers * per_layer_extra + expert_params
     final_norm = 2 * h if norm == "layer" else h
+    embedding = vocab * h + (2 * h if model_type == "bloom" else 0)  # bloom: word_embeddings_layernorm
     lm_head = 0 if tied else vocab * h + (vocab if model_type == "phi" else 0)
     vision = vision_dims(config, model_type, h) if model_type in ("qwen2_vl", "qwen2_5_vl", "gemma3") else None
     window = c.raw("sliding_window", None) if c.bool("use_sliding_window", True) else None
@@ -298,7 +319,7 @@ def _decoder(c: _Cfg, model_type: str, config: dict[str, object]) -> ArchDims:
         experts_per_tok=top_k, moe_intermediate=moe_inter, shared_expert_intermediate=shared_inter,
         moe_layers=moe_layers, sliding_window=int(window) if sliding else None, sliding_layers=sliding,
         params=ParamCounts(
-            embedding=vocab * h, layers=layer_params, final_norm=final_norm, lm_head=lm_head,
+            embedding=embedding, layers=layer_params, final_norm=final_norm, lm_head=lm_head,
             vision=vision.params if vision else 0, audio=0,
         ),
         linears=tuple(lin) + (vision.linears if vision else ()),

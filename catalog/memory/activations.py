@@ -47,8 +47,8 @@ def decoder_layer_bytes(d: ArchDims, tr: Trainable, c: int, *, cross_tokens_rati
     h, hd = d.hidden, d.head_dim
     q, kv = d.heads * hd, d.kv_heads * hd
     names = {lin.name for lin in d.linears if lin.component == "text"}
-    qkv = tuple(n for n in ("q_proj", "k_proj", "v_proj", "qkv_proj", "query_key_value") if n in names)
-    o = next((n for n in ("o_proj", "dense", "out_proj") if n in names), "o_proj")
+    qkv = tuple(n for n in ("q_proj", "k_proj", "v_proj", "qkv_proj", "query_key_value", "c_attn") if n in names)
+    o = next((n for n in ("o_proj", "dense", "out_proj", "c_proj") if n in names), "o_proj")
     # Norm: fp32 upcast of the input (RMSNorm) or the normalised input (LayerNorm), the bf16 normalised
     # value for the norm weight's gradient (full only) and the norm output that the projections read.
     def norm(out_read_by: tuple[str, ...]) -> float:
@@ -73,8 +73,9 @@ def mlp_bytes(d: ArchDims, tr: Trainable, c: int) -> float:
     """Saved bytes per token of the MLP half (its norm included); MoE counts routed tokens only."""
     h = d.hidden
     names = {lin.name for lin in d.linears if lin.component == "text"}
-    up_names = tuple(n for n in ("gate_proj", "up_proj", "gate_up_proj", "fc1", "intermediate_dense") if n in names)
-    down = next((n for n in ("down_proj", "fc2", "output_dense") if n in names), "down_proj")
+    up_names = tuple(n for n in ("gate_proj", "up_proj", "gate_up_proj", "fc1", "intermediate_dense", "w1", "w2",
+                                "dense_h_to_4h") if n in names)
+    down = next((n for n in ("down_proj", "fc2", "output_dense", "c_proj", "dense_4h_to_h") if n in names), "down_proj")
     norm = 0.0 if d.norms_per_layer == 1 else FP32 * h + FP32 + (c * h if tr.full else 0)  # phi: shared norm
     if d.num_experts:
         k, m = d.experts_per_tok, d.moe_intermediate
