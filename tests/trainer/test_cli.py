@@ -110,3 +110,17 @@ def test_dry_run_prints_config_and_estimate_without_secrets(tiny_config: Path,
     assert resolved["output_dir"].endswith("out-${HF_TOKEN}")
     assert "memory estimate per GPU" in out and "2 GPUs" in out and "peak allocated" in out
     assert not (tiny_config.parent / "out-secret").exists()  # a dry run writes nothing
+
+
+def test_docs_carry_the_current_schema_tables(capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/training.md embeds `automodel config schema --format markdown`; regenerate it when this fails."""
+    from automodel.trainer.config import TrainConfig
+    from automodel.trainer.overrides import schema_paths
+
+    assert automodel(["config", "schema", "--format", "markdown"]) == 0
+    tables = capsys.readouterr().out.strip()
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "training.md").read_text()
+    assert tables in docs
+    sections = {p for p in schema_paths(TrainConfig) if f"### `{p}`" in tables}
+    leaves = set(schema_paths(TrainConfig)) - sections
+    assert all(f"| `{p}` |" in tables for p in leaves)
