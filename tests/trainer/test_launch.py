@@ -3,6 +3,8 @@ workers read the same resolved config, with no secret on the command line or in 
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import subprocess
 import sys
 import types
@@ -120,3 +122,38 @@ def test_launch_module_is_torch_free() -> None:
     code = "import sys, automodel.trainer.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False", launch_mod.__name__
+
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ROOT / "examples" / "llm" / "tiny_offline.yaml"
+SHORT_RUN = ["schedule.max_steps=3", "lr_schedule.warmup_steps=1", "schedule.val_every=null",
+             "schedule.checkpoint_every=null", "schedule.log_every=1", "schedule.micro_batch_size=4", "logging.progress_bar=false",
+             "checkpoint.export=none"]
+
+
+def _finetune(output_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in WORKER_VARS}
+    env.update(HF_TOKEN="secret", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "automodel.advisor.cli", "finetune", "llm", "-c", str(TINY), *extra,
+           "output_dir=" + str(output_dir), *SHORT_RUN]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+
+
+@pytest.mark.skipif(not TINY.exists() or importlib.util.find_spec("automodel.trainer.recipe") is None,
+                    reason="the engine or its tiny offline example has not landed")
+def test_two_processes_match_one(tmp_path: Path) -> None:
+    """`--nproc-per-node 2` (gloo on CPU, FSDP2) gives the one-process losses for the same global batch
+    (16 = 4 x 2 ranks x 2 accumulation steps vs 4 x 1 x 4)."""
+    from automodel.trainer.metrics import read_metrics
+
+    runs = {n: _finetune(tmp_path / f"np{n}", *(["--nproc-per-node", "2"] if n == 2 else [])) for n in (1, 2)}
+    for n, proc in runs.items():
+        assert proc.returncode == 0, f"{n} process(es):\n{proc.stderr[-3000:]}"
+        assert "secret" not in proc.stdout + proc.stderr
+    assert "torch.distributed.run --nproc-per-node=2" in runs[2].stderr
+    one, two = (read_metrics(tmp_path / f"np{n}" / "metrics.jsonl") for n in (1, 2))
+    assert [m["step"] for m in two] == [m["step"] for m in one] == [1, 2, 3]  # rank 0 writes, once per step
+    for a, b in zip(one, two, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+    assert one[-1]["loss"] < one[0]["loss"]
