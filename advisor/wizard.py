@@ -148,7 +148,10 @@ QUESTIONS: tuple[Question, ...] = (
 
 
 def _pick_title(rec: Recommendation) -> str:
-    return f"{rec.rank}. {rec.model.name} ({rec.model.display_params}) - {rec.reasons[0]}"  # type: ignore[attr-defined]
+    from automodel.advisor.render import strategy_text
+
+    used = f"{rec.estimate.peak_reserved / 2**30:.1f}/{rec.gpu_mem_bytes / 2**30:.1f} GiB"
+    return f"{rec.rank}. {rec.model.name} ({rec.model.display_params}) - {strategy_text(rec)}, {used}"  # type: ignore[attr-defined]
 
 
 # After the ranking: which pick, where its config goes, which data it names, whether to launch it.

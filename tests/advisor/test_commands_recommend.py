@@ -161,3 +161,10 @@ def test_recommend_does_not_import_torch() -> None:
             " '--json']); print('TORCH', 'torch' in sys.modules, rc, file=sys.stderr)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "TORCH False 0" in done.stderr
+
+
+def test_advise_runs_the_wizard(monkeypatch) -> None:
+    from automodel.advisor import wizard
+
+    monkeypatch.setattr(wizard, "run", lambda: 130)
+    assert main(["advise"]) == 130

@@ -1,0 +1,78 @@
+"""Rendering: the table shows every pick with its memory against the GPU, the next step is a command
+that writes the config the table's pick would get, and --json is one parseable document."""
+
+from __future__ import annotations
+
+import json
+
+from rich.console import Console
+
+from automodel.advisor.profile import Hardware, Profile, Requirements, Task
+from automodel.advisor.rank import recommend
+from automodel.advisor.render import (
+    breakdown_table,
+    launch_command,
+    next_step,
+    print_human,
+    strategy_text,
+    to_json,
+)
+
+GIB = 2**30
+
+
+def result_for(task: str, mem: float, gpus: int = 1, nodes: int = 1, **req):
+    hw = Hardware(memory_bytes=int(mem * GIB), gpus_per_node=gpus, nodes=nodes)
+    return recommend(Profile(task=Task(modality=task), hardware=hw, requirements=Requirements(**req)))
+
+
+def render(fn, *args) -> str:
+    console = Console(width=160, record=True)
+    fn(console, *args)
+    return console.export_text()
+
+
+def test_table_lists_the_top_k_with_memory_against_the_gpu() -> None:
+    result = result_for("vlm", 24)
+    text = render(print_human, result, 3, ["recommend", "--task", "vlm", "--gpu-mem", "24"])
+    for rec in result.top(3):
+        assert rec.model.name in text and f"{rec.estimate.peak_reserved / GIB:.1f}/24.0" in text
+    assert result.recommendations[3].model.name not in text
+    assert "next: automodel recommend --task vlm --gpu-mem 24 --write-config" in text
+
+
+def test_nothing_fits_prints_the_exclusions() -> None:
+    result = result_for("asr", 0.1)
+    text = render(print_human, result, 5, ["recommend"])
+    assert "No model fits" in text and all(e.model in text for e in result.excluded)
+
+
+def test_launch_command_spans_gpus_and_nodes() -> None:
+    multi = next(r for r in result_for("llm", 40, gpus=8, nodes=2, priority="quality").recommendations
+                 if r.plan.gpus > 8)
+    command = launch_command(multi, "run.yaml")
+    assert command.startswith(f"automodel finetune llm -c run.yaml --nproc-per-node 8 --nnodes {multi.nodes}")
+    single = result_for("llm", 24).recommendations[0]
+    assert launch_command(single, "a b.yaml") == "automodel finetune llm -c 'a b.yaml'"
+    assert "grad ckpt" in strategy_text(single) or "LoRA" in strategy_text(single)
+
+
+def test_next_step_names_the_written_file() -> None:
+    result = result_for("llm", 24)
+    rec = result.recommendations[0]
+    assert next_step(result, [], ("out.yaml", rec)) == f"next: {launch_command(rec, 'out.yaml')}"
+
+
+def test_breakdown_sums_to_the_peak_terms() -> None:
+    rec = result_for("llm", 24).recommendations[0]
+    console = Console(width=100, record=True)
+    console.print(breakdown_table(rec.estimate, rec.gpu_mem_bytes))
+    text = console.export_text()
+    assert "peak reserved" in text and f"{rec.estimate.weights / GIB:.1f}" in text
+
+
+def test_json_is_one_document_with_assumptions() -> None:
+    result = result_for("llm", 24)
+    doc = json.loads(to_json(result, {"task": "llm"}, 2))
+    assert len(doc["recommendations"]) == 2 and doc["inputs"] == {"task": "llm"}
+    assert any("90%" in a for a in doc["assumptions"])
