@@ -113,7 +113,8 @@ def architecture_summary(config: dict[str, Any]) -> dict[str, Any]:
         "attention_heads": heads,
         "kv_heads": text.get("num_key_value_heads", heads),
         "head_dim": text.get("head_dim") or (hidden // heads if hidden and heads else None),
-        "intermediate_size": text.get("decoder_ffn_dim" if whisper else "intermediate_size"),
+        "intermediate_size": text.get("decoder_ffn_dim" if whisper else "intermediate_size")
+        or text.get("ff_intermediate_size"),  # Phi-3-small's name
         "vocab_size": text.get("vocab_size"),
         "max_position_embeddings": text.get("max_target_positions" if whisper else "max_position_embeddings"),
         "tied_embeddings": tied_embeddings(config),
@@ -126,6 +127,33 @@ def architecture_summary(config: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
+_STANDARD_KEYS = (
+    "num_hidden_layers",
+    "hidden_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "intermediate_size",
+    "vocab_size",
+    "max_position_embeddings",
+    "tie_word_embeddings",
+)
+
+
+def _filled(hf_config: Any) -> dict[str, Any]:
+    """A transformers config as a dict with its defaults and the standard key names (GPT-2's `n_layer`
+    is read as `num_hidden_layers` through the config's attribute map)."""
+    data = hf_config.to_dict()
+    for key in _STANDARD_KEYS:
+        if key not in data and getattr(hf_config, key, None) is not None:
+            data[key] = getattr(hf_config, key)
+    for part in ("text_config", "vision_config"):
+        sub = getattr(hf_config, part, None)
+        if sub is not None and hasattr(sub, "to_dict"):
+            data[part] = _filled(sub)
+    return data
+
+
 def model_card(resolved: ResolvedModel) -> dict[str, Any]:
     """Everything `catalog show` reports about a resolved model."""
     spec = resolved.spec
@@ -136,7 +164,7 @@ def model_card(resolved: ResolvedModel) -> dict[str, Any]:
         from automodel.catalog.params import hf_config_from_dict
 
         if config.get("model_type") != "phi3small":
-            config = {**hf_config_from_dict(config).to_dict(), "model_type": config["model_type"]}
+            config = _filled(hf_config_from_dict(config))
     arch = architecture_summary(config)
     return {
         "name": resolved.name,
@@ -235,7 +263,7 @@ def _run_show(args: argparse.Namespace) -> int:
     rows += [("LoRA targets", ", ".join(card["lora_targets"])), ("notes", card["notes"])]
     rows += [("source", "\n".join(card["source"]))]
     for key, value in rows:
-        if value not in (None, ""):
+        if value not in (None, "", "-"):
             table.add_row(key, str(value))
     Console().print(table)
     return 0
