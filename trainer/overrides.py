@@ -159,23 +159,47 @@ def typed_value(model: type[BaseModel], path: str, raw: str) -> Any:
     if _takes_text(annotation):
         allows_none = type(None) in _unwrap(annotation)
         return None if allows_none and raw in ("null", "~", "none", "None") else raw
+    # `${...}` would read as YAML flow syntax: park each one behind a plain token while parsing
+    parked = [m.group(0) for m in _INTERPOLATION.finditer(raw)]
+    text = raw
+    for i, ref in enumerate(parked):
+        text = text.replace(ref, f"__automodel_env_{i}__", 1)
     try:
-        return yaml.safe_load(raw) if raw != "" else None
+        value = yaml.safe_load(text) if text != "" else None
     except yaml.YAMLError as exc:
         raise UserError(f"cannot read `{raw}` as a value: {exc.problem}", field=path) from None
+    return _unpark(value, parked)
+
+
+def _unpark(value: Any, parked: list[str]) -> Any:
+    if isinstance(value, str):
+        for i, ref in enumerate(parked):
+            value = value.replace(f"__automodel_env_{i}__", ref)
+        return value
+    if isinstance(value, list):
+        return [_unpark(v, parked) for v in value]
+    if isinstance(value, dict):
+        return {k: _unpark(v, parked) for k, v in value.items()}
+    return value
 
 
 def set_path(data: dict[str, Any], path: str, value: Any) -> None:
-    """Set a dotted path in nested dicts, creating sections on the way."""
+    """Set a dotted path in nested dicts (numeric steps index existing lists), creating sections on the way."""
     parts = path.split(".")
-    node = data
+    node: Any = data
     for part in parts[:-1]:
+        if isinstance(node, list):
+            node = node[int(part)]
+            continue
         child = node.get(part)
-        if not isinstance(child, dict):
+        if not isinstance(child, (dict, list)):
             child = {}
             node[part] = child
         node = child
-    node[parts[-1]] = value
+    if isinstance(node, list):
+        node[int(parts[-1])] = value
+    else:
+        node[parts[-1]] = value
 
 
 # ---------------------------------------------------------------- interpolation

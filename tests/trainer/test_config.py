@@ -182,3 +182,10 @@ def test_every_field_has_a_description() -> None:
                 if isinstance(sub, type) and hasattr(sub, "model_fields"):
                     walk(sub)
     walk(TrainConfig)
+
+
+def test_secret_inside_a_list_is_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODULE_KEY", "q_proj")
+    cfg = make("peft.target_modules=[${MODULE_KEY}, v_proj]", environ={"MODULE_KEY": "q_proj"})
+    assert cfg.peft.target_modules == ("q_proj", "v_proj")
+    assert yaml.safe_load(dump_yaml(cfg))["peft"]["target_modules"] == ["${MODULE_KEY}", "v_proj"]
