@@ -36,7 +36,7 @@ CUDA_CONTEXT_BYTES = int(0.6 * GIB)
 NCCL_BYTES = int(0.25 * GIB)
 # Caching-allocator reserve over the allocated peak (block rounding, split blocks, freed-but-cached
 # activations); calibrated on the reserved rows of bench/data/measured-memory.csv (docs/memory.md).
-FRAGMENTATION = 1.07
+FRAGMENTATION = 1.10
 
 
 def _compute_bytes(plan: Plan) -> int:
@@ -87,7 +87,7 @@ def estimate_analytic(config: dict[str, object], plan: Plan, *, params: int | No
       (embeddings, head, norms) for the whole step, plus one block's unsharded gradient (c + 4 fp32 reduce).
     - overhead: CUDA context 0.6 GiB (+0.25 GiB NCCL with N > 1), in peak_reserved only.
     peak_allocated = resident + max(start of backward, end of backward, optimizer step); peak_reserved =
-    peak_allocated x 1.07 (caching allocator) + overhead.
+    peak_allocated x 1.10 (caching allocator) + overhead.
     """
     d = dims_from_config(config)
     total = params if params is not None else d.total_params
