@@ -85,7 +85,7 @@ def decoder_blocks(model: nn.Module) -> list[nn.Module]:
 
 def language_model(model: nn.Module) -> nn.Module:
     """The text decoder inside a multimodal wrapper, else the model itself."""
-    base = _unwrap_peft(model)
+    base = base_model(model)
     for path in _LANGUAGE_MODEL_PATHS:
         node: Any = base
         for attr in path.split("."):
@@ -101,7 +101,7 @@ def lora_target_names(model: nn.Module, targets: str | list[str] | tuple[str, ..
     """Full names of the linears LoRA wraps: `all-linear` or those whose last name part is listed."""
     from torch import nn
 
-    base = _unwrap_peft(model)
+    base = base_model(model)
     scope = language_model(base)
     output = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     scope_ids = {id(m) for m in scope.modules()}
@@ -156,7 +156,7 @@ def cast_for_training(model: nn.Module, precision: PrecisionName) -> nn.Module:
 
 def enable_grad_ckpt(model: nn.Module) -> nn.Module:
     """Recompute every decoder block in backward (transformers' non-reentrant checkpointing)."""
-    base = _unwrap_peft(model)
+    base = base_model(model)
     base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return model
 
@@ -231,7 +231,7 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     )
 
 
-def _unwrap_peft(model: nn.Module) -> nn.Module:
-    """The transformers model under a peft wrapper (PeftModel -> LoraModel -> model)."""
+def base_model(model: nn.Module) -> nn.Module:
+    """The transformers model under a peft wrapper (or the model itself) (PeftModel -> LoraModel -> model)."""
     get_base = getattr(model, "get_base_model", None)
     return get_base() if callable(get_base) else model

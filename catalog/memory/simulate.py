@@ -1,0 +1,417 @@
+"""Memory by simulation: the engine's real step on fake tensors, measured by torch's memory tracker.
+
+`estimate_simulated(config, plan)` builds the transformers model on the meta device, applies LoRA, casts
+and checkpoints it and shards it with FSDP2 exactly as the trainer does (catalog/modeling.py), over a
+fake process group of `plan.gpus` ranks, then materialises it as FakeTensors and runs a warm-up step and
+one tracked step (forward + loss, backward, optimizer step) under `FSDPMemTracker`
+(torch.distributed._tools). No memory is allocated and no collective runs; the tracker counts the
+bytes every storage would take on the rank.
+
+Speed: only two truncated depths are simulated (2 and 3 decoder layers; smaller models run at full
+depth). Every tracker category at each phase's peak is linear in depth (per-layer weights, grads,
+optimizer state and saved activations; the rest is constant), so it is extrapolated to the full depth
+from the two runs, and the peak is the largest extrapolated phase.
+
+Tracker categories -> our terms (checked against real CPU tensors in tests/catalog/test_simulate.py,
+category by category, at the peak of each phase: Sharded Param, Buffer, Sharded Grad, OptState,
+Activation, Temp, All Gather, Unsharded Param, Unsharded Grad, Reduce Scatter, Inputs):
+- weights = Sharded Param - trainable shards + Buffer; adapter_weights = trainable shards (LoRA);
+- gradients = Sharded Grad; optimizer = OptState;
+- comm_buffers = All Gather + Reduce Scatter + Unsharded Param + Unsharded Grad (FSDP2's gathered
+  copies and their gradients before reduce-scatter);
+- logits = live storages shaped (tokens, vocab) at the peak (lm_head output, fp32 copy, log-softmax,
+  their gradients), tracked by this module because the tracker files them under Activation/Temp;
+- kv_cache (inference) = the returned cache's tensors; activations = Activation + Temp + Inputs - logits
+  - kv_cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.distributed._tools.common_utils import get_untyped_storages
+from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
+
+from automodel.catalog import modeling
+from automodel.catalog.errors import UserError
+from automodel.catalog.memory.plan import MemoryEstimate, Plan
+
+SIM_DEPTHS = (2, 3)
+# peak_reserved = peak_allocated x FRAGMENTATION + CUDA_CONTEXT_BYTES (see reserve_model).
+FRAGMENTATION = 1.10
+CUDA_CONTEXT_BYTES = 600 * 2**20
+_TOTAL = "Total"
+
+
+@dataclass(frozen=True)
+class SimRun:
+    """One simulated step at one depth: per `phase/region` (StepTracker), bytes per tracker category
+    (plus `logits` and `kv_cache`) at that region's peak; and the counts of the simulated model."""
+
+    depth: int
+    peaks: dict[str, dict[str, int]]
+    params: int
+    trainable_params: int
+    adapter_shard_bytes: int
+
+
+def estimate_simulated(config: dict[str, Any], plan: Plan) -> MemoryEstimate:
+    """Per-GPU memory of `plan` on the model `config` describes, by simulation (see the module docstring)."""
+    check_supported(config, plan)
+    depth = text_depth(config)
+    depths = (depth,) if depth <= SIM_DEPTHS[-1] else SIM_DEPTHS
+    runs = [simulate_run(config, plan, d) for d in depths]
+
+    def at_depth(values: list[int]) -> int:
+        return max(0, _extrapolate(values, depths, depth))
+
+    adapter_bytes = at_depth([r.adapter_shard_bytes for r in runs])
+    # Regions seen at every simulated depth (a `mid` block exists only from depth 3 on).
+    regions = [key for key in runs[0].peaks if all(key in r.peaks for r in runs)]
+    by_phase = {
+        region: _terms(
+            {cat: at_depth([r.peaks[region].get(cat, 0) for r in runs]) for cat in _categories(runs, region)},
+            adapter_bytes,
+            plan,
+        )
+        for region in regions
+    }
+    peak_phase = max(by_phase, key=lambda name: sum(by_phase[name].values()))
+    terms = by_phase[peak_phase]
+    peak_allocated = sum(terms.values())
+    fragmentation, overhead = reserve_model()
+    return MemoryEstimate(
+        engine="simulate",
+        params=at_depth([r.params for r in runs]),
+        trainable_params=at_depth([r.trainable_params for r in runs]) if plan.mode == "train" else 0,
+        overhead=overhead,
+        peak_allocated=peak_allocated,
+        peak_reserved=int(peak_allocated * fragmentation) + overhead,
+        assumptions=_assumptions(config, plan, depth, depths, peak_phase, fragmentation, overhead),
+        **terms,
+    )
+
+
+def reserve_model() -> tuple[float, int]:
+    """(fragmentation factor, CUDA context bytes) turning peak_allocated into peak_reserved."""
+    return FRAGMENTATION, CUDA_CONTEXT_BYTES
+
+
+def _terms(snap: dict[str, int], adapter_bytes: int, plan: Plan) -> dict[str, int]:
+    """Tracker categories at a phase peak -> our terms (mapping in the module docstring)."""
+    shards = snap.get("Sharded Param", 0)
+    terms = {
+        "weights": shards - adapter_bytes + snap.get("Buffer", 0),
+        "adapter_weights": adapter_bytes,
+        "gradients": snap.get("Sharded Grad", 0),
+        "optimizer": snap.get("OptState", 0),
+        "activations": max(
+            0,
+            snap.get("Activation", 0) + snap.get("Temp", 0) + snap.get("Inputs", 0)
+            - snap.get("logits", 0) - snap.get("kv_cache", 0),
+        ),
+        "logits": snap.get("logits", 0),
+        "kv_cache": snap.get("kv_cache", 0),
+        "comm_buffers": sum(
+            snap.get(k, 0) for k in ("All Gather", "Reduce Scatter", "Unsharded Param", "Unsharded Grad")
+        ),
+    }
+    if plan.cpu_offload:
+        # FSDP2 CPUOffloadPolicy keeps the shards, their grads and the optimizer step on the host.
+        for key in ("weights", "adapter_weights", "gradients", "optimizer"):
+            terms[key] = 0
+    return terms
+
+
+def _categories(runs: list[SimRun], region: str) -> set[str]:
+    return {cat for r in runs for cat in r.peaks[region] if cat != _TOTAL}
+
+
+def _extrapolate(values: list[int], depths: tuple[int, ...], depth: int) -> int:
+    """Linear in depth through the simulated points (the single value when simulated at full depth)."""
+    if len(values) == 1:
+        return values[0]
+    (d1, d2), (v1, v2) = depths, values
+    return round(v1 + (depth - d1) * (v2 - v1) / (d2 - d1))
+
+
+def _assumptions(
+    config: dict[str, Any],
+    plan: Plan,
+    depth: int,
+    depths: tuple[int, ...],
+    peak_phase: str,
+    fragmentation: float,
+    overhead: int,
+) -> tuple[str, ...]:
+    notes = [
+        f"simulated: the engine's {plan.mode} step on fake tensors, FSDP2 over {plan.gpus} fake rank(s), "
+        "measured with torch.distributed._tools.FSDPMemTracker",
+        (
+            f"{depth} decoder layers extrapolated linearly from simulations at {depths[0]} and {depths[1]}"
+            if len(depths) == 2
+            else f"all {depth} decoder layers simulated"
+        ),
+        f"peak at {peak_phase} (phase/region) of a steady-state step (optimizer states already allocated)",
+        "attention: transformers sdpa with is_causal, one unpadded sequence per row (no seq_len^2 mask or scores)",
+        "FSDP2: every decoder block sharded, then the root (embeddings, final norm, lm_head)",
+        "loss: fp32 cross-entropy summed over tokens; logits = bf16/fp32 (tokens x vocab) tensors at the peak",
+        f"peak_reserved = peak_allocated x {fragmentation} (allocator) + {overhead / 2**30:.2f} GiB (CUDA context)",
+    ]
+    if plan.mode == "train" and plan.method == "lora":
+        notes.append(f"LoRA r={plan.lora_rank}, alpha=2r, dropout 0, targets {_targets(plan)}")
+    if plan.precision == "bf16-mixed" and plan.mode == "train":
+        notes.append("bf16-mixed: trainable weights fp32 (master), frozen weights bf16, bf16 compute")
+    if plan.mode == "inference":
+        notes.append(
+            f"inference: one prefill of {plan.seq_len + plan.new_tokens} tokens fills the cache to its final "
+            "length; logits of the last position only"
+        )
+    if plan.cpu_offload:
+        notes.append("CPU offload: sharded weights, gradients and optimizer state counted in host memory, not here")
+    if "vision_config" in config or "audio_config" in config:
+        notes.append("multimodal: the text model is simulated (no image/audio inputs); the towers' weights count")
+    return tuple(notes)
+
+
+def text_depth(config: dict[str, Any]) -> int:
+    """Number of decoder layers of the language model."""
+    text = config.get("text_config")
+    if isinstance(text, dict) and "num_hidden_layers" in text:
+        return int(text["num_hidden_layers"])
+    if "num_hidden_layers" in config:
+        return int(config["num_hidden_layers"])
+    raise UserError("the config has no `num_hidden_layers`", field="config.json", hint="drop --simulate")
+
+
+def with_depth(config: dict[str, Any], depth: int) -> dict[str, Any]:
+    """The same architecture with `depth` decoder layers (a per-layer `layer_types` list truncated)."""
+    out = copy.deepcopy(config)
+    for node in (out, out.get("text_config")):
+        if isinstance(node, dict) and "num_hidden_layers" in node:
+            node["num_hidden_layers"] = depth
+            if isinstance(node.get("layer_types"), list):
+                node["layer_types"] = node["layer_types"][:depth]
+    return out
+
+
+def check_supported(config: dict[str, Any], plan: Plan) -> None:
+    """Refuse what fake tensors cannot run, with a way out."""
+    from automodel.catalog.params import model_class_for
+
+    if model_class_for(config).__name__ in ("AutoModelForCTC", "AutoModelForSpeechSeq2Seq"):
+        raise UserError(
+            "--simulate covers text and vision-language models; speech models are estimated analytically",
+            field="simulate",
+            hint="drop --simulate",
+        )
+    if plan.method == "qlora" or plan.optimizer == "adamw-8bit":
+        raise UserError(
+            "--simulate cannot run bitsandbytes' CUDA kernels (NF4 weights, 8-bit optimizer state) on fake tensors",
+            field="method" if plan.method == "qlora" else "optimizer",
+            hint="drop --simulate (the analytic engine models both), or use --method lora / --optimizer adamw",
+        )
+
+
+def prepare_model(config: dict[str, Any], plan: Plan, mesh: Any, *, device: str, seed: int | None = None):
+    """The model as the engine runs it: built, LoRA-wrapped, cast, checkpointed, FSDP2-sharded."""
+    model = modeling.build_model(config, device=device, seed=seed)
+    training = plan.mode == "train"
+    if training and plan.method == "lora":
+        model = modeling.apply_lora(
+            model, rank=plan.lora_rank, alpha=2 * plan.lora_rank, dropout=0.0, targets=_targets(plan)
+        )
+    if not training:
+        model.requires_grad_(False)
+        model.eval()
+    # Inference has no master weights: bf16-mixed serves the weights in bf16.
+    precision = "bf16" if not training and plan.precision == "bf16-mixed" else plan.precision
+    modeling.cast_for_training(model, precision)
+    if training and plan.grad_ckpt:
+        modeling.enable_grad_ckpt(model)
+    # CPU offload is accounted after tracking (estimate_simulated): on a CPU mesh host and device are
+    # one memory, so the shards stay where the tracker sees them.
+    modeling.shard_model(model, mesh, precision=precision, cpu_offload=False)
+    return model
+
+
+def simulate_run(config: dict[str, Any], plan: Plan, depth: int) -> SimRun:
+    """Build, shard and step the model truncated to `depth` layers, on fake tensors over a fake group."""
+    import torch.distributed as dist
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    if dist.is_initialized():
+        raise RuntimeError("the simulator needs its own fake process group, but one is already initialized")
+    dist.init_process_group("fake", rank=0, world_size=plan.gpus, store=FakeStore())
+    try:
+        mesh = init_device_mesh("cpu", (plan.gpus,))  # before fake mode: the mesh's tensors are real
+        model = prepare_model(with_depth(config, depth), plan, mesh, device="meta")
+        params = _unique_numel(model.parameters())
+        trainable = _unique_numel(p for p in model.parameters() if p.requires_grad)
+        with FakeTensorMode(allow_non_fake_inputs=True), _unpacked_sequences():
+            model.to_empty(device="cpu")  # FSDP2 meta-device init: the meta shards become fake storages
+            adapters = [p for p in model.parameters() if p.requires_grad and plan.method == "lora"]
+            peaks = track_step(model, plan)
+    finally:
+        dist.destroy_process_group()
+    return SimRun(depth, peaks, params, trainable, sum(_local_bytes(p) for p in adapters))
+
+
+def track_step(model: torch.nn.Module, plan: Plan) -> dict[str, dict[str, int]]:
+    """A warm-up step, then one tracked step: bytes per category at each (phase, region) peak.
+
+    Works on fake and on real tensors alike (the tests run it on both)."""
+    vocab = modeling.base_model(model).config.get_text_config().vocab_size
+    length = plan.seq_len + plan.new_tokens if plan.mode == "inference" else plan.seq_len
+    input_ids = torch.zeros(plan.micro_batch, length, dtype=torch.long)
+    if plan.mode == "inference":
+        # Prefill of the whole context with the cache on; logits of the last position only, as
+        # transformers' generate() asks for.
+        tracker = StepTracker(model, None, vocab=vocab, tokens=plan.micro_batch)
+        tracker.track_inputs((input_ids,))
+        with torch.no_grad(), tracker:
+            tracker.begin_phase("forward")
+            out = model(input_ids=input_ids, use_cache=True, logits_to_keep=1)
+        cache = out.cache if "cache" in out else out.past_key_values  # renamed in transformers 5
+        kv = sum(_local_bytes(t) for t in _cache_tensors(cache))
+        return {key: {**snap, "kv_cache": kv} for key, snap in tracker.peaks.items()}
+    labels = input_ids.clone()
+    optimizer = modeling.build_optimizer(model, name=plan.optimizer, lr=1e-5)
+    _train_step(model, optimizer, input_ids, labels, None)  # steady state: optimizer states exist
+    tracker = StepTracker(model, optimizer, vocab=vocab, tokens=input_ids.numel())
+    tracker.track_inputs((input_ids, labels))
+    with tracker:
+        _train_step(model, optimizer, input_ids, labels, tracker)
+    return tracker.peaks
+
+
+def _train_step(model, optimizer, input_ids, labels, tracker: StepTracker | None) -> None:  # noqa: ANN001
+    if tracker:
+        tracker.begin_phase("forward")
+    loss = modeling.causal_lm_loss(model(input_ids=input_ids, use_cache=False).logits, labels)
+    if tracker:
+        tracker.begin_phase("backward")
+    loss.backward()
+    del loss
+    if tracker:
+        tracker.begin_phase("optimizer")
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+class StepTracker(FSDPMemTracker):
+    """FSDPMemTracker that also keeps the local peak of every (phase, region) of the step, and the bytes
+    of logits-shaped storages at each.
+
+    Regions: `pre` (before the first decoder block of the phase runs), `bottom` (block 0), `mid`,
+    `top` (the last block), `post` (after the blocks: head and loss in forward, embeddings in backward).
+    A region's peak is linear in depth, while the step's peak moves between regions as depth grows,
+    which is why the simulator extrapolates regions, not the step's peak.
+
+    The tracker files logits under Activation/Temp; a storage first seen as a (tokens x vocab) tensor
+    (lm_head output, its fp32 copy, log-softmax, their gradients) is counted as logits until freed."""
+
+    def __init__(self, mod: torch.nn.Module, optm: Any, *, vocab: int, tokens: int) -> None:
+        super().__init__(mod, optm)
+        self.vocab, self.tokens = vocab, tokens
+        self.peaks: dict[str, dict[str, int]] = {}
+        self._blocks = [
+            (block, "bottom" if i == 0 else "top" if i == len(blocks) - 1 else "mid")
+            for blocks in [_text_blocks(mod)]
+            for i, block in enumerate(blocks)
+        ]
+        self._phase = "forward"
+        self._seen_block = False
+        self._logits_live = 0
+        self._logits_refs: list[weakref.ref] = []
+
+    def begin_phase(self, name: str) -> None:
+        self._phase, self._seen_block = name, False
+
+    def _region(self) -> str:
+        parents = self._mod_tracker.parents
+        for block, region in self._blocks:
+            if self._mod_tracker.get_known_fqn(block) in parents:
+                self._seen_block = True
+                return region
+        return "post" if self._seen_block else "pre"
+
+    def _track(self, reftype, t: torch.Tensor) -> None:  # noqa: ANN001
+        new = [st for st in get_untyped_storages(t) if st not in self._WINFO]
+        super()._track(reftype, t)
+        if new and t.ndim >= 2 and t.shape[-1] == self.vocab and t.numel() == self.tokens * self.vocab:
+            for st in new:
+                nbytes = st.nbytes()
+                self._logits_live += nbytes
+                self._logits_refs.append(weakref.ref(st, lambda _ref, n=nbytes: self._drop_logits(n)))
+
+    def _drop_logits(self, nbytes: int) -> None:
+        self._logits_live -= nbytes
+
+    def _update_peak_stats(self, peak_state) -> None:  # noqa: ANN001
+        super()._update_peak_stats(peak_state)
+        snap = next(iter(self._curr_mem_snap.values()), None)
+        if snap is None:
+            return
+        key = f"{self._phase}/{self._region()}"
+        if snap[_TOTAL] > self.peaks.get(key, {}).get(_TOTAL, -1):
+            record = {str(getattr(k, "value", k)): int(v) for k, v in snap.items()}
+            record["logits"] = self._logits_live
+            self.peaks[key] = record
+
+
+def _text_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The decoder blocks of the language model (the ones whose count the simulator varies)."""
+    return modeling.decoder_blocks(modeling.language_model(model))
+
+
+@contextlib.contextmanager
+def _unpacked_sequences():
+    """Tell transformers' mask builder that rows are not packed, as it finds on real tensors.
+
+    On fake tensors `find_packed_sequence_indices` cannot read the position ids and assumes packing,
+    which turns off SDPA's is_causal path and materialises a (batch, 1, seq, seq) mask the real step
+    never builds. The engine feeds one sequence per row, so the answer on real tensors is None."""
+    from transformers import masking_utils
+
+    original = masking_utils.find_packed_sequence_indices
+    masking_utils.find_packed_sequence_indices = lambda position_ids: None
+    try:
+        yield
+    finally:
+        masking_utils.find_packed_sequence_indices = original
+
+
+def _targets(plan: Plan) -> str | list[str]:
+    return plan.lora_targets if plan.lora_targets == "all-linear" else list(plan.lora_targets)
+
+
+def _local_bytes(t: torch.Tensor) -> int:
+    local = t.to_local() if hasattr(t, "to_local") else t
+    return local.numel() * local.element_size()
+
+
+def _unique_numel(params) -> int:  # noqa: ANN001
+    seen: dict[int, int] = {}
+    for p in params:
+        full = p.shape.numel() if hasattr(p, "to_local") else p.numel()
+        seen[id(p)] = full
+    return sum(seen.values())
+
+
+def _cache_tensors(cache: Any) -> list[torch.Tensor]:
+    """Key/value tensors of a transformers cache (DynamicCache layers, or legacy tuples)."""
+    found: list[torch.Tensor] = []
+    for layer in getattr(cache, "layers", None) or []:
+        found += [t for t in (getattr(layer, "keys", None), getattr(layer, "values", None)) if t is not None]
+    if not found and isinstance(cache, tuple | list):
+        for item in cache:
+            found += [t for t in item if isinstance(t, torch.Tensor)]
+    return found
