@@ -332,7 +332,9 @@ def _reasons(
     tokens = profile.requirements.dataset_tokens
     if tokens:
         seconds = train_seconds(model, plan, tokens, hw.bf16_tflops)
-        if seconds is None:
+        if seconds is None and hw.gpu is not None:
+            reasons.append(f"No training-time estimate: the catalog has no bf16 peak for {hw.gpu} (no native bf16).")
+        elif seconds is None:
             reasons.append("Give --gpu NAME for a training-time estimate (it needs the GPU's bf16 peak).")
         else:
             reasons.append(
@@ -353,7 +355,7 @@ def _summary(profile: Profile, family: object | None, plan: Plan, misses: tuple[
         parts.append(f"strong at {use_case}")
     if plan.method == "qlora":
         parts.append("needs CUDA + bitsandbytes")
-    return "; ".join(parts) or "fits as is"
+    return "; ".join(parts) or f"{METHOD_SHORT[plan.method]} fits"
 
 
 def recommend(profile: Profile) -> Recommendations:

@@ -115,6 +115,16 @@ def print_human(
     console.print(recommendations_table(result, top))
     if result.excluded:
         console.print(f"{len(result.excluded)} model(s) excluded (--json lists why).", style="dim")
+    from automodel.advisor.configgen import first_runnable
+
+    target = written[1] if written is not None else first_runnable(result.recommendations)
+    top_rec = result.recommendations[0]
+    if target is not None and target is not top_rec:
+        console.print(
+            f"#{top_rec.rank} {top_rec.model.name} uses {top_rec.plan.method}, which the trainer does not run yet; "  # type: ignore[attr-defined]
+            f"the config is for #{target.rank} {target.model.name} ({METHOD_LABEL[target.plan.method]}).",  # type: ignore[attr-defined]
+            style="yellow",
+        )
     console.print(next_step(result, argv, written), soft_wrap=True)
 
 
