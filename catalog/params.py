@@ -19,9 +19,11 @@ from typing import Any
 import torch
 from transformers import (
     AutoConfig,
+    AutoModel,
     AutoModelForCausalLM,
     AutoModelForCTC,
     AutoModelForImageTextToText,
+    AutoModelForSeq2SeqLM,
     AutoModelForSpeechSeq2Seq,
     PretrainedConfig,
 )
@@ -65,29 +67,40 @@ def hf_config_from_dict(config: dict[str, Any]) -> PretrainedConfig:
     return AutoConfig.for_model(model_type, **rest)
 
 
-def model_class_for(config: dict[str, Any] | PretrainedConfig) -> type:
-    """The AutoModel class a checkpoint of this config is trained with: causal LM, image-text-to-text,
-    speech seq2seq or CTC, chosen by `architectures` first and `model_type` second."""
-    if isinstance(config, PretrainedConfig):
-        model_type = config.model_type
-        architectures = list(config.architectures or [])
-    else:
-        model_type = _model_type(config)
-        architectures = list(config.get("architectures") or [])
-    arch = architectures[0] if architectures else ""
-    if arch.endswith("ForCTC") or model_type in {"wav2vec2", "hubert", "wavlm"} and not arch:
+def _preferred_class(model_type: str, arch: str, has_vision: bool) -> type:
+    if arch.endswith("ForCTC") or (model_type in {"wav2vec2", "hubert", "wavlm"} and not arch):
         return AutoModelForCTC
     if arch.endswith("ForSpeechSeq2Seq") or model_type in {"whisper", "speech_to_text"}:
         return AutoModelForSpeechSeq2Seq
     if model_type in _IMAGE_TEXT_TYPES or arch.endswith("ForImageTextToText"):
         return AutoModelForImageTextToText
-    if arch.endswith("ForConditionalGeneration") and "vision_config" in _as_dict(config):
+    if arch.endswith("ForConditionalGeneration") and has_vision:
         return AutoModelForImageTextToText
     return AutoModelForCausalLM
 
 
-def _as_dict(config: dict[str, Any] | PretrainedConfig) -> dict[str, Any]:
-    return config.to_dict() if isinstance(config, PretrainedConfig) else config
+def model_class_for(config: dict[str, Any] | PretrainedConfig) -> type:
+    """The AutoModel class a checkpoint of this config is trained with: causal LM, image-text-to-text,
+    speech seq2seq or CTC, chosen by `architectures` first and `model_type` second. A config that class
+    cannot build (T5, BERT …) falls back to seq2seq-LM, then the bare AutoModel, so any architecture
+    transformers ships can still be counted."""
+    if isinstance(config, PretrainedConfig):
+        model_type, architectures = config.model_type, list(config.architectures or [])
+        has_vision = getattr(config, "vision_config", None) is not None
+    else:
+        model_type, architectures = _model_type(config), list(config.get("architectures") or [])
+        has_vision = "vision_config" in config
+    _require_known(model_type)
+    preferred = _preferred_class(model_type, architectures[0] if architectures else "", has_vision)
+    config_class = CONFIG_MAPPING[model_type]
+    for cls in (preferred, AutoModelForSeq2SeqLM, AutoModel):
+        if config_class in cls._model_mapping:  # the auto class's own {config class: model class} table
+            return cls
+    raise UserError(
+        f"transformers has no model class for model_type {model_type!r}",
+        field="config.json",
+        hint="pass the config of a model transformers can build",
+    )
 
 
 def build_meta_model(config: dict[str, Any]) -> torch.nn.Module:

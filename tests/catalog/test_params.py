@@ -134,3 +134,19 @@ def test_phi3_small_analytic_by_hand() -> None:
     untied = phi3small_param_count({**config, "tie_word_embeddings": False})
     assert untied - phi3small_param_count(config) == 100 * 64
     assert params_method_for(config) == "analytic" and params_method_for(TINY) == "meta-build"
+
+
+def test_architectures_outside_the_preferred_classes_still_count() -> None:
+    t5_small = {
+        "model_type": "t5",
+        "architectures": ["T5ForConditionalGeneration"],
+        "d_model": 512,
+        "d_ff": 2048,
+        "d_kv": 64,
+        "num_layers": 6,
+        "num_heads": 8,
+        "vocab_size": 32128,
+    }
+    assert model_class_for(t5_small).__name__ == "AutoModelForSeq2SeqLM"
+    assert exact_param_count(t5_small) == 60_506_624  # t5-small, shared embedding counted once
+    assert model_class_for({"model_type": "clip"}).__name__ == "AutoModel"
