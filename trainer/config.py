@@ -126,11 +126,19 @@ class CompletionFormat(Section):
     separator: str = Field("", description="Text put between prompt and completion (e.g. a space).")
 
     @model_validator(mode="after")
-    def _one_layout(self) -> CompletionFormat:
+    def _not_both_layouts(self) -> CompletionFormat:
         if self.text_column is not None and (self.prompt_column or self.completion_column):
             raise rule("text_column", "give either text_column or prompt_column + completion_column, not both")
+        return self
+
+    @model_validator(mode="after")
+    def _a_whole_layout(self) -> CompletionFormat:
         if self.text_column is None and not (self.prompt_column and self.completion_column):
             raise rule("prompt_column", "give prompt_column and completion_column (or text_column alone)")
+        return self
+
+    @model_validator(mode="after")
+    def _index_needs_list(self) -> CompletionFormat:
         if self.completion_index_column is not None and self.completion_column is None:
             raise rule("completion_index_column", "needs completion_column (the list it indexes)")
         return self
@@ -142,7 +150,7 @@ class CompletionFormat(Section):
     def completion(self, row: Mapping[str, object]) -> str:
         if self.text_column is not None:
             return str(column_value(row, self.text_column))
-        assert self.completion_column is not None  # guaranteed by _one_layout
+        assert self.completion_column is not None  # guaranteed by _a_whole_layout
         return _pick(row, self.completion_column, self.completion_index_column)
 
 

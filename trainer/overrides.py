@@ -262,8 +262,10 @@ def validation_error(exc: ValidationError) -> UserError:
             if err["type"] not in ("missing",) and not isinstance(err.get("input"), (dict, list)):
                 message += f" (got {err.get('input')!r})"
         lines.append((path, message))
-    if len(lines) == 1:
-        return UserError(lines[0][1], field=lines[0][0], hint="see `automodel config schema` for every field")
+    if len(lines) == 1:  # a cross-field rule's message already says what to change
+        rule_only = exc.errors()[0]["type"] == "config_rule"
+        return UserError(lines[0][1], field=lines[0][0],
+                         hint=None if rule_only else "see `automodel config schema` for every field")
     body = "\n".join(f"  {path}: {message}" for path, message in lines)
     return UserError(f"{len(lines)} problems in the config:\n{body}",
                      hint="see `automodel config schema` for every field")
