@@ -100,9 +100,11 @@ def _out_of_scope(row: dict[str, str]) -> str | None:
         return "Megatron-LM (different parallelism and kernels)"
     if "deepspeed" in text or "zero" in text:
         return "DeepSpeed ZeRO (not FSDP2)"
-    if "naive model parallel" in text or "device_map" in text:
+    if ("naive model parallel" in text or "device_map" in text) and "summed" not in text:
         return "naive model parallel (layers split over GPUs, no data parallelism)"
-    if "gptq" in text or "int4" in text or "int8" in text:
+    if "vllm" in text or "sglang" in text:
+        return "vLLM/SGLang preallocate a KV-cache pool (gpu_memory_utilization), not HF generate"
+    if "gptq" in text or "awq" in text or "int4" in text or "int8" in text:
         return "GPTQ/int8 base weights (the estimator models bitsandbytes NF4)"
     if "embedding" in text and "lm_head" in text:
         return "embedding and lm_head trained as full modules beside LoRA (not a Plan option)"
@@ -155,6 +157,8 @@ def classify(row: dict[str, str]) -> Scoped | OutOfScope:
     plan: dict[str, object] = {"mode": mode, "method": method, "precision": _precision(row, torchtune, mode),
                                "micro_batch": int(row["micro_batch"]), "gpus": int(row["num_gpus"])}
     if mode == "inference":
+        if "summed" in row["notes"].lower():  # total over the GPUs a device_map split the model across
+            plan["gpus"] = 1
         numbers = [int(n) for n in re.findall(r"\d+", seq_text)]
         if "generated" in seq_text and len(numbers) >= 2:
             plan.update(seq_len=numbers[0], new_tokens=numbers[1])
