@@ -8,6 +8,7 @@ the catalog has to be fetched.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import functools
 import json
@@ -265,9 +266,9 @@ def resolve(name_or_path: str | os.PathLike[str]) -> ResolvedModel:
         raise UserError("empty model name", field="MODEL", hint="see `automodel catalog list`")
     spec = _catalog_match(text)
     if spec is not None:
-        return ResolvedModel(
-            name=spec.name, hf_id=spec.hf_id, config=spec.config, spec=spec, source="catalog"
-        )
+        # A copy: callers may edit their config (overrides, tiny test variants) without touching the catalog.
+        config = copy.deepcopy(spec.config)
+        return ResolvedModel(name=spec.name, hf_id=spec.hf_id, config=config, spec=spec, source="catalog")
     path = Path(text).expanduser()
     if path.exists():
         return _resolve_path(path)

@@ -68,6 +68,11 @@ def test_catalog_names_and_ids_case_insensitive(text: str) -> None:
     assert resolved.config["hidden_size"] == 2048 and resolved.spec is find_model(text)
 
 
+def test_resolved_config_is_a_copy() -> None:
+    resolve("qwen3-8b").config["hidden_size"] = 1
+    assert resolve("qwen3-8b").config["hidden_size"] == 4096 == find_model("qwen3-8b").config["hidden_size"]
+
+
 def test_config_file_and_directory(tmp_path: Path) -> None:
     model_dir = tmp_path / "my-llama"
     model_dir.mkdir()
