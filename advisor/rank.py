@@ -164,12 +164,15 @@ def _filter(profile: Profile, model: object, family: object | None) -> str | Non
         return f"licence `{model.license}` does not allow commercial use (--commercial)"  # type: ignore[attr-defined]
     if not req.allow_gated and model.gated:  # type: ignore[attr-defined]
         return f"{model.hf_id} is gated on the Hub (--no-gated)"  # type: ignore[attr-defined]
-    use_case, traits = profile.task.use_case, _traits(model, family)
-    if use_case is not None and use_case not in traits:
-        return f"not suited to {use_case} (catalog use cases: {', '.join(sorted(traits))})"
-    if req.multilingual and "multilingual" not in traits:
+    # Use cases and languages are facts about the checkpoint (its model card): the model's own tags decide.
+    # Safety is a family trait (the vendor's safety tuning and tooling): the family's strengths count too.
+    tags = set(model.use_cases)  # type: ignore[attr-defined]
+    use_case = profile.task.use_case
+    if use_case is not None and use_case not in tags:
+        return f"not suited to {use_case} (catalog use cases: {', '.join(sorted(tags))})"
+    if req.multilingual and "multilingual" not in tags:
         return "not marked multilingual in the catalog (--multilingual)"
-    if req.safety and "safety" not in traits:
+    if req.safety and "safety" not in _traits(model, family):
         return "not marked for safety-critical use in the catalog (--safety)"
     context = model.context_length  # type: ignore[attr-defined]
     if context and profile.seq_len > context:

@@ -153,6 +153,8 @@ def test_multilingual_and_use_case_filters() -> None:
     code = run("llm", 24, use_case="code")
     assert {r.model.name for r in code.recommendations} >= {"codellama-7b-instruct"}
     assert "gemma-2-9b-it" in {e.model for e in code.excluded}
+    translate = {e.model for e in run("asr", 16, use_case="translation").excluded}
+    assert "whisper-large-v3-turbo" in translate  # the checkpoint's own tags decide, not its family's
     asr = run("asr", 16, multilingual=True)
     assert {r.model.family for r in asr.recommendations} == {"whisper"}  # wav2vec2 is English only
 
