@@ -232,17 +232,39 @@ class Miss:
 
     plan: Plan
     need: MemoryEstimate | str
+    max_seq_len: int | None = None  # the longest sequence this plan fits at, when that is still useful
+
+    def _shorter(self) -> str:
+        return f" (it fits at --seq-len {self.max_seq_len})" if self.max_seq_len else ""
 
     def needs(self) -> str:
         if isinstance(self.need, str):
             return f"{METHOD_LABEL[self.plan.method]} cannot be estimated: {self.need}"
-        return f"needs {gib(self.need.peak_reserved)} GiB per GPU with {_describe(self.plan)}"
+        return f"needs {gib(self.need.peak_reserved)} GiB per GPU with {_describe(self.plan)}{self._shorter()}"
 
     def passed_over(self) -> str:
         if isinstance(self.need, str):
             return self.needs() + "."
         return (f"Not {METHOD_LABEL[self.plan.method]}: it would need {gib(self.need.peak_reserved)} GiB per GPU "
-                f"even {'with grad ckpt ' if self.plan.grad_ckpt else ''}on {self.plan.gpus} GPU(s).")
+                f"even {'with grad ckpt ' if self.plan.grad_ckpt else ''}on {self.plan.gpus} GPU(s){self._shorter()}.")
+
+
+MIN_USEFUL_SEQ_LEN = 256  # shorter sequences than this are not worth suggesting
+
+
+def _max_seq_len(model: object, plan: Plan, limit: float) -> int | None:
+    """The longest sequence (a multiple of 128) at which `plan` fits under `limit`, if at least 256."""
+    if plan.seq_len <= MIN_USEFUL_SEQ_LEN:
+        return None
+    lo, hi = 0, plan.seq_len // 128  # in units of 128 tokens; hi does not fit
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        est = _estimate(model, plan.model_copy(update={"seq_len": mid * 128}))
+        if isinstance(est, MemoryEstimate) and est.peak_reserved <= limit:
+            lo = mid
+        else:
+            hi = mid
+    return lo * 128 if lo * 128 >= MIN_USEFUL_SEQ_LEN else None
 
 
 def _search(profile: Profile, model: object) -> Search:
@@ -256,7 +278,8 @@ def _search(profile: Profile, model: object) -> Search:
         smallest = _plan(profile, method, degrees[-1], ckpts[-1])
         est = _estimate(model, smallest)
         if isinstance(est, str) or est.peak_reserved > limit:
-            misses.append(Miss(smallest, est))
+            shorter = None if isinstance(est, str) else _max_seq_len(model, smallest, limit)
+            misses.append(Miss(smallest, est, shorter))
             continue
         for gpus in degrees:
             for ckpt in ckpts:

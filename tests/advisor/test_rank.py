@@ -227,3 +227,17 @@ def test_recommendation_json_shape() -> None:
                                      "micro_batch", "seq_len"}
     assert set(data["estimate"]) == {"peak_allocated_bytes", "peak_reserved_bytes", "breakdown"}
     assert rec.plan.images == 1  # a VLM plan carries an image per sequence
+
+
+def test_near_misses_say_which_sequence_length_would_fit() -> None:
+    from automodel.catalog.memory.estimate import estimate
+
+    result = run("llm", 24, use_case="chat")
+    rec = next(r for r in result.recommendations if r.model.name == "llama-3.1-8b-instruct")
+    hint = next(r for r in rec.reasons if r.startswith("Not LoRA"))
+    seq = int(hint.split("--seq-len ")[1].rstrip(").").split(")")[0])
+    limit = HEADROOM * result.profile.hardware.memory_bytes
+    lora = rec.plan.model_copy(update={"method": "lora", "grad_ckpt": True})
+    fits = estimate(rec.model.config, lora.model_copy(update={"seq_len": seq}), params=rec.model.params)
+    over = estimate(rec.model.config, lora.model_copy(update={"seq_len": seq + 128}), params=rec.model.params)
+    assert fits.peak_reserved <= limit < over.peak_reserved
