@@ -233,8 +233,8 @@ def test_near_misses_say_which_sequence_length_would_fit() -> None:
     from automodel.catalog.memory.estimate import estimate
 
     result = run("llm", 24, use_case="chat")
-    rec = next(r for r in result.recommendations if r.model.name == "llama-3.1-8b-instruct")
-    hint = next(r for r in rec.reasons if r.startswith("Not LoRA"))
+    rec, hint = next((r, h) for r in result.recommendations for h in r.reasons
+                     if h.startswith("Not LoRA") and "--seq-len" in h)
     seq = int(hint.split("--seq-len ")[1].rstrip(").").split(")")[0])
     limit = HEADROOM * result.profile.hardware.memory_bytes
     lora = rec.plan.model_copy(update={"method": "lora", "grad_ckpt": True})
