@@ -16,7 +16,8 @@ Engine choices made here (the analytic estimator models the same ones):
   (every decoder block is recomputed in backward);
 - sharding: FSDP2 `fully_shard` on every decoder block, then on the root;
 - optimizer: torch AdamW / SGD with foreach kernels over the trainable parameters (bitsandbytes for 8-bit);
-- loss: cross-entropy in fp32 over shifted labels, summed (the engine divides by the global count).
+- loss: cross-entropy in fp32 over shifted labels, summed (the engine divides by the global count);
+  `forward_loss` drops the model output at once, so the bf16 logits are freed before backward.
 """
 
 from __future__ import annotations
@@ -229,6 +230,14 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         ignore_index=IGNORE_INDEX,
         reduction="sum",
     )
+
+
+def forward_loss(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor, **inputs: Any) -> torch.Tensor:
+    """The training forward: summed causal-LM loss, with no reference to the logits kept afterwards.
+
+    Holding the model output (and so its bf16 logits) across backward would keep vocab x tokens x 2
+    bytes alive at the start of backward; the trainer and the simulator both go through here."""
+    return causal_lm_loss(model(input_ids=input_ids, use_cache=False, **inputs).logits, labels)
 
 
 def base_model(model: nn.Module) -> nn.Module:

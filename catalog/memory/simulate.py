@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -36,15 +37,13 @@ from typing import Any
 import torch
 from torch.distributed._tools.common_utils import get_untyped_storages
 from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
+from torch.distributed._tools.mem_tracker import MemTracker
 
 from automodel.catalog import modeling
 from automodel.catalog.errors import UserError
 from automodel.catalog.memory.plan import MemoryEstimate, Plan
 
 SIM_DEPTHS = (2, 3)
-# peak_reserved = peak_allocated x FRAGMENTATION + CUDA_CONTEXT_BYTES (see reserve_model).
-FRAGMENTATION = 1.10
-CUDA_CONTEXT_BYTES = 600 * 2**20
 _TOTAL = "Total"
 
 
@@ -84,35 +83,39 @@ def estimate_simulated(config: dict[str, Any], plan: Plan) -> MemoryEstimate:
     peak_phase = max(by_phase, key=lambda name: sum(by_phase[name].values()))
     terms = by_phase[peak_phase]
     peak_allocated = sum(terms.values())
-    fragmentation, overhead = reserve_model()
+    fragmentation, overhead = reserve_model(plan)
     return MemoryEstimate(
         engine="simulate",
         params=at_depth([r.params for r in runs]),
         trainable_params=at_depth([r.trainable_params for r in runs]) if plan.mode == "train" else 0,
         overhead=overhead,
         peak_allocated=peak_allocated,
-        peak_reserved=int(peak_allocated * fragmentation) + overhead,
+        peak_reserved=math.ceil(peak_allocated * fragmentation) + overhead,
         assumptions=_assumptions(config, plan, depth, depths, peak_phase, fragmentation, overhead),
         **terms,
     )
 
 
-def reserve_model() -> tuple[float, int]:
-    """(fragmentation factor, CUDA context bytes) turning peak_allocated into peak_reserved."""
-    return FRAGMENTATION, CUDA_CONTEXT_BYTES
+def reserve_model(plan: Plan) -> tuple[float, int]:
+    """(allocator factor, overhead bytes) turning peak_allocated into peak_reserved: the analytic
+    engine's constants (CUDA context, NCCL with more than one rank), so both engines agree on them."""
+    from automodel.catalog.memory.analytic import CUDA_CONTEXT_BYTES, FRAGMENTATION, NCCL_BYTES
+
+    return FRAGMENTATION, CUDA_CONTEXT_BYTES + (NCCL_BYTES if plan.gpus > 1 else 0)
 
 
 def _terms(snap: dict[str, int], adapter_bytes: int, plan: Plan) -> dict[str, int]:
     """Tracker categories at a phase peak -> our terms (mapping in the module docstring)."""
-    shards = snap.get("Sharded Param", 0)
+    # FSDPMemTracker names first, MemTracker's (unsharded model) second.
+    shards = snap.get("Sharded Param", 0) + snap.get("Parameter", 0)
     terms = {
         "weights": shards - adapter_bytes + snap.get("Buffer", 0),
         "adapter_weights": adapter_bytes,
-        "gradients": snap.get("Sharded Grad", 0),
-        "optimizer": snap.get("OptState", 0),
+        "gradients": snap.get("Sharded Grad", 0) + snap.get("Gradient", 0),
+        "optimizer": snap.get("OptState", 0) + snap.get("Optstate", 0),
         "activations": max(
             0,
-            snap.get("Activation", 0) + snap.get("Temp", 0) + snap.get("Inputs", 0)
+            snap.get("Activation", 0) + snap.get("Temp", 0) + snap.get("Inputs", 0) + snap.get("Other", 0)
             - snap.get("logits", 0) - snap.get("kv_cache", 0),
         ),
         "logits": snap.get("logits", 0),
@@ -161,7 +164,8 @@ def _assumptions(
         "attention: transformers sdpa with is_causal, one unpadded sequence per row (no seq_len^2 mask or scores)",
         "FSDP2: every decoder block sharded, then the root (embeddings, final norm, lm_head)",
         "loss: fp32 cross-entropy summed over tokens; logits = bf16/fp32 (tokens x vocab) tensors at the peak",
-        f"peak_reserved = peak_allocated x {fragmentation} (allocator) + {overhead / 2**30:.2f} GiB (CUDA context)",
+        f"peak_reserved = peak_allocated x {fragmentation} (allocator) + {overhead / 2**30:.2f} GiB "
+        "(CUDA context, NCCL), the analytic engine's constants",
     ]
     if plan.mode == "train" and plan.method == "lora":
         notes.append(f"LoRA r={plan.lora_rank}, alpha=2r, dropout 0, targets {_targets(plan)}")
@@ -235,8 +239,10 @@ def prepare_model(config: dict[str, Any], plan: Plan, mesh: Any, *, device: str,
     if training and plan.grad_ckpt:
         modeling.enable_grad_ckpt(model)
     # CPU offload is accounted after tracking (estimate_simulated): on a CPU mesh host and device are
-    # one memory, so the shards stay where the tracker sees them.
-    modeling.shard_model(model, mesh, precision=precision, cpu_offload=False)
+    # one memory, so the shards stay where the tracker sees them. Inference on one GPU is plain
+    # transformers (generate), not FSDP2.
+    if training or plan.gpus > 1:
+        modeling.shard_model(model, mesh, precision=precision, cpu_offload=False)
     return model
 
 
@@ -245,6 +251,7 @@ def simulate_run(config: dict[str, Any], plan: Plan, depth: int) -> SimRun:
     import torch.distributed as dist
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import FSDPModule
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
     if dist.is_initialized():
@@ -257,6 +264,8 @@ def simulate_run(config: dict[str, Any], plan: Plan, depth: int) -> SimRun:
         trainable = _unique_numel(p for p in model.parameters() if p.requires_grad)
         with FakeTensorMode(allow_non_fake_inputs=True), _unpacked_sequences():
             model.to_empty(device="cpu")  # FSDP2 meta-device init: the meta shards become fake storages
+            if not isinstance(model, FSDPModule):
+                modeling.base_model(model).tie_weights()  # to_empty unties shared tensors
             adapters = [p for p in model.parameters() if p.requires_grad and plan.method == "lora"]
             peaks = track_step(model, plan)
     finally:
@@ -274,8 +283,7 @@ def track_step(model: torch.nn.Module, plan: Plan) -> dict[str, dict[str, int]]:
     if plan.mode == "inference":
         # Prefill of the whole context with the cache on; logits of the last position only, as
         # transformers' generate() asks for.
-        tracker = StepTracker(model, None, vocab=vocab, tokens=plan.micro_batch)
-        tracker.track_inputs((input_ids,))
+        tracker = _tracker_for(model, None, vocab=vocab, tokens=plan.micro_batch, inputs=(input_ids,))
         with torch.no_grad(), tracker:
             tracker.begin_phase("forward")
             out = model(input_ids=input_ids, use_cache=True, logits_to_keep=1)
@@ -285,17 +293,29 @@ def track_step(model: torch.nn.Module, plan: Plan) -> dict[str, dict[str, int]]:
     labels = input_ids.clone()
     optimizer = modeling.build_optimizer(model, name=plan.optimizer, lr=1e-5)
     _train_step(model, optimizer, input_ids, labels, None)  # steady state: optimizer states exist
-    tracker = StepTracker(model, optimizer, vocab=vocab, tokens=input_ids.numel())
-    tracker.track_inputs((input_ids, labels))
+    tracker = _tracker_for(model, optimizer, vocab=vocab, tokens=input_ids.numel(), inputs=(input_ids, labels))
     with tracker:
         _train_step(model, optimizer, input_ids, labels, tracker)
     return tracker.peaks
 
 
-def _train_step(model, optimizer, input_ids, labels, tracker: StepTracker | None) -> None:  # noqa: ANN001
+def _tracker_for(model, optimizer, *, vocab: int, tokens: int, inputs: tuple) -> _RegionPeaks:  # noqa: ANN001
+    """FSDPMemTracker for an FSDP2 model, MemTracker (told about the model up front) otherwise."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, FSDPModule):
+        tracker = StepTracker(model, optimizer, vocab=vocab, tokens=tokens)
+        tracker.track_inputs(inputs)
+    else:
+        tracker = PlainStepTracker(vocab=vocab, tokens=tokens, model=model)
+        tracker.track_external(model, *([optimizer] if optimizer else []), *inputs)
+    return tracker
+
+
+def _train_step(model, optimizer, input_ids, labels, tracker: _RegionPeaks | None) -> None:  # noqa: ANN001
     if tracker:
         tracker.begin_phase("forward")
-    loss = modeling.causal_lm_loss(model(input_ids=input_ids, use_cache=False).logits, labels)
+    loss = modeling.forward_loss(model, input_ids, labels)
     if tracker:
         tracker.begin_phase("backward")
     loss.backward()
@@ -306,8 +326,8 @@ def _train_step(model, optimizer, input_ids, labels, tracker: StepTracker | None
     optimizer.zero_grad(set_to_none=True)
 
 
-class StepTracker(FSDPMemTracker):
-    """FSDPMemTracker that also keeps the local peak of every (phase, region) of the step, and the bytes
+class _RegionPeaks:
+    """Mixin for torch's memory trackers: also keep the local peak of every (phase, region) of the step, and the bytes
     of logits-shaped storages at each.
 
     Regions: `pre` (before the first decoder block of the phase runs), `bottom` (block 0), `mid`,
@@ -318,13 +338,12 @@ class StepTracker(FSDPMemTracker):
     The tracker files logits under Activation/Temp; a storage first seen as a (tokens x vocab) tensor
     (lm_head output, its fp32 copy, log-softmax, their gradients) is counted as logits until freed."""
 
-    def __init__(self, mod: torch.nn.Module, optm: Any, *, vocab: int, tokens: int) -> None:
-        super().__init__(mod, optm)
+    def _init_regions(self, model: torch.nn.Module, *, vocab: int, tokens: int) -> None:
         self.vocab, self.tokens = vocab, tokens
         self.peaks: dict[str, dict[str, int]] = {}
         self._blocks = [
             (block, "bottom" if i == 0 else "top" if i == len(blocks) - 1 else "mid")
-            for blocks in [_text_blocks(mod)]
+            for blocks in [_text_blocks(model)]
             for i, block in enumerate(blocks)
         ]
         self._phase = "forward"
@@ -365,6 +384,27 @@ class StepTracker(FSDPMemTracker):
             record = {str(getattr(k, "value", k)): int(v) for k, v in snap.items()}
             record["logits"] = self._logits_live
             self.peaks[key] = record
+
+
+class StepTracker(_RegionPeaks, FSDPMemTracker):
+    """FSDPMemTracker with per-region peaks (for an FSDP2-sharded model)."""
+
+    def __init__(self, mod: torch.nn.Module, optm: Any, *, vocab: int, tokens: int) -> None:
+        FSDPMemTracker.__init__(self, mod, optm)
+        self._init_regions(mod, vocab=vocab, tokens=tokens)
+
+
+class PlainStepTracker(_RegionPeaks, MemTracker):
+    """MemTracker with per-region peaks (for an unsharded model: inference on one GPU)."""
+
+    def __init__(self, *, model: torch.nn.Module, vocab: int, tokens: int) -> None:
+        MemTracker.__init__(self)
+        self._init_regions(model, vocab=vocab, tokens=tokens)
+
+    def _track_module_params_and_buffers(self, module: torch.nn.Module, install_grad_hooks: bool = True):
+        # MemTracker hooks every parameter's gradient; frozen (inference) parameters cannot take a hook.
+        trains = all(p.requires_grad for p in module.parameters())
+        return super()._track_module_params_and_buffers(module, install_grad_hooks=install_grad_hooks and trains)
 
 
 def _text_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
