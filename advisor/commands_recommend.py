@@ -185,8 +185,8 @@ def _write_top(recs: tuple[Recommendation, ...], path: str) -> tuple[str, Recomm
     rec = first_runnable(recs) or recs[0]  # nothing runnable: write_config raises the UserError that says why
     if rec is not recs[0]:
         print(
-            f"note: #1 {recs[0].model.name} uses {recs[0].plan.method}, which the trainer does not run yet; "  # type: ignore[attr-defined]
-            f"wrote the config of #{rec.rank} {rec.model.name} ({rec.plan.method}) instead",  # type: ignore[attr-defined]
+            f"note: #1 {recs[0].model.name} uses {recs[0].plan.method}, which the trainer does not run yet; "
+            f"wrote the config of #{rec.rank} {rec.model.name} ({rec.plan.method}) instead",
             file=sys.stderr,
         )
     return str(write_config(rec, path)), rec

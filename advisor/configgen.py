@@ -61,10 +61,10 @@ def _peft_method(method: str) -> str:
 def build_config(rec: Recommendation, *, dataset: str | None = None, output_dir: str | None = None) -> TrainConfig:
     """The training config for one recommendation, validated by the trainer's own schema."""
     plan = rec.plan
-    name = rec.model.name  # type: ignore[attr-defined]
+    name = rec.model.name
     peft_method = _peft_method(plan.method)
     data: dict[str, object] = {
-        "task": rec.model.modality,  # type: ignore[attr-defined]
+        "task": rec.model.modality,
         "model": {"name": name},
         "peft": {
             "method": peft_method,
@@ -93,7 +93,7 @@ def header(rec: Recommendation, dataset: str | None) -> str:
     """YAML comments on top of the file: where it came from and what to fill in."""
     plan = rec.plan
     lines = [
-        f"# Written by `automodel recommend` for {rec.model.hf_id} ({rec.model.display_params} params).",  # type: ignore[attr-defined]
+        f"# Written by `automodel recommend` for {rec.model.hf_id} ({rec.model.display_params} params).",
         f"# Estimated peak {rec.estimate.peak_reserved / 2**30:.1f} GiB reserved per GPU of "
         f"{rec.gpu_mem_bytes / 2**30:.1f} GiB, on {plan.gpus} GPU(s) ({rec.gpus_per_node} per node x {rec.nodes} node(s)).",
     ]

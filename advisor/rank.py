@@ -22,36 +22,20 @@ import math
 from dataclasses import dataclass, field
 
 from automodel.advisor.profile import Profile
+from automodel.advisor.scoring import MFU, ideal_params, score, train_seconds
 from automodel.catalog.errors import UserError
 from automodel.catalog.memory.estimate import estimate
 from automodel.catalog.memory.plan import MemoryEstimate, Plan
 from automodel.catalog.registry import load_catalog
+from automodel.catalog.schema import FamilySpec, ModelSpec
+
+__all__ = ["MFU", "Recommendation", "Recommendations", "recommend", "train_seconds"]
 
 GIB = 2**30
 HEADROOM = 0.90
-# Model FLOP utilisation assumed for time estimates: 40 % of the dense bf16 peak for bf16 training;
-# QLoRA dequantises every NF4 weight before each matmul, so 30 %.
-MFU = {"full": 0.40, "lora": 0.40, "qlora": 0.30}
 METHOD_LABEL = {"full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA"}
 METHOD_SHORT = {"full": "full FT", "lora": "LoRA", "qlora": "QLoRA"}
-# Full fine-tuning adapts every weight. QLoRA trains on a 4-bit base: close to 16-bit LoRA in quality
-# (Dettmers et al. 2023), so a quality pick happily takes a bigger model with it, but its steps are slower
-# and it needs bitsandbytes, so balanced and latency picks use it only when nothing bf16 fits.
-METHOD_SCORE: dict[str, dict[str, float]] = {
-    "quality": {"full": 1.0, "lora": 0.9, "qlora": 0.7},
-    "balanced": {"full": 1.0, "lora": 0.8, "qlora": 0.1},
-    "latency": {"full": 1.0, "lora": 0.8, "qlora": 0.1},
-}
 QLORA_NOTE = "QLoRA needs a CUDA GPU and the bitsandbytes package (pip install bitsandbytes)."
-# Score weights per priority: (quality, latency, balanced-size band, use-case fit, method).
-WEIGHTS: dict[str, tuple[float, float, float, float, float]] = {
-    "balanced": (0.15, 0.0, 0.40, 0.15, 0.30),
-    "quality": (0.65, 0.0, 0.0, 0.20, 0.15),
-    "latency": (0.0, 0.60, 0.0, 0.20, 0.20),
-}
-# A balanced pick aims at the model whose bf16 weights fill about half of all the GPU memory given
-# (2 bytes per parameter): big enough to use the hardware, small enough to train without quantising.
-BALANCED_WEIGHT_SHARE = 0.5
 ASSUMPTIONS: tuple[str, ...] = (
     f"a plan fits when its estimated peak reserved memory is at most {HEADROOM:.0%} of one GPU's memory",
     "gradient checkpointing and extra GPUs (FSDP2 sharding) are switched on only when needed",
@@ -72,7 +56,7 @@ class Recommendation:
     """One fitting model, the plan it was estimated with, and why it ranks where it does."""
 
     rank: int
-    model: object  # catalog ModelSpec
+    model: ModelSpec
     plan: Plan
     estimate: MemoryEstimate
     gpus_per_node: int
@@ -92,11 +76,11 @@ class Recommendation:
         est = self.estimate.to_json()
         return {
             "rank": self.rank,
-            "model": m.name,  # type: ignore[attr-defined]
-            "hf_id": m.hf_id,  # type: ignore[attr-defined]
-            "family": m.family,  # type: ignore[attr-defined]
-            "modality": m.modality,  # type: ignore[attr-defined]
-            "params": m.params,  # type: ignore[attr-defined]
+            "model": m.name,
+            "hf_id": m.hf_id,
+            "family": m.family,
+            "modality": m.modality,
+            "params": m.params,
             "strategy": {
                 "method": self.plan.method,
                 "lora_rank": self.plan.lora_rank if self.plan.method != "full" else None,
@@ -142,31 +126,29 @@ def fsdp_degrees(gpus_per_node: int, nodes: int) -> list[int]:
     return sorted(degrees)
 
 
-def _families() -> dict[str, object]:
-    families = load_catalog().families
-    items = families.values() if isinstance(families, dict) else families
-    return {f.name: f for f in items}
+def _families() -> dict[str, FamilySpec]:
+    return {f.name: f for f in load_catalog().families}
 
 
-def _traits(model: object, family: object | None) -> set[str]:
+def _traits(model: ModelSpec, family: FamilySpec | None) -> set[str]:
     """The use cases the catalog gives a model: its own tags plus its family's strengths."""
-    return set(model.use_cases) | set(getattr(family, "strengths", ()))  # type: ignore[attr-defined]
+    return set(model.use_cases) | set(family.strengths if family else ())
 
 
-def _filter(profile: Profile, model: object, family: object | None) -> str | None:
+def _filter(profile: Profile, model: ModelSpec, family: FamilySpec | None) -> str | None:
     """Why a model is excluded before any estimate, or None."""
     req = profile.requirements
-    if model.params_method == "analytic":  # type: ignore[attr-defined]
+    if model.params_method == "analytic":
         # The catalog counts these by formula because transformers does not ship their architecture.
-        model_type = model.config.get("model_type")  # type: ignore[attr-defined]
+        model_type = model.config.get("model_type")
         return f"remote-code architecture ({model_type}): transformers cannot build it, so the trainer cannot fine-tune it"
-    if req.commercial_only and not model.commercial_use:  # type: ignore[attr-defined]
-        return f"licence `{model.license}` does not allow commercial use (--commercial)"  # type: ignore[attr-defined]
-    if not req.allow_gated and model.gated:  # type: ignore[attr-defined]
-        return f"{model.hf_id} is gated on the Hub (--no-gated)"  # type: ignore[attr-defined]
+    if req.commercial_only and not model.commercial_use:
+        return f"licence `{model.license}` does not allow commercial use (--commercial)"
+    if not req.allow_gated and model.gated:
+        return f"{model.hf_id} is gated on the Hub (--no-gated)"
     # Use cases and languages are facts about the checkpoint (its model card): the model's own tags decide.
     # Safety is a family trait (the vendor's safety tuning and tooling): the family's strengths count too.
-    tags = set(model.use_cases)  # type: ignore[attr-defined]
+    tags = set(model.use_cases)
     use_case = profile.task.use_case
     if use_case is not None and use_case not in tags:
         return f"not suited to {use_case} (catalog use cases: {', '.join(sorted(tags))})"
@@ -174,7 +156,7 @@ def _filter(profile: Profile, model: object, family: object | None) -> str | Non
         return "not marked multilingual in the catalog (--multilingual)"
     if req.safety and "safety" not in _traits(model, family):
         return "not marked for safety-critical use in the catalog (--safety)"
-    context = model.context_length  # type: ignore[attr-defined]
+    context = model.context_length
     if context and profile.seq_len > context:
         return f"context length {context} tokens is shorter than --seq-len {profile.seq_len}"
     return None
@@ -192,7 +174,7 @@ def _methods(profile: Profile) -> list[str]:
 def _plan(profile: Profile, method: str, gpus: int, ckpt: bool) -> Plan:
     return Plan(
         mode="train",
-        method=method,  # type: ignore[arg-type]
+        method=method,  # type: ignore[arg-type]  # one of Method, from _methods
         lora_rank=profile.strategy.lora_rank,
         seq_len=profile.seq_len,
         micro_batch=profile.requirements.batch,
@@ -202,9 +184,9 @@ def _plan(profile: Profile, method: str, gpus: int, ckpt: bool) -> Plan:
     )
 
 
-def _estimate(model: object, plan: Plan) -> MemoryEstimate | str:
+def _estimate(model: ModelSpec, plan: Plan) -> MemoryEstimate | str:
     try:
-        return estimate(model.config, plan, engine="analytic", params=model.params)  # type: ignore[attr-defined]
+        return estimate(model.config, plan, engine="analytic", params=model.params)
     except UserError as err:
         return err.message
 
@@ -252,7 +234,7 @@ class Miss:
 MIN_USEFUL_SEQ_LEN = 256  # shorter sequences than this are not worth suggesting
 
 
-def _max_seq_len(model: object, plan: Plan, limit: float) -> int | None:
+def _max_seq_len(model: ModelSpec, plan: Plan, limit: float) -> int | None:
     """The longest sequence (a multiple of 128) at which `plan` fits under `limit`, if at least 256."""
     if plan.seq_len <= MIN_USEFUL_SEQ_LEN:
         return None
@@ -267,7 +249,7 @@ def _max_seq_len(model: object, plan: Plan, limit: float) -> int | None:
     return lo * 128 if lo * 128 >= MIN_USEFUL_SEQ_LEN else None
 
 
-def _search(profile: Profile, model: object) -> Search:
+def _search(profile: Profile, model: ModelSpec) -> Search:
     hw, pref = profile.hardware, profile.strategy
     limit = HEADROOM * hw.memory_bytes
     degrees = [pref.fsdp_degree] if pref.fsdp_degree else fsdp_degrees(hw.gpus_per_node, hw.nodes)
@@ -291,48 +273,8 @@ def _search(profile: Profile, model: object) -> Search:
     return Search(None, None, tuple(misses))
 
 
-def _size_terms(model: object, ideal: float) -> tuple[float, float, float]:
-    """(quality, latency, balanced band) in 0..1 from the parameter counts."""
-    total = model.params  # type: ignore[attr-defined]
-    active = getattr(model, "active_params", None) or total
-    effective = math.sqrt(total * active)  # an MoE is about as good as the geometric mean of its sizes
-    quality = min(1.0, max(0.0, (math.log10(effective) - 8.5) / 2.5))  # 0.3B -> 0, 100B -> 1
-    latency = 1.0 - min(1.0, max(0.0, (math.log10(active) - 8.5) / 2.5))
-    band = math.exp(-(math.log2(effective / ideal) ** 2) / (2 * 1.5**2))
-    return quality, latency, band
-
-
-def _ideal(profile: Profile) -> float:
-    hw = profile.hardware
-    return max(5e8, BALANCED_WEIGHT_SHARE * hw.memory_bytes * hw.total_gpus / 2)
-
-
-def _fit(profile: Profile, model: object, family: object | None) -> float:
-    use_case = profile.task.use_case
-    if use_case is None:
-        return 0.5
-    strengths = {s.lower() for s in getattr(family, "strengths", ())}
-    return 1.0 if use_case in strengths else 0.5
-
-
-def score(profile: Profile, model: object, family: object | None, method: str) -> float:
-    wq, wl, wb, wf, wm = WEIGHTS[profile.requirements.priority]
-    quality, latency, band = _size_terms(model, _ideal(profile))
-    total = wq * quality + wl * latency + wb * band + wf * _fit(profile, model, family) + wm * METHOD_SCORE[profile.requirements.priority][method]
-    return round(100 * total, 1)
-
-
-def train_seconds(model: object, plan: Plan, tokens: int, bf16_tflops: float | None) -> float | None:
-    """Wall time for `tokens` training tokens, from FLOPs at the stated MFU; None without a GPU peak."""
-    if bf16_tflops is None:
-        return None
-    active = getattr(model, "active_params", None) or model.params  # type: ignore[attr-defined]
-    per_token = (6 if plan.method == "full" else 4) * active + (2 * active if plan.grad_ckpt else 0)
-    return tokens * per_token / (plan.gpus * bf16_tflops * 1e12 * MFU[plan.method])
-
-
 def _reasons(
-    profile: Profile, model: object, family: object | None, plan: Plan, est: MemoryEstimate, misses: tuple[Miss, ...]
+    profile: Profile, model: ModelSpec, family: FamilySpec | None, plan: Plan, est: MemoryEstimate, misses: tuple[Miss, ...]
 ) -> tuple[str, ...]:
     """The pick in a sentence or two: what fits and how, why this method, what speaks for the model."""
     hw = profile.hardware
@@ -342,17 +284,17 @@ def _reasons(
     ]
     reasons.extend(miss.passed_over() for miss in misses)
     use_case, priority = profile.task.use_case, profile.requirements.priority
-    strengths = set(getattr(family, "strengths", ()))
-    title = getattr(family, "title", model.family)  # type: ignore[attr-defined]
+    strengths = set(family.strengths if family else ())
+    title = family.title if family else model.family
     if use_case and use_case in strengths:
         reasons.append(f"{title} is strong at {use_case}.")
-    size = f"{model.params / 1e9:.1f}B"  # type: ignore[attr-defined]
+    size = f"{model.params / 1e9:.1f}B"
     if priority == "quality":
         reasons.append(f"{size} params: quality priority favours the biggest model that fits.")
     elif priority == "latency":
         reasons.append(f"{size} params: latency priority favours small, fast models.")
     else:
-        reasons.append(f"{size} params: balanced priority aims at ~{_ideal(profile) / 1e9:.0f}B for this hardware.")
+        reasons.append(f"{size} params: balanced priority aims at ~{ideal_params(profile) / 1e9:.0f}B for this hardware.")
     if plan.method == "qlora":
         reasons.append(QLORA_NOTE)
     tokens = profile.requirements.dataset_tokens
@@ -370,14 +312,14 @@ def _reasons(
     return tuple(reasons)
 
 
-def _summary(profile: Profile, family: object | None, plan: Plan, misses: tuple[Miss, ...]) -> str:
+def _summary(profile: Profile, family: FamilySpec | None, plan: Plan, misses: tuple[Miss, ...]) -> str:
     """`full FT needs 148 GiB; strong at chat; ~9.6 h` for the table."""
     parts = []
     for miss in misses:
         if isinstance(miss.need, MemoryEstimate):
             parts.append(f"{METHOD_SHORT[miss.plan.method]} needs {miss.need.peak_reserved / GIB:.0f} GiB")
     use_case = profile.task.use_case
-    if use_case and use_case in set(getattr(family, "strengths", ())):
+    if use_case and family and use_case in family.strengths:
         parts.append(f"strong at {use_case}")
     if plan.method == "qlora":
         parts.append("needs CUDA + bitsandbytes")

@@ -47,8 +47,8 @@ def recommendations_table(result: Recommendations, top: int) -> Table:
         m = rec.model
         table.add_row(
             str(rec.rank),
-            m.name,  # type: ignore[attr-defined]
-            m.display_params,  # type: ignore[attr-defined]
+            m.name,
+            m.display_params,
             strategy_text(rec),
             f"{gib(rec.estimate.peak_reserved)}/{gib(rec.gpu_mem_bytes)}",
             f"{rec.score:.1f}",
@@ -81,7 +81,7 @@ def breakdown_table(est: MemoryEstimate, gpu_mem_bytes: int) -> Table:
 
 def launch_command(rec: Recommendation, config_path: str) -> str:
     """`automodel finetune <task> -c PATH`, with the process layout when the plan spans several GPUs."""
-    command = f"automodel finetune {rec.model.modality} -c {shlex.quote(config_path)}"  # type: ignore[attr-defined]
+    command = f"automodel finetune {rec.model.modality} -c {shlex.quote(config_path)}"
     if rec.gpus_per_node > 1 or rec.nodes > 1:
         command += f" --nproc-per-node {rec.gpus_per_node}"
     if rec.nodes > 1:
@@ -96,7 +96,7 @@ def next_step(result: Recommendations, argv: Sequence[str], written: tuple[str, 
     from automodel.advisor.configgen import first_runnable
 
     rec = first_runnable(result.recommendations) or result.recommendations[0]  # what --write-config writes
-    path = f"{rec.model.name}.yaml"  # type: ignore[attr-defined]
+    path = f"{rec.model.name}.yaml"
     again = " ".join(shlex.quote(a) for a in ["automodel", *argv, "--write-config", path])
     return f"next: {again} && {launch_command(rec, path)}"
 
@@ -121,8 +121,8 @@ def print_human(
     top_rec = result.recommendations[0]
     if target is not None and target is not top_rec:
         console.print(
-            f"#{top_rec.rank} {top_rec.model.name} uses {top_rec.plan.method}, which the trainer does not run yet; "  # type: ignore[attr-defined]
-            f"the config is for #{target.rank} {target.model.name} ({METHOD_LABEL[target.plan.method]}).",  # type: ignore[attr-defined]
+            f"#{top_rec.rank} {top_rec.model.name} uses {top_rec.plan.method}, which the trainer does not run yet; "
+            f"the config is for #{target.rank} {target.model.name} ({METHOD_LABEL[target.plan.method]}).",
             style="yellow",
         )
     console.print(next_step(result, argv, written), soft_wrap=True)

@@ -151,7 +151,7 @@ def _pick_title(rec: Recommendation) -> str:
     from automodel.advisor.render import strategy_text
 
     used = f"{rec.estimate.peak_reserved / 2**30:.1f}/{rec.gpu_mem_bytes / 2**30:.1f} GiB"
-    return f"{rec.rank}. {rec.model.name} ({rec.model.display_params}) - {strategy_text(rec)}, {used}"  # type: ignore[attr-defined]
+    return f"{rec.rank}. {rec.model.name} ({rec.model.display_params}) - {strategy_text(rec)}, {used}"
 
 
 # After the ranking: which pick, where its config goes, which data it names, whether to launch it.
@@ -279,7 +279,7 @@ def run(asker: Callable[[Question, Context], Any] = ask, detected: Hardware | No
             rec = ctx.pick = result.recommendations[asker(PICK, ctx) - 1]
             if trainer_runs(rec):
                 break
-            console.print(f"{rec.model.name} uses {rec.plan.method}, which the trainer does not run yet; "  # type: ignore[attr-defined]
+            console.print(f"{rec.model.name} uses {rec.plan.method}, which the trainer does not run yet; "
                           "pick a LoRA or full fine-tuning row.")
         console.print(breakdown_table(rec.estimate, rec.gpu_mem_bytes))
         for reason in rec.reasons:
