@@ -1,0 +1,84 @@
+"""Process-group setup and the few collectives the recipe needs.
+
+One process: no process group at all, every collective is the identity. Several (torchrun sets
+WORLD_SIZE, RANK, LOCAL_RANK): gloo on CPU, nccl on CUDA, and a 1-D device mesh for FSDP2.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass(frozen=True)
+class Dist:
+    """Where this process sits: rank, world size, its device, and the FSDP2 mesh (None alone)."""
+
+    rank: int
+    world: int
+    device: torch.device
+    mesh: Any = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup() -> Dist:
+    """Initialise the process group when launched with WORLD_SIZE > 1; pick the device."""
+    import torch
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if world == 1:
+        return Dist(rank=0, world=1, device=device)
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cuda else "gloo", device_id=device if cuda else None)
+    mesh = init_device_mesh(device.type, (world,))
+    return Dist(rank=dist.get_rank(), world=world, device=device, mesh=mesh)
+
+
+def teardown(d: Dist) -> None:
+    if d.world > 1:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def all_reduce_sum(tensor: torch.Tensor, d: Dist) -> torch.Tensor:
+    """Sum over ranks, in place (identity in one process)."""
+    if d.world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def barrier(d: Dist) -> None:
+    if d.world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def broadcast_object(obj: Any, d: Dist) -> Any:
+    """Rank 0's value of `obj` on every rank."""
+    if d.world == 1:
+        return obj
+    import torch.distributed as dist
+
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]

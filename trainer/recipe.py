@@ -1,0 +1,352 @@
+"""The fine-tuning recipe, top to bottom: `run(cfg)` is the whole engine.
+
+setup -> tokenizer and data -> model (pretrained or random) -> LoRA or full -> gradient checkpointing ->
+precision / FSDP2 -> AdamW + schedule -> resume -> the loop -> final checkpoint -> export -> summary.
+
+The loss of an optimizer step is the sum of token cross-entropies over every target token of every
+micro batch on every rank, divided by the number of those tokens (counted and all-reduced before the
+first backward), so one process with gradient accumulation and N processes compute the same step.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from automodel.catalog.errors import UserError
+from automodel.trainer import checkpoint, distributed, metrics
+from automodel.trainer.config import ModelConfig, TrainConfig, dump_yaml
+from automodel.trainer.data import epoch_batches, rank_micro_batches, steps_per_epoch
+from automodel.trainer.peft import adapt, trainable_parameters
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a finished run reports (rank 0 has the full picture; other ranks the same numbers)."""
+
+    output_dir: str
+    steps: int
+    resumed_from: int
+    final_loss: float | None
+    val_loss: float | None
+    tokens_per_s: float
+    peak_memory_bytes: int | None
+    peak_memory_kind: str
+    estimate: Any = None
+    exports: dict[str, str] = field(default_factory=dict)
+
+
+def run(cfg: TrainConfig) -> RunResult:
+    """Train `cfg` in this process (one of `WORLD_SIZE` when launched by torchrun)."""
+    d = distributed.setup()
+    try:
+        return _train(cfg, d)
+    finally:
+        distributed.teardown(d)
+
+
+def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
+    import torch
+
+    # 1. setup: seeds, output dir, resolved config
+    _seed_everything(cfg.seed)
+    out = Path(cfg.output_dir)
+    if d.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(dump_yaml(cfg))
+    task = _task(cfg.task)
+    on_cuda = d.device.type == "cuda"
+    precision = cfg.distributed.mixed_precision if on_cuda else "fp32"  # CPU computes in fp32
+
+    # 2. tokenizer and data (a pure function of the config: every rank builds the same samples)
+    source, model_config = resolve_model(cfg.model)
+    tokenizer = task.load_processor(source, trust_remote_code=cfg.model.trust_remote_code)
+    train_samples = task.build_samples(cfg.data, tokenizer, validation=False, seed=cfg.seed)
+    val_samples = task.build_samples(cfg.data, tokenizer, validation=True, seed=cfg.seed)
+    global_batch, micro = cfg.schedule.global_batch_size, cfg.schedule.micro_batch_size
+    accum = cfg.schedule.accumulation_steps(d.world)
+    per_epoch = steps_per_epoch(len(train_samples), global_batch)
+    if per_epoch == 0:
+        raise UserError(f"the training data has {len(train_samples)} samples, fewer than one global batch",
+                        field="schedule.global_batch_size", hint=f"use at most {len(train_samples)}")
+    total_steps = cfg.schedule.max_steps or per_epoch * (cfg.schedule.epochs or 1)
+
+    # 3. model: weights, LoRA or full, gradient checkpointing, precision, FSDP2 when world > 1
+    def build(device: str) -> nn.Module:
+        return adapt(load_model(cfg, source, model_config, device=device, cuda=on_cuda), cfg.peft)
+
+    model = build("cpu")
+    if cfg.distributed.activation_checkpointing:
+        from automodel.catalog.modeling import enable_grad_ckpt
+
+        enable_grad_ckpt(model)
+    if on_cuda:
+        from automodel.catalog.modeling import cast_for_training
+
+        cast_for_training(model, precision)
+    sharded = d.world > 1
+    if sharded:
+        if cfg.distributed.strategy != "fsdp2":
+            raise UserError(f"{d.world} processes need distributed.strategy=fsdp2", field="distributed.strategy")
+        from automodel.catalog.modeling import shard_model
+
+        shard_model(model, d.mesh, precision=precision, cpu_offload=cfg.distributed.cpu_offload)
+    if not (sharded and cfg.distributed.cpu_offload):
+        model.to(d.device)
+    model.train()
+    params = trainable_parameters(model)
+    lora = cfg.peft.method == "lora"
+
+    # 4. optimizer and schedule
+    optimizer = torch.optim.AdamW(params, lr=cfg.optimizer.lr, betas=cfg.optimizer.betas, eps=cfg.optimizer.eps,
+                                  weight_decay=cfg.optimizer.weight_decay, fused=on_cuda or None)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(cfg, step, total_steps))
+
+    # 5. resume: weights/adapter, optimizer, schedule, RNG; the data position is the step number
+    start = 0
+    resume_from = checkpoint.resolve_resume(cfg.checkpoint.resume, out)
+    if resume_from is not None:
+        start = checkpoint.load(resume_from, model=model, optimizer=optimizer, scheduler=scheduler,
+                                trainable_only=lora, d=d)["step"]
+        if d.is_main:
+            print(f"resuming from {resume_from} (step {start})", flush=True)
+    log = metrics.MetricsFile(out / cfg.logging.metrics_file, resume_step=start, enabled=d.is_main)
+    bar = metrics.progress_bar(total_steps, start, cfg.logging.progress_bar and d.is_main)
+    lengths = [len(s.input_ids) for s in train_samples]
+    epochs: dict[int, list[list[int]]] = {}
+
+    def micro_batches(step: int) -> list[dict[str, torch.Tensor]]:
+        epoch, index = divmod(step, per_epoch)
+        if epoch not in epochs:
+            epochs.clear()
+            epochs[epoch] = epoch_batches(lengths, global_batch, seed=cfg.seed, epoch=epoch)
+        mine = rank_micro_batches(epochs[epoch][index], micro_batch=micro, world=d.world, rank=d.rank)
+        assert len(mine) == accum
+        return [task.collate([train_samples[i] for i in ids], tokenizer) for ids in mine]
+
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda and precision != "fp32")
+    loss_value = val_loss = None
+    window_tokens, window_start, run_tokens, run_start = 0.0, time.perf_counter(), 0.0, time.perf_counter()
+
+    # 6. the loop: one iteration per optimizer step
+    try:
+        for step in range(start, total_steps):
+            batches = micro_batches(step)
+            counts = torch.tensor([sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches),
+                                   sum(int(b["labels"].numel() if "attention_mask" not in b else
+                                           b["attention_mask"].sum()) for b in batches)], dtype=torch.float64)
+            targets, tokens = distributed.all_reduce_sum(counts, d).tolist()
+            scale = d.world / max(targets, 1.0)  # FSDP2 averages gradients over ranks; undo that
+            loss_sum = torch.zeros((), device=d.device)
+            for j, batch in enumerate(batches):
+                if sharded:  # reduce-scatter gradients once, after the last micro batch
+                    model.set_requires_gradient_sync(j == accum - 1)
+                batch = {k: v.to(d.device, non_blocking=True) for k, v in batch.items()}
+                with autocast:
+                    micro_loss = task.forward_loss(model, batch)
+                (micro_loss * scale).backward()
+                loss_sum += micro_loss.detach()
+            grad_norm = (torch.nn.utils.clip_grad_norm_(params, cfg.optimizer.grad_clip)
+                         if cfg.optimizer.grad_clip is not None else None)
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            done = step + 1
+            window_tokens += tokens
+            run_tokens += tokens
+
+            validate_now = val_samples and (done == total_steps or (cfg.schedule.val_every
+                                                                    and done % cfg.schedule.val_every == 0))
+            if validate_now:
+                val_loss = evaluate(model, task, tokenizer, val_samples, micro, d, autocast)
+            if done % cfg.schedule.log_every == 0 or done == total_steps or validate_now:
+                loss_value = distributed.all_reduce_sum(loss_sum, d).item() / max(targets, 1.0)
+                now = time.perf_counter()
+                record: dict[str, Any] = {
+                    "step": done, "loss": loss_value, "lr": lr, "tokens": int(tokens), "target_tokens": int(targets),
+                    "tokens_per_s": window_tokens / max(now - window_start, 1e-9),
+                    "grad_norm": None if grad_norm is None else _scalar(grad_norm),
+                    "epoch": step // per_epoch, "memory_bytes": metrics.memory_now(d.device),
+                }
+                if validate_now:
+                    record["val_loss"] = val_loss
+                log.write(record)
+                if bar is not None:
+                    bar.update(bar.task_ids[0], completed=done, info=f"loss {loss_value:.4f}  lr {lr:.2e}  "
+                               f"{record['tokens_per_s']:,.0f} tok/s  mem {metrics.gib(record['memory_bytes'])}")
+                window_tokens, window_start = 0.0, time.perf_counter()
+            every = cfg.schedule.checkpoint_every
+            if done == total_steps or (every and done % every == 0):
+                checkpoint.save(out, done, model=model, optimizer=optimizer, scheduler=scheduler,
+                                trainable_only=lora, d=d, keep_last=cfg.checkpoint.keep_last,
+                                extra={"loss": loss_value, "total_steps": total_steps})
+    finally:
+        if bar is not None:
+            bar.stop()
+    elapsed = time.perf_counter() - run_start
+
+    # 7. export, measured peak beside the estimate, summary
+    exports: dict[str, str] = {}
+    if cfg.checkpoint.export in ("adapter", "both"):
+        from automodel.trainer.export import export_adapter
+
+        exports["adapter"] = str(export_adapter(model, tokenizer, out / "adapter", d))
+    if cfg.checkpoint.export in ("merged", "both"):
+        from automodel.trainer.export import export_merged
+
+        exports["merged"] = str(export_merged(model, tokenizer, out / "merged", d, lambda: build("cpu")))
+    peak, peak_kind = metrics.peak_memory(d.device)
+    result = RunResult(
+        output_dir=str(out), steps=total_steps, resumed_from=start, final_loss=loss_value, val_loss=val_loss,
+        tokens_per_s=run_tokens / max(elapsed, 1e-9) if total_steps > start else 0.0,
+        peak_memory_bytes=peak, peak_memory_kind=peak_kind,
+        estimate=_estimate(model_config, cfg, d.world), exports=exports,
+    )
+    if d.is_main:
+        _write_summary(out / "summary.json", result)
+        from rich.console import Console
+
+        Console(stderr=True).print(metrics.summary_table(result))
+    return result
+
+
+def evaluate(model: nn.Module, task: Any, tokenizer: Any, samples: list[Any], micro: int,
+             d: distributed.Dist, autocast: Any) -> float:
+    """Mean validation loss per target token over all ranks. Every rank runs the same number of
+    forwards (FSDP2 all-gathers are collective): short ranks repeat a batch with weight 0."""
+    import torch
+
+    order = sorted(range(len(samples)), key=lambda i: len(samples[i].input_ids))
+    chunks = [order[i : i + micro] for i in range(0, len(order), micro)]
+    rounds = math.ceil(len(chunks) / d.world)
+    totals = torch.zeros(2, dtype=torch.float64, device=d.device)
+    model.eval()
+    with torch.no_grad():
+        for r in range(rounds):
+            index = r * d.world + d.rank
+            weight = 1.0 if index < len(chunks) else 0.0
+            batch = task.collate([samples[i] for i in chunks[min(index, len(chunks) - 1)]], tokenizer)
+            batch = {k: v.to(d.device) for k, v in batch.items()}
+            with autocast:
+                loss = task.forward_loss(model, batch)
+            totals[0] += weight * loss.double()
+            totals[1] += weight * (batch["labels"][:, 1:] != -100).sum()
+    model.train()
+    distributed.all_reduce_sum(totals, d)
+    return (totals[0] / totals[1].clamp(min=1)).item()
+
+
+def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
+    """Multiplier of optimizer.lr at `step`: linear warmup, then cosine/linear/constant to min_lr_ratio."""
+    sched = cfg.lr_schedule
+    if step < sched.warmup_steps:
+        return (step + 1) / (sched.warmup_steps + 1)
+    if sched.kind == "constant":
+        return 1.0
+    progress = min(1.0, (step - sched.warmup_steps) / max(1, total - sched.warmup_steps))
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if sched.kind == "cosine" else 1 - progress
+    return sched.min_lr_ratio + (1 - sched.min_lr_ratio) * shape
+
+
+def resolve_model(model: ModelConfig) -> tuple[str, dict[str, Any]]:
+    """(where the tokenizer/weights come from: a local dir or Hub id, the HF config dict)."""
+    path = Path(model.name).expanduser()
+    if path.is_file() and path.suffix == ".json":
+        return str(path.parent), json.loads(path.read_text())
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"{path} has no config.json", field="model.name", hint="point at a model directory")
+        return str(path), json.loads((path / "config.json").read_text())
+    hub_id = model.name
+    try:
+        from automodel.catalog.registry import resolve
+    except ImportError:  # the catalog is optional here: an HF id works without it
+        resolve = None
+    if resolve is not None:
+        try:
+            resolved = resolve(model.name)
+            hub_id = resolved.hf_id or model.name
+        except UserError:
+            if "/" not in model.name:
+                raise
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(hub_id, trust_remote_code=model.trust_remote_code)
+    except Exception as err:  # offline cache miss, gated, unknown id: all the user's to fix
+        raise UserError(f"cannot load the config of {hub_id!r}: {str(err).splitlines()[0]}", field="model.name",
+                        hint="go online once to cache it (gated models need `huggingface-cli login` and "
+                        "accepting the license), or give a local model directory") from None
+    return hub_id, config.to_dict()
+
+
+def load_model(cfg: TrainConfig, source: str, config: dict[str, Any], *, device: str, cuda: bool) -> nn.Module:
+    """Pretrained weights through transformers, or a random init from the config with `cfg.seed`."""
+    import torch
+
+    dtype = torch.bfloat16 if cuda and cfg.model.dtype in ("bf16", "auto") else torch.float32
+    if cfg.model.init == "random":
+        from automodel.catalog.modeling import build_model
+
+        model = build_model(config, device=device, dtype=dtype, seed=cfg.seed)
+    else:
+        task_module = _task(cfg.task)
+        try:
+            model = task_module.model_class().from_pretrained(
+                source, dtype=dtype, attn_implementation=cfg.model.attn_implementation,
+                trust_remote_code=cfg.model.trust_remote_code)
+        except Exception as err:
+            raise UserError(f"cannot load weights of {source!r}: {str(err).splitlines()[0]}", field="model.name",
+                            hint="go online once to cache them (gated models need `huggingface-cli login`), "
+                            "or set model.init=random to train from a config alone") from None
+    model.config.use_cache = False
+    return model
+
+
+def _task(name: str) -> Any:
+    try:
+        return importlib.import_module(f"automodel.trainer.tasks.{name}")
+    except ModuleNotFoundError as err:
+        if err.name != f"automodel.trainer.tasks.{name}":
+            raise
+        raise UserError(f"the {name} task adapter is not available yet", field="task", hint="use task=llm") from None
+
+
+def _seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _scalar(value: torch.Tensor) -> float:
+    full = getattr(value, "full_tensor", None)  # FSDP2 returns a DTensor norm
+    return float((full() if callable(full) else value).item())
+
+
+def _estimate(config: dict[str, Any], cfg: TrainConfig, world: int) -> Any:
+    try:
+        from automodel.catalog.memory.estimate import estimate
+    except ImportError:
+        return None
+    try:
+        return estimate(config, cfg.to_plan(world))
+    except Exception:  # the estimate is context for the measured peak; never fail a finished run on it
+        return None
+
+
+def _write_summary(path: Path, result: RunResult) -> None:
+    data = {k: v for k, v in result.__dict__.items() if k != "estimate"}
+    data["estimate"] = None if result.estimate is None else result.estimate.to_json()
+    path.write_text(json.dumps(data, indent=1) + "\n")

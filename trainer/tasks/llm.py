@@ -1,0 +1,146 @@
+"""The LLM task adapter: tokenizer, samples from rows, collator, model class and loss.
+
+A task adapter is a module with the same five functions (`load_processor`, `build_samples`, `collate`,
+`model_class`, `forward_loss`); the recipe picks `automodel.trainer.tasks.<cfg.task>` and never looks
+inside, so vlm and asr adapters plug in beside this one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from automodel.catalog.errors import UserError
+from automodel.trainer.config import ChatFormat, CompletionFormat, DataConfig, InstructionFormat, column_value
+from automodel.trainer.data import IGNORE_INDEX, Sample, finish_sample, pack, read_rows
+from automodel.trainer.data import collate as collate_samples
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+def load_processor(source: str, *, trust_remote_code: bool = False) -> Any:
+    """The tokenizer of a local model directory or Hub id (offline-safe: a cache miss is a UserError)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot load a tokenizer for {source!r}: {err}".splitlines()[0], field="model.name",
+                        hint="give a local directory with tokenizer files, or go online once to cache the "
+                        "model (gated models also need `huggingface-cli login`)") from None
+    if tokenizer.pad_token_id is None:  # common for base models; padding is always masked out anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def build_samples(data: DataConfig, tokenizer: Any, *, validation: bool, seed: int) -> list[Sample]:
+    """Read, format, tokenize, mask and truncate (and pack, for training) the rows of one split."""
+    if validation:
+        if data.validation is None:
+            return []
+        source, split = data.validation.source or data.source, data.validation.split
+        limit, field = data.validation.num_samples, "data.validation.source"
+    else:
+        source, split, limit, field = data.source, data.split, data.num_samples, "data.source"
+    rows = read_rows(source, split=split, field=field)[:limit]
+    spec = data.format_spec()
+    samples = []
+    for index, row in enumerate(rows):
+        sample = _sample(row, index, spec, tokenizer, data)
+        if sample.num_targets:  # a prompt longer than max_seq_len leaves nothing to learn
+            samples.append(sample)
+    if not samples:
+        raise UserError(f"no sample of {source} keeps a target token within {data.max_seq_len} tokens",
+                        field="data.max_seq_len", hint="raise data.max_seq_len or shorten the prompts")
+    if data.packing and not validation:
+        samples = pack(samples, data.max_seq_len, seed)
+    return samples
+
+
+def _sample(row: Mapping[str, Any], index: int, spec: Any, tokenizer: Any, data: DataConfig) -> Sample:
+    if isinstance(spec, ChatFormat):
+        return _chat_sample(row, index, spec, tokenizer, data)
+    if isinstance(spec, InstructionFormat):
+        prompt = _field(lambda: spec.prompt(row), index, "data.instruction.prompt_template")
+        answer = _field(lambda: spec.answer(row), index, "data.instruction.answer_column")
+    else:
+        assert isinstance(spec, CompletionFormat)
+        prompt = _field(lambda: spec.prompt(row), index, "data.completion.prompt_column")
+        answer = _field(lambda: spec.completion(row), index, "data.completion.completion_column")
+    prompt_ids = tokenizer(prompt).input_ids if prompt else _bos(tokenizer)
+    answer_ids = tokenizer(answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    return finish_sample(prompt_ids, answer_ids, answer_only=data.answer_only_loss, max_len=data.max_seq_len)
+
+
+def _bos(tokenizer: Any) -> list[int]:
+    return [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+
+
+def _field(get: Any, index: int, field: str) -> Any:
+    """Run a column lookup; a missing column names the config field and the row."""
+    try:
+        return get()
+    except UserError as err:
+        raise UserError(f"row {index}: {err.message}", field=field, hint=err.hint) from None
+
+
+def _chat_sample(row: Mapping[str, Any], index: int, spec: ChatFormat, tokenizer: Any, data: DataConfig) -> Sample:
+    """Render with the chat template; with answer-only loss, only assistant turns are targets."""
+    field = "data.chat.messages_column"
+    messages = _field(lambda: column_value(row, spec.messages_column), index, field)
+    if not isinstance(messages, list) or not all(
+        isinstance(m, Mapping) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+        for m in messages
+    ):
+        raise UserError(f"row {index}: `{spec.messages_column}` must be a list of {{role, content}} strings",
+                        field=field)
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserError("the tokenizer has no chat template", field="data.format",
+                        hint="use format=instruction or completion, or a model with a chat template")
+    messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    spans = []  # character spans of assistant replies in `text`
+    for turn, message in enumerate(messages):
+        if message["role"] == "assistant" or not data.answer_only_loss:
+            start = len(tokenizer.apply_chat_template(messages[:turn], tokenize=False,
+                                                      add_generation_prompt=message["role"] == "assistant"))
+            end = len(tokenizer.apply_chat_template(messages[: turn + 1], tokenize=False))
+            spans.append((start, end))
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(encoded.input_ids)[: data.max_seq_len]
+    labels = [
+        token if any(s <= begin and finish <= e for s, e in spans) else IGNORE_INDEX
+        for token, (begin, finish) in zip(ids, encoded.offset_mapping, strict=False)
+    ]
+    if labels:
+        labels[0] = IGNORE_INDEX
+    return Sample(tuple(ids), tuple(labels))
+
+
+def collate(samples: list[Sample], tokenizer: Any) -> dict[str, torch.Tensor]:
+    return collate_samples(samples, tokenizer.pad_token_id)
+
+
+def model_class() -> Any:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM
+
+
+def forward_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Summed fp32 next-token cross-entropy over the target tokens of one micro batch.
+
+    Only target positions go through the output head (`logits_to_keep` mask): prompt and padding
+    logits are never computed, which with answer-only loss skips most of the head's work. Same sum
+    as `catalog.modeling.causal_lm_loss` over full logits.
+    """
+    import torch.nn.functional as F
+
+    labels = batch["labels"]
+    shifted = F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
+    keep = shifted != IGNORE_INDEX
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), shifted[keep], reduction="sum")
