@@ -54,10 +54,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "recommend",
         help="rank the catalog's models for a task and hardware, with a strategy that fits",
         description="Rank models for a task on given (or detected) GPUs. Every pick fits the stated memory "
-        "per the analytic estimator, with 10 %% headroom.",
+        "per the analytic estimator, with 10 % headroom (peak reserved <= 90 % of one GPU).",
     )
     p.add_argument("--task", required=True, choices=("llm", "vlm", "asr"), help="what to fine-tune")
-    p.add_argument("--use-case", choices=USE_CASES, help="what the model is for")
+    p.add_argument("--use-case", choices=USE_CASES, metavar="USE_CASE", help="what the model is for: " + ", ".join(USE_CASES))
     p.add_argument("--gpu", metavar="NAME", help="GPU model from `automodel gpus` (e.g. A100-80GB, 4090)")
     p.add_argument("--gpu-mem", metavar="GB", help="memory per GPU: 24, 24G, 24GB or 24GiB (GiB)")
     p.add_argument("--gpus", type=positive_int, metavar="N", help="GPUs per node (default 1, or detected)")

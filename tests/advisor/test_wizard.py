@@ -135,11 +135,15 @@ def test_end_to_end_in_a_pseudo_terminal(tmp_path) -> None:
     child.send(DOWN + ENTER)  # text + images (VLM)
     child.expect("Use case")
     child.send(ENTER)
-    child.expect("Which GPU")  # nothing detected on a machine without nvidia-smi
-    child.send(ENTER)  # the default: type its memory
-    child.expect("Memory per GPU")
-    child.send("\x15" + "48" + ENTER)  # Ctrl-U clears the default
-    for prompt in ("GPUs per node", "Nodes", "What matters most", "several languages", "safety-critical",
+    if child.expect(["Use the detected GPUs", "Which GPU"]) == 0:  # a machine with nvidia-smi
+        child.send("n")
+        child.expect("Which GPU")
+    child.send(ENTER)  # the default: the detected GPU, or (nothing detected) "type its memory"
+    if child.expect(["Memory per GPU", "GPUs per node"]) == 0:
+        child.send("\x15" + "48" + ENTER)  # Ctrl-U clears the default
+        child.expect("GPUs per node")
+    child.send("\x15" + "1" + ENTER)
+    for prompt in ("Nodes", "What matters most", "several languages", "safety-critical",
                    "Commercial use", "Allow gated", "Tokens per training sequence", "Micro batch",
                    "Training tokens", "Training method", "LoRA rank", "Gradient checkpointing"):
         child.expect(prompt)
