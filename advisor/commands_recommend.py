@@ -164,6 +164,8 @@ def run_recommend(args: argparse.Namespace) -> int:
     written = None
     if args.write_config and result.recommendations:
         written = _write_top(result.recommendations, args.write_config)
+    elif args.write_config:
+        print(f"note: nothing fits, so no config was written to {args.write_config}", file=sys.stderr)
     if args.json:
         from automodel.advisor.render import to_json
 

@@ -51,7 +51,9 @@ def test_flags_reach_the_profile(capsys) -> None:
         assert (s["method"], s["seq_len"], s["micro_batch"]) == ("lora", 4096, 2)
 
 
-def test_too_small_hardware_is_exit_0_with_reasons(capsys) -> None:
+def test_too_small_hardware_is_exit_0_with_reasons(capsys, tmp_path) -> None:
+    assert main(["recommend", "--task", "llm", "--gpu-mem", "1", "--write-config", str(tmp_path / "x.yaml")]) == 0
+    assert "no config was written" in capsys.readouterr().err and not (tmp_path / "x.yaml").exists()
     doc = recommend_json(capsys, "--task", "llm", "--gpu-mem", "1")
     assert doc["recommendations"] == []
     sized = [e for e in doc["excluded"] if "remote-code" not in e["reason"]]
