@@ -221,13 +221,14 @@ def profile_from_answers(ctx: Context) -> Profile:
         hardware=hardware,
         requirements=Requirements(
             priority=a["priority"],
-            multilingual=a.get("multilingual", a["use_case"] == "multilingual"),
-            safety=a.get("safety", False),
             commercial_only=a["commercial_only"],
             allow_gated=a["allow_gated"],
             seq_len=a["seq_len"],
             batch=a["batch"],
             dataset_tokens=a["dataset_tokens"],
+            # skipped follow-ups keep the schema's defaults; a multilingual use case implies the filter
+            **{key: a[key] for key in ("multilingual", "safety") if key in a},
+            **({"multilingual": True} if a["use_case"] == "multilingual" else {}),
         ),
         strategy=StrategyPreference(
             method=a["method"], grad_ckpt=a["grad_ckpt"], **({"lora_rank": a["lora_rank"]} if "lora_rank" in a else {})
