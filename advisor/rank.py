@@ -283,6 +283,9 @@ def _reasons(
         f"(limit {gib(HEADROOM * hw.memory_bytes)} at {HEADROOM:.0%})."
     ]
     reasons.extend(miss.passed_over() for miss in misses)
+    spare = _data_parallel_note(profile, model, plan)
+    if spare:
+        reasons.append(spare)
     use_case, priority = profile.task.use_case, profile.requirements.priority
     strengths = set(family.strengths if family else ())
     title = family.title if family else model.family
@@ -310,6 +313,19 @@ def _reasons(
                 f"at {MFU[plan.method]:.0%} MFU."
             )
     return tuple(reasons)
+
+
+def _data_parallel_note(profile: Profile, model: ModelSpec, plan: Plan) -> str | None:
+    """When the plan leaves GPUs of its node idle: does the same run over all of them fit too?"""
+    gpn = profile.hardware.gpus_per_node
+    if plan.gpus >= gpn or profile.strategy.fsdp_degree:
+        return None
+    wide = _estimate(model, plan.model_copy(update={"gpus": gpn}))
+    if isinstance(wide, str) or wide.peak_reserved > HEADROOM * profile.hardware.memory_bytes:
+        return None
+    return (f"Needs only {plan.gpus} of the {gpn} GPUs per node; over all {gpn} (FSDP2 data parallel) it also fits "
+            f"at {gib(wide.peak_reserved)} GiB per GPU with ~{gpn / plan.gpus:g}x the throughput: "
+            f"`--nproc-per-node {gpn}` with schedule.global_batch_size a multiple of {gpn * plan.micro_batch}.")
 
 
 def _summary(profile: Profile, family: FamilySpec | None, plan: Plan, misses: tuple[Miss, ...]) -> str:

@@ -241,3 +241,12 @@ def test_near_misses_say_which_sequence_length_would_fit() -> None:
     fits = estimate(rec.model.config, lora.model_copy(update={"seq_len": seq}), params=rec.model.params)
     over = estimate(rec.model.config, lora.model_copy(update={"seq_len": seq + 128}), params=rec.model.params)
     assert fits.peak_reserved <= limit < over.peak_reserved
+
+
+def test_idle_gpus_are_pointed_out_only_when_the_wider_run_fits() -> None:
+    result = run("llm", gpu="H100-SXM", gpus=8)
+    small = next(r for r in result.recommendations if r.model.name == "qwen2.5-0.5b-instruct")
+    assert small.plan.gpus == 1
+    note = next(r for r in small.reasons if r.startswith("Needs only 1 of the 8 GPUs"))
+    assert "--nproc-per-node 8" in note and "8x the throughput" in note
+    assert not any(r.startswith("Needs only") for r in run("llm", 24).recommendations[0].reasons)  # 1 GPU: nothing idle
