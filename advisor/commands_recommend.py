@@ -167,9 +167,7 @@ def run_recommend(args: argparse.Namespace) -> int:
     elif args.write_config:
         print(f"note: nothing fits, so no config was written to {args.write_config}", file=sys.stderr)
     if args.json:
-        from automodel.advisor.render import to_json
-
-        print(to_json(result, inputs_json(args, profile), args.top))
+        print(result.to_json(inputs_json(args, profile), args.top))
         return 0
     from rich.console import Console
 

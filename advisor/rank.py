@@ -18,6 +18,7 @@ exclusion says why, with numbers.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 
@@ -113,6 +114,18 @@ class Recommendations:
 
     def top(self, k: int) -> tuple[Recommendation, ...]:
         return self.recommendations[:k]
+
+    def to_json(self, inputs: dict[str, object], top: int) -> str:
+        """The `--json` document (kept here, not in render.py, so --json never imports rich)."""
+        return json.dumps(
+            {
+                "inputs": inputs,
+                "recommendations": [rec.to_json() for rec in self.top(top)],
+                "excluded": [{"model": e.model, "reason": e.reason} for e in self.excluded],
+                "assumptions": list(self.assumptions),
+            },
+            indent=2,
+        )
 
 
 def gib(n: int | float) -> str:

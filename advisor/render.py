@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 from collections.abc import Sequence
 
@@ -126,15 +125,3 @@ def print_human(
             style="yellow",
         )
     console.print(next_step(result, argv, written), soft_wrap=True)
-
-
-def to_json(result: Recommendations, inputs: dict[str, object], top: int) -> str:
-    return json.dumps(
-        {
-            "inputs": inputs,
-            "recommendations": [rec.to_json() for rec in result.top(top)],
-            "excluded": [{"model": e.model, "reason": e.reason} for e in result.excluded],
-            "assumptions": list(result.assumptions),
-        },
-        indent=2,
-    )

@@ -15,7 +15,6 @@ from automodel.advisor.render import (
     next_step,
     print_human,
     strategy_text,
-    to_json,
 )
 
 GIB = 2**30
@@ -73,6 +72,6 @@ def test_breakdown_sums_to_the_peak_terms() -> None:
 
 def test_json_is_one_document_with_assumptions() -> None:
     result = result_for("llm", 24)
-    doc = json.loads(to_json(result, {"task": "llm"}, 2))
+    doc = json.loads(result.to_json({"task": "llm"}, 2))
     assert len(doc["recommendations"]) == 2 and doc["inputs"] == {"task": "llm"}
     assert any("90%" in a for a in doc["assumptions"])
