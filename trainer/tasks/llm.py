@@ -101,7 +101,7 @@ def _chat_sample(row: Mapping[str, Any], index: int, spec: ChatFormat, tokenizer
                         hint="use format=instruction or completion, or a model with a chat template")
     messages = [{"role": m["role"], "content": m["content"]} for m in messages]
     text = tokenizer.apply_chat_template(messages, tokenize=False)
-    spans = []  # character spans of assistant replies in `text`
+    spans = []  # character spans of assistant replies in `text`; a token overlapping one is a target
     for turn, message in enumerate(messages):
         if message["role"] == "assistant" or not data.answer_only_loss:
             start = len(tokenizer.apply_chat_template(messages[:turn], tokenize=False,
@@ -111,7 +111,7 @@ def _chat_sample(row: Mapping[str, Any], index: int, spec: ChatFormat, tokenizer
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(encoded.input_ids)[: data.max_seq_len]
     labels = [
-        token if any(s <= begin and finish <= e for s, e in spans) else IGNORE_INDEX
+        token if any(begin < e and finish > s for s, e in spans) else IGNORE_INDEX
         for token, (begin, finish) in zip(ids, encoded.offset_mapping, strict=False)
     ]
     if labels:

@@ -1,0 +1,65 @@
+"""Shared fixtures: a tiny Llama config + tokenizer + copy/reverse/sort data, made in-process (no network),
+and a factory for small TrainConfigs that train on them in about a second on a CPU."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_make_assets() -> Any:
+    """examples/llm/tiny/make_assets.py as a module (it is a script, not a package)."""
+    spec = importlib.util.spec_from_file_location("make_assets", REPO / "examples/llm/tiny/make_assets.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def tiny_assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """model/ (config.json, hidden 32, 2 layers + tokenizer), data/train.jsonl (256 rows), data/val.jsonl (24)."""
+    out = tmp_path_factory.mktemp("tiny_assets")
+    load_make_assets().write_assets(out, n_train=256, n_val=24, seed=0, hidden=32, layers=2)
+    return out
+
+
+def tiny_config_data(assets: Path, output_dir: Path) -> dict[str, Any]:
+    return {
+        "model": {"name": str(assets / "model"), "init": "random"},
+        "peft": {"method": "lora", "rank": 4, "alpha": 8},
+        "distributed": {"activation_checkpointing": False},
+        "data": {
+            "source": str(assets / "data/train.jsonl"),
+            "format": "instruction",
+            "instruction": {"prompt_template": "Question: {question}\nInput: {input}\nAnswer:",
+                            "answer_column": "answer"},
+            "max_seq_len": 48,
+            "validation": {"source": str(assets / "data/val.jsonl")},
+        },
+        "schedule": {"global_batch_size": 8, "micro_batch_size": 4, "max_steps": 6, "log_every": 1},
+        "optimizer": {"lr": 1e-2},
+        "lr_schedule": {"kind": "cosine", "warmup_steps": 1},
+        "checkpoint": {"export": "none"},
+        "logging": {"progress_bar": False},
+        "seed": 0,
+        "output_dir": str(output_dir),
+    }
+
+
+@pytest.fixture
+def tiny_config(tiny_assets: Path, tmp_path: Path) -> Callable[..., Any]:
+    """`tiny_config("schedule.max_steps=4", ..., output_dir=...)` -> a validated TrainConfig."""
+    from automodel.trainer.config import config_from_data
+
+    def make(*overrides: str, output_dir: Path | None = None) -> Any:
+        data = tiny_config_data(tiny_assets, output_dir or tmp_path / "run")
+        return config_from_data(data, list(overrides), environ={})
+
+    return make
