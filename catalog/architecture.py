@@ -27,7 +27,9 @@ _GEMMA3_TEXT_DEFAULTS: dict[str, object] = {
     "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256, "sliding_window": 4096,
     "sliding_window_pattern": 6, "tie_word_embeddings": True,
 }
-_GEMMA_TYPES = ("gemma", "gemma2", "gemma3_text")
+# transformers' activation defaults where a config leaves `hidden_act` out.
+_DEFAULT_ACT = {"phi": "gelu_new", "gemma": "gelu_pytorch_tanh", "gemma2": "gelu_pytorch_tanh",
+                "gemma3": "gelu_pytorch_tanh", "gemma3_text": "gelu_pytorch_tanh", "bloom": "gelu"}
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,7 @@ class ArchDims:
     linears: tuple[LinearLayer, ...]
     vision: VisionDims | None = None
     audio: AudioDims | None = None
+    hidden_act: str = "silu"  # the MLP activation (how many tensors autograd keeps depends on it)
 
     @property
     def total_params(self) -> int:
@@ -324,6 +327,7 @@ def _decoder(c: _Cfg, model_type: str, config: dict[str, object]) -> ArchDims:
         ),
         linears=tuple(lin) + (vision.linears if vision else ()),
         vision=vision,
+        hidden_act=c.str("hidden_act", c.raw("hidden_activation", _DEFAULT_ACT.get(model_type, "silu"))),
     )
 
 
@@ -350,6 +354,7 @@ def _whisper(c: _Cfg) -> ArchDims:
         ),
         linears=tuple(lin) + audio.linears,
         audio=audio,
+        hidden_act=c.str("activation_function", "gelu"),
     )
 
 
@@ -376,4 +381,5 @@ def _wav2vec2(c: _Cfg) -> ArchDims:
         ),
         linears=tuple(lin) + audio.linears,
         audio=audio,
+        hidden_act=c.str("hidden_act", "gelu"),
     )

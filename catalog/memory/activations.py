@@ -23,6 +23,9 @@ from automodel.catalog.architecture import ArchDims
 from automodel.catalog.towers import AudioDims, VisionDims
 
 FP32 = 4
+# I-sized tensors autograd keeps inside the activation: transformers' NewGELU/FastGELU are composed of
+# Python ops (pow, tanh, two products), QuickGELU keeps x and sigmoid(1.702x); fused ops keep their input.
+_ACT_SAVED = {"gelu_new": 4, "gelu_fast": 4, "gelu_python": 4, "quick_gelu": 2}
 
 
 @dataclass(frozen=True)
@@ -51,17 +54,20 @@ def decoder_layer_bytes(d: ArchDims, tr: Trainable, c: int, *, cross_tokens_rati
     o = next((n for n in ("o_proj", "dense", "out_proj", "c_proj") if n in names), "o_proj")
     # Norm: fp32 upcast of the input (RMSNorm) or the normalised input (LayerNorm), the bf16 normalised
     # value for the norm weight's gradient (full only) and the norm output that the projections read.
+    # Gemma norms scale by (1 + w) in fp32, so the weight's gradient keeps the fp32 normalised value.
+    w_keep = (FP32 if d.model_type.startswith("gemma") else c) if tr.full else 0
+
     def norm(out_read_by: tuple[str, ...]) -> float:
-        return FP32 * h + FP32 + (c * h if tr.full else 0) + (c * h if tr.needs_input(*out_read_by) else 0)
+        return FP32 * h + FP32 + w_keep * h + (c * h if tr.needs_input(*out_read_by) else 0)
 
     attn = norm(qkv)
     attn += c * (q + 2 * kv) + c * q + FP32 * d.heads  # q/k after RoPE, v, SDPA output, logsumexp
     attn += c * q if tr.needs_input(o) else 0  # transpose().contiguous() copy that o_proj reads
     if d.qk_norm:
-        attn += FP32 * (q + kv) + (c * (q + kv) if tr.full else 0)
+        attn += FP32 * (q + kv) + w_keep * (q + kv)
     attn += tr.lora_extra(*qkv, o, c=c)
     if d.norms_per_layer == 4:  # Gemma: post-attention and post-feedforward norms on the block outputs
-        attn += 2 * (FP32 * h + FP32 + (c * h if tr.full else 0))
+        attn += 2 * (FP32 * h + FP32 + w_keep * h)
     if d.cross_attention:  # Whisper decoder: q/out per decoder token; k/v over encoder frames
         attn += norm(("q_proj",)) + c * 2 * q + FP32 * d.heads + (c * q if tr.needs_input("out_proj") else 0)
         attn += cross_tokens_ratio * c * 2 * kv
@@ -76,7 +82,8 @@ def mlp_bytes(d: ArchDims, tr: Trainable, c: int) -> float:
     up_names = tuple(n for n in ("gate_proj", "up_proj", "gate_up_proj", "fc1", "intermediate_dense", "w1", "w2",
                                 "dense_h_to_4h") if n in names)
     down = next((n for n in ("down_proj", "fc2", "output_dense", "c_proj", "dense_4h_to_h") if n in names), "down_proj")
-    norm = 0.0 if d.norms_per_layer == 1 else FP32 * h + FP32 + (c * h if tr.full else 0)  # phi: shared norm
+    w_keep = (FP32 if d.model_type.startswith("gemma") else c) if tr.full else 0
+    norm = 0.0 if d.norms_per_layer == 1 else FP32 * h + FP32 + w_keep * h  # phi: one shared norm
     if d.num_experts:
         k, m = d.experts_per_tok, d.moe_intermediate
         routed = FP32 * 2 * d.num_experts + 2 * c * h * k  # router logits + probs, gathered inputs/outputs
@@ -88,10 +95,11 @@ def mlp_bytes(d: ArchDims, tr: Trainable, c: int) -> float:
         return norm + (1 - dense_share) * (routed + shared) + dense_share * dense + tr.lora_extra(*up_names, down, c=c)
     norm += c * h if tr.needs_input(*up_names) else 0
     inter = d.intermediate
+    act = _ACT_SAVED.get(d.hidden_act, 1)
     if d.mlp == "gated":
-        body = c * inter * 3  # gate (act input), act(gate) and up (the product's operands)
+        body = c * inter * (2 + act)  # what the activation keeps, act(gate) and up (the product's operands)
     else:
-        body = c * inter  # fc1 output (GELU input)
+        body = c * inter * act  # what the activation keeps of fc1's output
     body += c * inter if tr.needs_input(down) else 0  # what the down projection reads
     return norm + body + tr.lora_extra(*up_names, down, c=c)
 

@@ -79,14 +79,15 @@ def estimate_analytic(config: dict[str, object], plan: Plan, *, params: int | No
       SGD 0. Foreach AdamW adds one state-sized temporary during the step (sqrt of exp_avg_sq).
     - activations: per-token bytes per block from activations.py x layers x tokens (no grad ckpt), or
       block inputs (c x h per token per layer) + one recomputed block (grad ckpt); plus ViT/encoder parts.
-    - logits: (c + 12) x vocab x tokens: the c-byte logits, the saved fp32 log-softmax, and in backward its
-      fp32 incoming gradient and the fp32 input gradient (the fp32 upcast itself is freed after forward).
+    - logits: 12 x vocab x tokens: at the log-softmax backward, its saved fp32 output, the fp32 incoming
+      gradient and the fp32 input gradient (the engine does not hold the c-byte logits or the fp32 upcast).
     - kv_cache (inference): 2 x layers x kv_heads x head_dim x (prompt + new) x batch x c (sliding-window
       layers keep the window); generate keeps only the last position's logits.
-    - comm_buffers: FSDP2 unsharded compute copies of two blocks (current + prefetch) and the root
-      (embeddings, head, norms) for the whole step, plus one block's unsharded gradient (c + 4 fp32 reduce).
+    - comm_buffers: FSDP2 (every training run, one rank included) unsharded compute copies of the root
+      (embeddings, head, norms) through forward and backward and of the running (+ prefetched) block, plus
+      one block's unsharded gradient (c + 4 fp32 reduce) and the root's.
     - overhead: CUDA context 0.6 GiB (+0.25 GiB NCCL with N > 1), in peak_reserved only.
-    peak_allocated = resident + max(start of backward, end of backward, optimizer step); peak_reserved =
+    peak_allocated = resident + max(start of backward, a block's backward, optimizer step); peak_reserved =
     peak_allocated x 1.10 (caching allocator) + overhead.
     """
     d = dims_from_config(config)
@@ -144,18 +145,35 @@ def estimate_analytic(config: dict[str, object], plan: Plan, *, params: int | No
         kept = c * d.hidden * tokens * d.layers + head_in + front
         kept += c * (d.vision.width if d.vision else 0) * b * patches * vit_depth * (1 if full else 0)
         kept += c * (d.audio.width if d.audio else 0) * b * frames * enc_depth * (1 if enc_layer else 0)
-        recompute = max(block, vit_layer, enc_layer)
-        activations = kept + recompute
+        recompute = max(block, vit_layer, enc_layer)  # one block's tensors, rebuilt in its backward
     else:
-        activations = block * d.layers + vit_layer * vit_depth + enc_layer * enc_depth + head_in + front
-        recompute = block
-    logits = (c + 12) * d.vocab * tokens
+        kept = block * d.layers + vit_layer * vit_depth + enc_layer * enc_depth + head_in + front
+        recompute = 0.0
+    activations = kept + recompute
+    # While a block runs backward, the gradients of its largest intermediates are live too.
+    inter = d.experts_per_tok * d.moe_intermediate if d.num_experts else d.intermediate
+    bwd_work = (c * inter * (3 if d.mlp == "gated" else 2) + 2 * c * d.hidden) * tokens
+    # The engine drops the model output after the loss: at the log-softmax backward the fp32 log-softmax
+    # output, its incoming gradient and the input gradient are live (12 B); in forward c + 4 + 4 <= 12.
+    logits = 12 * d.vocab * tokens
 
-    gathered, grad_bufs = _fsdp_buffers(d, plan, full, scale, c)
-    comm = gathered + grad_bufs
+    root, blocks, block_grad, root_grad = _fsdp_buffers(d, plan, full, scale, c)
+    comm = root + blocks + block_grad + root_grad
     resident = weights + adapter_weights + optimizer
-    start_bwd = activations + logits + gathered
-    end_bwd = gradients + recompute + gathered + grad_bufs
+    # Gradients arrive block by block (each reduce-scattered to its shard); the root's (embeddings, head)
+    # stay unsharded until the root's backward ends: the head's from the first step of backward.
+    block_share = d.params.layers / d.total_params if full else 1.0
+    grads_blocks = gradients * block_share
+    head_grad = root_grad * (d.params.lm_head / max(1, d.params.embedding + d.params.lm_head)) if not \
+        d.tied_embeddings else root_grad
+    start_bwd = kept + logits + root  # every saved tensor, the loss's backward; blocks not gathered yet
+    in_block = bwd_work + root + blocks + block_grad + head_grad  # a block's backward
+    if plan.grad_ckpt:  # bound the block inputs still saved and the gradients made by their totals
+        end_bwd = grads_blocks + kept + recompute + in_block
+    else:  # top block: every activation still saved; bottom block: every block's gradient made
+        end_bwd = max(kept + in_block, grads_blocks + block + in_block)
+    root_bwd = grads_blocks + root + root_grad * (1 + (4 / c if plan.precision == "bf16-mixed" else 0))
+    end_bwd = max(end_bwd, root_bwd)  # the root's unsharded gradients and their fp32 reduce copy
     step = gradients + step_tmp
     peak_alloc = resident + max(start_bwd, end_bwd, step)
     overhead = CUDA_CONTEXT_BYTES + (NCCL_BYTES if n > 1 else 0)
@@ -169,22 +187,23 @@ def estimate_analytic(config: dict[str, object], plan: Plan, *, params: int | No
     )
 
 
-def _fsdp_buffers(d: ArchDims, plan: Plan, full: bool, scale: float, c: int) -> tuple[float, float]:
-    """FSDP2 transients: unsharded compute copies of the current and prefetched block plus the root's
-    parameters (all-gathered at the root's forward, kept until its backward), and for full training one
-    block's unsharded gradient in the compute dtype plus its fp32 reduce-scatter copy."""
+def _fsdp_buffers(d: ArchDims, plan: Plan, full: bool, scale: float, c: int) -> tuple[float, float, float, float]:
+    """FSDP2 transients (the engine shards every training run, one rank included):
+    (root params, block params, one block's gradient buffers, root gradients), bytes.
+
+    root: the root module's parameters (embeddings, head, final norm) unsharded in the compute dtype from
+    the root's forward to its backward (FSDP2 does not reshard the root after forward); blocks: the
+    block running plus, with more than one rank, the one prefetched; full training only: one block's
+    unsharded gradient in the compute dtype plus its fp32 reduce-scatter copy, and the root's unsharded
+    gradients in the compute dtype."""
     block = d.params_per_layer * scale
-    root = (d.params.embedding + d.params.lm_head + d.params.final_norm) * scale
-    if plan.gpus == 1 and not (full and plan.precision == "bf16-mixed"):
-        return 0.0, 0.0  # nothing to gather or cast: parameters already sit in the compute dtype
-    if plan.method == "qlora":
-        gathered = 2 * block * NF4_BYTES + root * 2
-    else:
-        gathered = (2 * block + root) * c
-    if plan.gpus == 1:  # bf16-mixed full on one GPU: the bf16 compute copies without any gather
-        gathered = (2 * block + root) * c
-    grads = block * (c + (4 if plan.precision == "bf16-mixed" else 0)) + root * c if full else 0.0
-    return gathered, grads
+    root_params = (d.params.embedding + d.params.lm_head + d.params.final_norm) * scale
+    live_blocks = 2 if plan.gpus > 1 else 1
+    per_param = NF4_BYTES if plan.method == "qlora" else c
+    root, blocks = root_params * c, live_blocks * block * per_param
+    if not full:
+        return root, blocks, 0.0, 0.0
+    return root, blocks, block * (c + (4 if plan.precision == "bf16-mixed" else 0)), root_params * c
 
 
 def _inference(d: ArchDims, plan: Plan, total: int, scale: float, c: int, seq: int, patches: int,
@@ -232,7 +251,8 @@ def _assumptions(plan: Plan, d: ArchDims) -> list[str]:
         "no padding mask (GQA without repeat_kv copies); torch caching allocator.",
         f"{plan.gpus} GPU(s): FSDP2 fully_shard per block + root shards weights, gradients and optimizer "
         "state evenly; weight-proportional terms are divided by the GPU count." if plan.gpus > 1 else
-        "1 GPU: no sharding; the whole model, gradients and optimizer state live on the device.",
+        "1 GPU: nothing is split; training still runs FSDP2 on a one-rank mesh, so the root and the "
+        "running block are gathered into compute-dtype copies (comm_buffers).",
     ]
     if plan.mode == "inference":
         out.append("Inference: HF generate with a dynamic KV cache in the compute dtype; prefill keeps only the "
