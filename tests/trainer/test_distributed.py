@@ -1,0 +1,61 @@
+"""Two gloo processes with FSDP2 train exactly like one process with gradient accumulation."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from automodel.trainer.metrics import read_metrics
+
+REPO = Path(__file__).resolve().parents[2]
+WORKER = """
+import sys
+from automodel.trainer.config import load_config
+from automodel.trainer.recipe import run
+run(load_config(sys.argv[1]))
+"""
+
+
+def _run_torchrun(config_file: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           str(script), str(config_file)]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400)
+
+
+def test_two_process_fsdp2_matches_one_process(tiny_config, tmp_path: Path) -> None:
+    from automodel.trainer.config import dump_yaml
+    from automodel.trainer.recipe import run
+
+    args = ("schedule.max_steps=4", "schedule.global_batch_size=8", "schedule.micro_batch_size=2",
+            "schedule.val_every=2", "schedule.checkpoint_every=2", "checkpoint.export=both",
+            "distributed.activation_checkpointing=true")
+    run(tiny_config(*args, output_dir=tmp_path / "one"))  # 1 process: 4 micro batches per step
+    config_file = tmp_path / "two.yaml"
+    config_file.write_text(dump_yaml(tiny_config(*args, output_dir=tmp_path / "two")))
+    proc = _run_torchrun(config_file, tmp_path)  # 2 processes: 2 micro batches each per step
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    one, two = read_metrics(tmp_path / "one/metrics.jsonl"), read_metrics(tmp_path / "two/metrics.jsonl")
+    assert [r["step"] for r in two] == [1, 2, 3, 4]
+    for a, b in zip(one, two, strict=True):
+        assert a["tokens"] == b["tokens"] and a["target_tokens"] == b["target_tokens"]
+        for key in ("loss", "grad_norm", "val_loss"):
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-4), (a["step"], key)
+    # The gathered checkpoint and exports do not depend on the world size.
+    import torch
+
+    w1 = torch.load(tmp_path / "one/checkpoints/step_00000004/model.pt", weights_only=True)
+    w2 = torch.load(tmp_path / "two/checkpoints/step_00000004/model.pt", weights_only=True)
+    assert w1.keys() == w2.keys()
+    for name in w1:
+        torch.testing.assert_close(w2[name], w1[name], rtol=1e-4, atol=1e-5)
+    assert (tmp_path / "two/adapter/adapter_model.safetensors").is_file()
+    assert (tmp_path / "two/merged/model.safetensors").is_file()
+    assert {p.name for p in (tmp_path / "two/checkpoints/step_00000004").iterdir()} >= {"rng_rank0.pt",
+                                                                                          "rng_rank1.pt"}

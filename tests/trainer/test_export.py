@@ -1,0 +1,82 @@
+"""Exports reload with stock peft/transformers and give the trained model's logits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+
+def _trained(cfg, out: Path, *, lora: bool):
+    """The trained model, rebuilt from the seed and the final checkpoint's weights."""
+    import torch
+
+    from automodel.catalog.modeling import build_model
+    from automodel.trainer.peft import adapt
+
+    config = json.loads((Path(cfg.model.name) / "config.json").read_text())
+    model = adapt(build_model(config, device="cpu", seed=cfg.seed), cfg.peft)
+    state = torch.load(out / "checkpoints/step_00000004/model.pt", weights_only=True)
+    missing, unexpected = model.load_state_dict(state, strict=not lora)
+    assert not unexpected
+    return model.eval()
+
+
+def _logits(model):
+    import torch
+
+    ids = torch.tensor([[1, 40, 41, 42, 43, 44, 45, 46]])
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_adapter_and_merged_exports_reload_with_trained_logits(tiny_config, tmp_path: Path) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from automodel.catalog.modeling import build_model
+    from automodel.trainer.recipe import run
+
+    cfg = tiny_config("schedule.max_steps=4", "checkpoint.export=both", "optimizer.lr=5e-2")
+    result = run(cfg)
+    out = tmp_path / "run"
+    assert result.exports == {"adapter": str(out / "adapter"), "merged": str(out / "merged")}
+    trained = _logits(_trained(cfg, out, lora=True))
+
+    config = json.loads((Path(cfg.model.name) / "config.json").read_text())
+    base = build_model(config, device="cpu", seed=cfg.seed)
+    untrained = _logits(base)
+    assert not torch.allclose(trained, untrained, atol=1e-3)  # training moved the model
+    adapter = PeftModel.from_pretrained(base, out / "adapter").eval()
+    torch.testing.assert_close(_logits(adapter), trained, rtol=1e-5, atol=1e-5)
+
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged").eval()
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    assert (out / "merged/model.safetensors").is_file()
+    torch.testing.assert_close(_logits(merged), trained, rtol=1e-4, atol=1e-4)
+    assert AutoTokenizer.from_pretrained(out / "adapter").eos_token == "</s>"
+
+
+def test_full_finetune_exports_the_whole_model(tiny_config, tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from automodel.trainer.recipe import run
+
+    cfg = tiny_config("schedule.max_steps=4", "peft.method=none", "checkpoint.export=merged", "optimizer.lr=1e-3")
+    run(cfg)
+    out = tmp_path / "run"
+    merged = AutoModelForCausalLM.from_pretrained(out / "merged").eval()
+    torch.testing.assert_close(_logits(merged), _logits(_trained(cfg, out, lora=False)), rtol=1e-5, atol=1e-5)
+    assert not (out / "adapter").exists()
+
+
+@pytest.mark.parametrize("export", ["adapter", "both"])
+def test_adapter_export_needs_lora(tiny_config, export: str) -> None:
+    from automodel.catalog.errors import UserError
+
+    with pytest.raises(UserError) as err:
+        tiny_config("peft.method=none", f"checkpoint.export={export}")
+    assert err.value.field is not None and "export" in err.value.field
