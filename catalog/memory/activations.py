@@ -140,10 +140,17 @@ def inference_layer_bytes(d: ArchDims, c: int) -> float:
     and normalised input plus the MLP's live intermediates (act(gate), up, product) or attention's
     q/k/v/output, whichever is larger (intermediates are freed as soon as they are consumed)."""
     h, q, kv = d.hidden, d.heads * d.head_dim, d.kv_heads * d.head_dim
-    if d.num_experts:
-        inter = max(d.experts_per_tok * d.moe_intermediate, d.shared_expert_intermediate)
+    if d.num_experts:  # routed copies of the input and output, gate_up, act, product; shared expert
+        k, m = d.experts_per_tok, d.moe_intermediate
+        mlp = c * (2 * k * h + 4 * k * m + h) + c * d.shared_expert_intermediate * 3
     else:
-        inter = d.intermediate
-    mlp = c * inter * (3 if d.mlp == "gated" else 2)
+        mlp = c * d.intermediate * (3 if d.mlp == "gated" else 2)
     attn = c * (2 * q + 2 * kv)
     return 2 * c * h + max(mlp, attn)
+
+
+def sliding_mask_bytes(d: ArchDims, batch: int, q_len: int, kv_len: int) -> float:
+    """SDPA cannot express a sliding window with `is_causal`, so transformers materialises a boolean
+    (batch, 1, q, kv) mask for the sliding layers; it lives through forward (and backward: the
+    memory-efficient kernel keeps its attn_bias). Full-attention layers without padding need none."""
+    return float(batch * q_len * kv_len) if d.sliding_layers else 0.0

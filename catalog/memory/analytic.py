@@ -19,6 +19,7 @@ from automodel.catalog.memory.activations import (
     conv_front_end_bytes,
     decoder_layer_bytes,
     inference_layer_bytes,
+    sliding_mask_bytes,
     vit_layer_bytes,
 )
 from automodel.catalog.memory.plan import MemoryEstimate, Plan
@@ -141,6 +142,7 @@ def estimate_analytic(config: dict[str, object], plan: Plan, *, params: int | No
     vit_depth = d.vision.depth if d.vision is not None else 0
     enc_depth = d.audio.layers if d.audio is not None else 0
     head_in = (FP32 * d.hidden + (2 * c * d.hidden if full else 0)) * tokens  # final norm (+ head input)
+    head_in += sliding_mask_bytes(d, b, seq, seq)
     if plan.grad_ckpt:
         kept = c * d.hidden * tokens * d.layers + head_in + front
         kept += c * (d.vision.width if d.vision else 0) * b * patches * vit_depth * (1 if full else 0)
@@ -226,7 +228,7 @@ def _inference(d: ArchDims, plan: Plan, total: int, scale: float, c: int, seq: i
         kv = kv_per_layer * ((d.layers - d.sliding_layers) * length + d.sliding_layers * min(window, length))
     frames = d.audio.frames(plan.audio_seconds) if d.audio is not None and d.model_type == "whisper" else 0
     kv += kv_per_layer * d.layers * frames  # Whisper cross-attention cache over encoder frames
-    prefill = inference_layer_bytes(d, c) * b * seq
+    prefill = inference_layer_bytes(d, c) * b * seq + sliding_mask_bytes(d, b, seq, seq)
     if d.vision is not None and patches:
         v = d.vision
         prefill = max(prefill, (2 * c * v.width + c * v.mlp_dim * (3 if v.mlp_gated else 2)) * b * patches)
@@ -234,12 +236,16 @@ def _inference(d: ArchDims, plan: Plan, total: int, scale: float, c: int, seq: i
         a = d.audio
         prefill = max(prefill, (2 * c * a.width + 2 * c * a.ffn) * b * frames)
     logits = (c + FP32) * d.vocab * b * (seq if d.kind == "encoder" else 1)
-    peak = weights + adapters + kv + prefill + logits
+    comm = 0.0
+    if plan.gpus > 1:  # the engine serves a sharded model through FSDP2: root + running/prefetched block
+        root, blocks, _, _ = _fsdp_buffers(d, plan, False, scale, c)
+        comm = root + blocks
+    peak = weights + adapters + kv + prefill + logits + comm
     overhead = CUDA_CONTEXT_BYTES + (NCCL_BYTES if plan.gpus > 1 else 0)
     return MemoryEstimate(
         engine="analytic", params=int(total), trainable_params=0, weights=int(weights),
         adapter_weights=int(adapters), gradients=0, optimizer=0, activations=int(prefill), logits=int(logits),
-        kv_cache=int(kv), comm_buffers=0, overhead=overhead, peak_allocated=int(peak),
+        kv_cache=int(kv), comm_buffers=int(comm), overhead=overhead, peak_allocated=int(peak),
         peak_reserved=int(math.ceil(peak * FRAGMENTATION)) + overhead, assumptions=tuple(assumptions),
     )
 
