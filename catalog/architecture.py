@@ -14,13 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from automodel.catalog.arch_families import fused_family
 from automodel.catalog.errors import UserError
 from automodel.catalog.towers import AudioDims, VisionDims, audio_dims, vision_dims
 
 Component = Literal["text", "vision", "audio"]
 
 # transformers' `tie_word_embeddings` default per model_type (PretrainedConfig's own default is True).
-_TIED_DEFAULT = {"bloom": True, "gemma": True, "gemma2": True, "gemma3": True, "gemma3_text": True, "phi3small": True, "whisper": True}
+_TIED_DEFAULT = {"bloom": True, "gpt2": True, "gemma": True, "gemma2": True, "gemma3": True, "gemma3_text": True, "phi3small": True, "whisper": True}
 # Gemma3TextConfig defaults the published multimodal configs rely on.
 _GEMMA3_TEXT_DEFAULTS: dict[str, object] = {
     "vocab_size": 262208, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
@@ -28,7 +29,7 @@ _GEMMA3_TEXT_DEFAULTS: dict[str, object] = {
     "sliding_window_pattern": 6, "tie_word_embeddings": True,
 }
 # transformers' activation defaults where a config leaves `hidden_act` out.
-_DEFAULT_ACT = {"phi": "gelu_new", "gemma": "gelu_pytorch_tanh", "gemma2": "gelu_pytorch_tanh",
+_DEFAULT_ACT = {"phi": "gelu_new", "gpt2": "gelu_new", "gpt_neox": "gelu", "gemma": "gelu_pytorch_tanh", "gemma2": "gelu_pytorch_tanh",
                 "gemma3": "gelu_pytorch_tanh", "gemma3_text": "gelu_pytorch_tanh", "bloom": "gelu"}
 
 
@@ -195,7 +196,8 @@ def dims_from_config(config: dict[str, object]) -> ArchDims:
 
 
 def _attn_shape(c: _Cfg) -> tuple[int, int, int, int]:
-    hidden = c.int("hidden_size", c.raw("n_embed", ...) if c.has("n_embed") else ...)
+    alias = next((k for k in ("n_embed", "n_embd") if c.has(k)), None)
+    hidden = c.int("hidden_size", c.raw(alias) if alias else ...)
     heads = c.int("num_attention_heads", c.raw("n_head", ...) if c.has("n_head") else ...)
     kv_heads = c.int("num_key_value_heads", heads)
     head_dim = c.int("head_dim", c.raw("kv_channels", hidden // heads))
@@ -217,44 +219,10 @@ def _decoder(c: _Cfg, model_type: str, config: dict[str, object]) -> ArchDims:
     def add(name: str, i: int, o: int, bias: bool, count: int = layers) -> None:
         lin.append(LinearLayer(name, i, o, count, bias, "text"))
 
-    if model_type == "phi":  # parallel attention + MLP, one LayerNorm, biases everywhere
-        norm, norms, mlp = "layer", 1, "plain"
-        for name, o in (("q_proj", q_out), ("k_proj", kv_out), ("v_proj", kv_out)):
-            add(name, h, o, True)
-        add("dense", q_out, h, True)
-        inter = c.int("intermediate_size")
-        add("fc1", h, inter, True)
-        add("fc2", inter, h, True)
-        per_layer_extra = 2 * h + (2 * hd if c.bool("qk_layernorm", False) else 0) * 2
-    elif model_type == "phi3small":  # remote code: fused qkv + GeGELU up_proj, LayerNorm, biases
-        norm, inter = "layer", c.int("ff_intermediate_size")
-        add("query_key_value", h, q_out + 2 * kv_out, True)
-        add("dense", q_out, h, True)
-        add("up_proj", h, 2 * inter, True)
-        add("down_proj", inter, h, True)
-        per_layer_extra = 4 * h
-    elif model_type == "qwen":  # Qwen (v1) remote code: fused c_attn with bias, w1/w2 halves of intermediate
-        inter = c.int("intermediate_size") // 2
-        add("c_attn", h, 3 * q_out, True)
-        add("c_proj", q_out, h, False)
-        add("w1", h, inter, False)
-        add("w2", h, inter, False)
-        lin.append(LinearLayer("c_proj", inter, h, layers, False, "text"))
-        per_layer_extra = 2 * h
-    elif model_type == "bloom":  # fused query_key_value, LayerNorms and biases everywhere, tied head
-        norm, mlp, inter = "layer", "plain", 4 * h
-        add("query_key_value", h, 3 * q_out, True)
-        add("dense", q_out, h, True)
-        add("dense_h_to_4h", h, inter, True)
-        add("dense_4h_to_h", inter, h, True)
-        per_layer_extra = 4 * h
-    elif model_type == "phi3":
-        inter = c.int("intermediate_size")
-        add("qkv_proj", h, q_out + 2 * kv_out, False)
-        add("o_proj", q_out, h, False)
-        add("gate_up_proj", h, 2 * inter, False)
-        add("down_proj", inter, h, False)
-        per_layer_extra = 2 * h
+    family = fused_family(c, model_type, h, hd, q_out, kv_out, layers)
+    if family is not None:  # phi, phi3, phi3small, qwen (v1), bloom, gpt2, gpt_neox
+        lin.extend(family.linears)
+        norm, norms, mlp, inter, per_layer_extra = family.norm, family.norms, family.mlp, family.inter, family.extra
     else:  # llama-style: llama, mistral, qwen2(_vl/_5_vl), qwen3(_moe), gemma*, and generic decoders
         qkv_bias = model_type in ("qwen2", "qwen2_vl", "qwen2_5_vl", "qwen2_moe") or c.bool("attention_bias", False)
         add("q_proj", h, q_out, qkv_bias)
@@ -267,14 +235,7 @@ def _decoder(c: _Cfg, model_type: str, config: dict[str, object]) -> ArchDims:
         per_layer_extra = norms * h + (2 * hd if qk_norm else 0)
     experts = c.int("num_experts", 0) if model_type in ("qwen2_moe", "qwen3_moe") else 0
     top_k = moe_inter = shared_inter = moe_layers = 0
-    if model_type in ("phi", "phi3", "phi3small", "qwen", "bloom"):
-        if model_type == "phi3small":
-            inter = c.int("ff_intermediate_size")
-        elif model_type in ("qwen", "bloom"):
-            inter = c.int("intermediate_size") // 2 if model_type == "qwen" else 4 * h
-        else:
-            inter = c.int("intermediate_size")
-    else:
+    if family is None:
         inter = c.int("intermediate_size")
         mlp_bias = c.bool("mlp_bias", False)
         if experts:
@@ -302,7 +263,7 @@ def _decoder(c: _Cfg, model_type: str, config: dict[str, object]) -> ArchDims:
     expert_params = moe_layers * (experts * 3 * h * moe_inter + experts * h)  # experts + router weight
     layer_params = text_linear + layers * per_layer_extra + expert_params
     final_norm = 2 * h if norm == "layer" else h
-    embedding = vocab * h + (2 * h if model_type == "bloom" else 0)  # bloom: word_embeddings_layernorm
+    embedding = vocab * h + (family.embedding_extra if family else 0)  # + learned positions / embedding norm
     lm_head = 0 if tied else vocab * h + (vocab if model_type == "phi" else 0)
     vision = vision_dims(config, model_type, h) if model_type in ("qwen2_vl", "qwen2_5_vl", "gemma3") else None
     window = c.raw("sliding_window", None) if c.bool("use_sliding_window", True) else None
@@ -327,7 +288,8 @@ def _decoder(c: _Cfg, model_type: str, config: dict[str, object]) -> ArchDims:
         ),
         linears=tuple(lin) + (vision.linears if vision else ()),
         vision=vision,
-        hidden_act=c.str("hidden_act", c.raw("hidden_activation", _DEFAULT_ACT.get(model_type, "silu"))),
+        hidden_act=c.str("hidden_act", c.raw("hidden_activation", c.raw(
+            "activation_function", _DEFAULT_ACT.get(model_type, "silu")))),
     )
 
 

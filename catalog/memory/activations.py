@@ -79,7 +79,7 @@ def mlp_bytes(d: ArchDims, tr: Trainable, c: int) -> float:
     """Saved bytes per token of the MLP half (its norm included); MoE counts routed tokens only."""
     h = d.hidden
     names = {lin.name for lin in d.linears if lin.component == "text"}
-    up_names = tuple(n for n in ("gate_proj", "up_proj", "gate_up_proj", "fc1", "intermediate_dense", "w1", "w2",
+    up_names = tuple(n for n in ("gate_proj", "up_proj", "gate_up_proj", "fc1", "intermediate_dense", "w1", "w2", "c_fc",
                                 "dense_h_to_4h") if n in names)
     down = next((n for n in ("down_proj", "fc2", "output_dense", "c_proj", "dense_4h_to_h") if n in names), "down_proj")
     w_keep = (FP32 if d.model_type.startswith("gemma") else c) if tr.full else 0

@@ -97,3 +97,31 @@ def test_missing_key_names_the_field(cfg: dict, field: str) -> None:
     with pytest.raises(UserError) as err:
         dims_from_config(cfg)
     assert err.value.field == field
+
+
+# Families outside the catalog, against their published / meta-device totals.
+OUTSIDE = {
+    "gpt2": ({"model_type": "gpt2", "n_embd": 768, "n_layer": 12, "n_head": 12, "vocab_size": 50257,
+              "n_positions": 1024}, 124_439_808),
+    "pythia-70m": ({"model_type": "gpt_neox", "hidden_size": 512, "num_hidden_layers": 6,
+                    "num_attention_heads": 8, "intermediate_size": 2048, "vocab_size": 50304}, 70_426_624),
+    "phi-1_5": ({"model_type": "phi", "hidden_size": 2048, "num_hidden_layers": 24, "num_attention_heads": 32,
+                 "intermediate_size": 8192, "vocab_size": 51200}, 1_418_270_720),
+    "mistral-7b": ({"model_type": "mistral", "hidden_size": 4096, "num_hidden_layers": 32,
+                    "num_attention_heads": 32, "num_key_value_heads": 8, "intermediate_size": 14336,
+                    "vocab_size": 32000, "sliding_window": 4096}, 7_241_732_096),
+    "llama-2-7b": ({"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32,
+                    "num_attention_heads": 32, "intermediate_size": 11008, "vocab_size": 32000}, 6_738_415_616),
+    "qwen-7b": ({"model_type": "qwen", "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
+                 "intermediate_size": 22016, "vocab_size": 151936, "kv_channels": 128}, 7_721_324_544),
+    "bloomz-7b1": ({"model_type": "bloom", "hidden_size": 4096, "n_layer": 30, "n_head": 32,
+                    "vocab_size": 250880}, 7_069_016_064),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OUTSIDE))
+def test_families_outside_the_catalog(name: str) -> None:
+    config, expected = OUTSIDE[name]
+    d = dims_from_config(config)
+    assert d.total_params == expected
+    assert d.linears and all(lin.name != "lm_head" for lin in d.linears)
