@@ -62,7 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--images", type=_positive("--images", 0), default=None, metavar="N",
                    help="VLM only: images per sequence (default 0)")
     p.add_argument("--gpu-mem", default=None, metavar="GB", help="per-GPU budget for --fit: 24, 24G, 24GB, 24GiB")
-    p.add_argument("--fit", action="store_true", help="largest batch and longest sequence within --gpu-mem")
+    p.add_argument("--fit", action="store_true",
+                   help="largest batch and longest sequence within --gpu-mem (searched analytically)")
     p.add_argument("--simulate", action="store_true", help="simulate on fake tensors (imports torch)")
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
     p.set_defaults(func=run)
@@ -100,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
     if args.fit and budget is not None:
         from automodel.catalog.memory.fit import max_fit
 
-        fit = max_fit(model.config, plan, budget, engine=engine)
+        # The search probes dozens of plans: always analytic (milliseconds each), also under --simulate.
+        fit = max_fit(model.config, plan, budget, engine="analytic")
     if args.json:
         doc: dict[str, object] = {"model": model.name, "plan": plan.model_dump(mode="json"), **result.to_json()}
         if budget is not None:
