@@ -64,7 +64,9 @@ def load_config(hf_id: str) -> dict[str, object] | None:
     """The catalog's config (instruct variants share their base model's architecture), else bench/data."""
     from automodel.catalog.registry import resolve
 
-    for name in (hf_id, re.sub(r"-(Instruct|Chat)$", "", hf_id)):
+    # Chat/instruct variants share their base model's architecture (`-Instruct`, `-Chat`, `-it`, `-chat-hf`).
+    base = re.sub(r"-chat-hf$", "-hf", re.sub(r"-(Instruct|Chat|chat|it)(?=-v[\d.]+$|$)", "", hf_id))
+    for name in dict.fromkeys((hf_id, base)):
         try:
             return resolve(name).config
         except UserError:

@@ -234,12 +234,15 @@ def _decoder(c: _Cfg, model_type: str, config: dict[str, object]) -> ArchDims:
         norms = 4 if model_type in ("gemma2", "gemma3", "gemma3_text") else 2
         per_layer_extra = norms * h + (2 * hd if qk_norm else 0)
     experts = c.int("num_experts", 0) if model_type in ("qwen2_moe", "qwen3_moe") else 0
+    if model_type == "mixtral":  # every layer sparse; expert width is intermediate_size
+        experts = c.int("num_local_experts", 8)
     top_k = moe_inter = shared_inter = moe_layers = 0
     if family is None:
         inter = c.int("intermediate_size")
         mlp_bias = c.bool("mlp_bias", False)
         if experts:
-            top_k, moe_inter = c.int("num_experts_per_tok"), c.int("moe_intermediate_size")
+            top_k = c.int("num_experts_per_tok", 2)
+            moe_inter = inter if model_type == "mixtral" else c.int("moe_intermediate_size")
             shared_inter = c.int("shared_expert_intermediate_size", 0)
             step = c.int("decoder_sparse_step", 1)
             dense_only = set(c.raw("mlp_only_layers", []) or [])  # type: ignore[arg-type]
