@@ -56,8 +56,12 @@ class OutOfScope:
 
 
 def _first_int(text: str) -> int | None:
-    match = re.search(r"\d+", text.replace(",", ""))
-    return int(match.group()) if match else None
+    """First integer in a cell; `4k` / `32K` mean 4096 / 32768 tokens."""
+    match = re.search(r"(\d+(?:\.\d+)?)\s*([kK](?![a-zA-Z]))?", text.replace(",", ""))
+    if not match:
+        return None
+    value = float(match.group(1)) * (1024 if match.group(2) else 1)
+    return int(value)
 
 
 def load_config(hf_id: str) -> dict[str, object] | None:
@@ -110,24 +114,27 @@ def _out_of_scope(row: dict[str, str]) -> str | None:
         return "GPTQ/int8 base weights (the estimator models bitsandbytes NF4)"
     if "embedding" in text and "lm_head" in text:
         return "embedding and lm_head trained as full modules beside LoRA (not a Plan option)"
+    if "unsloth" in text or "liger" in text:
+        return "custom fused kernels (Unsloth / Liger: chunked loss, offloaded checkpoints)"
     if "faster-whisper" in text or "ctranslate2" in text or "openai/whisper impl" in text:
         return "not a transformers implementation (CTranslate2 / openai-whisper)"
     if "(init " in row["notes"]:
         return "reserved memory set by model loading (init reserved is within 2% of the peak), not the step"
     if "unpacked" in row["seq_len"] and "max" in row["seq_len"]:
         return "variable-length unpacked batches: the length of the batch that set the peak is not stated"
-    if not row["micro_batch"].strip().isdigit():
+    if _first_int(row["micro_batch"]) is None:
         return "micro batch not stated"
     return None
 
 
 def _precision(row: dict[str, str], torchtune: bool, mode: str) -> str:
     p = row["precision"].lower()
-    if "fp32" in p:
+    if "fp32" in p and "states" not in p:
         return "fp32"
-    if "pure" in p or mode == "inference" or torchtune or "fp16" in p:
+    if "pure" in p or mode == "inference" or torchtune:
         return "bf16"  # torchtune trains every parameter (adapters too) in bf16; fp16 has bf16's bytes
-    return "bf16-mixed"  # HF Trainer/peft: bf16 base, fp32 adapters (peft autocast_adapter_dtype)
+    # AMP / "mixed", and HF Trainer/peft stacks: fp32 trainable weights (peft autocast_adapter_dtype)
+    return "bf16-mixed"
 
 
 def _targets(text: str) -> tuple[str, ...] | str:
@@ -157,7 +164,8 @@ def classify(row: dict[str, str]) -> Scoped | OutOfScope:
     method = "qlora" if "qlora" in method_text else "lora" if "lora" in method_text else "full"
     seq_text = row["seq_len"].lower()
     plan: dict[str, object] = {"mode": mode, "method": method, "precision": _precision(row, torchtune, mode),
-                               "micro_batch": int(row["micro_batch"]), "gpus": int(row["num_gpus"])}
+                               "micro_batch": _first_int(row["micro_batch"]) or 1,
+                               "gpus": _first_int(row["num_gpus"]) or 1}
     if mode == "inference":
         if "summed" in row["notes"].lower():  # total over the GPUs a device_map split the model across
             plan["gpus"] = 1
@@ -165,7 +173,7 @@ def classify(row: dict[str, str]) -> Scoped | OutOfScope:
         if "generated" in seq_text and len(numbers) >= 2:
             plan.update(seq_len=numbers[0], new_tokens=numbers[1])
         if "beam" in row["task"].lower():  # beams decode as a batch
-            plan["micro_batch"] = int(row["micro_batch"]) * (_first_int(row["task"].split("beam")[1]) or 1)
+            plan["micro_batch"] = (_first_int(row["micro_batch"]) or 1) * (_first_int(row["task"].split("beam")[1]) or 1)
         if "audio" in seq_text:
             plan.update(seq_len=4, new_tokens=444, audio_seconds=30.0)  # 30 s windows, <= 448 positions
     else:
