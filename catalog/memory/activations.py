@@ -136,9 +136,9 @@ def conv_front_end_bytes(a: AudioDims, seconds: float, c: int, trains: bool) -> 
 
 
 def inference_layer_bytes(d: ArchDims, c: int) -> float:
-    """Largest working set inside one block during a no-grad prefill, per token: the residual stream
-    and normalised input plus the MLP's live intermediates (act(gate), up, product) or attention's
-    q/k/v/output, whichever is larger (intermediates are freed as soon as they are consumed)."""
+    """Largest working set inside one block during a no-grad prefill, per token: the residual stream,
+    normalised input and embedding output plus the MLP's live intermediates (act(gate), up, product) or
+    attention's q/k/v/output, whichever is larger (intermediates are freed as soon as consumed)."""
     h, q, kv = d.hidden, d.heads * d.head_dim, d.kv_heads * d.head_dim
     if d.num_experts:  # routed copies of the input and output, gate_up, act, product; shared expert
         k, m = d.experts_per_tok, d.moe_intermediate
@@ -146,7 +146,9 @@ def inference_layer_bytes(d: ArchDims, c: int) -> float:
     else:
         mlp = c * d.intermediate * (3 if d.mlp == "gated" else 2)
     attn = c * (2 * q + 2 * kv)
-    return 2 * c * h + max(mlp, attn)
+    # residual and normalised input, plus the embedding output (the model's forward keeps
+    # `inputs_embeds` referenced) and the rotary cos/sin shared by every layer.
+    return 3 * c * h + 2 * c * d.head_dim + max(mlp, attn)
 
 
 def sliding_mask_bytes(d: ArchDims, batch: int, q_len: int, kv_len: int) -> float:

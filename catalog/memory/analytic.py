@@ -142,7 +142,7 @@ def estimate_analytic(config: dict[str, object], plan: Plan, *, params: int | No
     vit_depth = d.vision.depth if d.vision is not None else 0
     enc_depth = d.audio.layers if d.audio is not None else 0
     head_in = (FP32 * d.hidden + (2 * c * d.hidden if full else 0)) * tokens  # final norm (+ head input)
-    head_in += sliding_mask_bytes(d, b, seq, seq)
+    head_in += sliding_mask_bytes(d, b, seq, seq) + 2 * c * d.head_dim * tokens  # + rotary cos/sin
     if plan.grad_ckpt:
         kept = c * d.hidden * tokens * d.layers + head_in + front
         kept += c * (d.vision.width if d.vision else 0) * b * patches * vit_depth * (1 if full else 0)
