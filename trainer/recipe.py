@@ -125,29 +125,32 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
     lengths = [len(s.input_ids) for s in train_samples]
     epochs: dict[int, list[list[int]]] = {}
 
-    def micro_batches(step: int) -> list[dict[str, torch.Tensor]]:
+    def micro_batches(step: int) -> tuple[list[dict[str, torch.Tensor]], int]:
+        """This rank's collated micro batches of optimizer step `step`, and their non-padding tokens."""
         epoch, index = divmod(step, per_epoch)
         if epoch not in epochs:
             epochs.clear()
             epochs[epoch] = epoch_batches(lengths, global_batch, seed=cfg.seed, epoch=epoch)
         mine = rank_micro_batches(epochs[epoch][index], micro_batch=micro, world=d.world, rank=d.rank)
         assert len(mine) == accum
-        return [task.collate([train_samples[i] for i in ids], tokenizer) for ids in mine]
+        chosen = [[train_samples[i] for i in ids] for ids in mine]
+        return [task.collate(group, tokenizer) for group in chosen], sum(len(s.input_ids) for g in chosen for s in g)
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda and precision != "fp32")
     loss_value = val_loss = None
-    window_tokens, window_start, run_tokens, run_start = 0.0, time.perf_counter(), 0.0, time.perf_counter()
+    # Logged figures cover the window since the last log line: loss per target token, tokens/s.
+    window_loss = torch.zeros((), dtype=torch.float64, device=d.device)
+    window_tokens = window_targets = run_tokens = 0.0
+    window_start = run_start = time.perf_counter()
 
     # 6. the loop: one iteration per optimizer step
     try:
         for step in range(start, total_steps):
-            batches = micro_batches(step)
-            counts = torch.tensor([sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches),
-                                   sum(int(b["labels"].numel() if "attention_mask" not in b else
-                                           b["attention_mask"].sum()) for b in batches)], dtype=torch.float64)
+            batches, local_tokens = micro_batches(step)
+            counts = torch.tensor([sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches), local_tokens],
+                                  dtype=torch.float64)  # counted on the host: no device sync
             targets, tokens = distributed.all_reduce_sum(counts, d).tolist()
             scale = d.world / max(targets, 1.0)  # FSDP2 averages gradients over ranks; undo that
-            loss_sum = torch.zeros((), device=d.device)
             for j, batch in enumerate(batches):
                 if sharded:  # reduce-scatter gradients once, after the last micro batch
                     model.set_requires_gradient_sync(j == accum - 1)
@@ -155,7 +158,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
                 with autocast:
                     micro_loss = task.forward_loss(model, batch)
                 (micro_loss * scale).backward()
-                loss_sum += micro_loss.detach()
+                window_loss += micro_loss.detach()
             grad_norm = (torch.nn.utils.clip_grad_norm_(params, cfg.optimizer.grad_clip)
                          if cfg.optimizer.grad_clip is not None else None)
             lr = scheduler.get_last_lr()[0]
@@ -164,17 +167,22 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
             optimizer.zero_grad(set_to_none=True)
             done = step + 1
             window_tokens += tokens
+            window_targets += targets
             run_tokens += tokens
 
             validate_now = val_samples and (done == total_steps or (cfg.schedule.val_every
                                                                     and done % cfg.schedule.val_every == 0))
             if validate_now:
                 val_loss = evaluate(model, task, tokenizer, val_samples, micro, d, autocast)
-            if done % cfg.schedule.log_every == 0 or done == total_steps or validate_now:
-                loss_value = distributed.all_reduce_sum(loss_sum, d).item() / max(targets, 1.0)
+            every = cfg.schedule.checkpoint_every
+            save_now = done == total_steps or bool(every and done % every == 0)
+            # A checkpoint step is always logged, so a resumed run's log windows match the uninterrupted run's.
+            if done % cfg.schedule.log_every == 0 or save_now or validate_now:
+                loss_value = distributed.all_reduce_sum(window_loss, d).item() / max(window_targets, 1.0)
                 now = time.perf_counter()
                 record: dict[str, Any] = {
-                    "step": done, "loss": loss_value, "lr": lr, "tokens": int(tokens), "target_tokens": int(targets),
+                    "step": done, "loss": loss_value, "lr": lr, "tokens": int(window_tokens),
+                    "target_tokens": int(window_targets),
                     "tokens_per_s": window_tokens / max(now - window_start, 1e-9),
                     "grad_norm": None if grad_norm is None else _scalar(grad_norm),
                     "epoch": step // per_epoch, "memory_bytes": metrics.memory_now(d.device),
@@ -185,9 +193,10 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
                 if bar is not None:
                     bar.update(bar.task_ids[0], completed=done, info=f"loss {loss_value:.4f}  lr {lr:.2e}  "
                                f"{record['tokens_per_s']:,.0f} tok/s  mem {metrics.gib(record['memory_bytes'])}")
-                window_tokens, window_start = 0.0, time.perf_counter()
-            every = cfg.schedule.checkpoint_every
-            if done == total_steps or (every and done % every == 0):
+                window_loss.zero_()
+                window_tokens = window_targets = 0.0
+                window_start = time.perf_counter()
+            if save_now:
                 checkpoint.save(out, done, model=model, optimizer=optimizer, scheduler=scheduler,
                                 trainable_only=lora, d=d, keep_last=cfg.checkpoint.keep_last,
                                 extra={"loss": loss_value, "total_steps": total_steps})

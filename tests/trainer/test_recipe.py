@@ -74,7 +74,8 @@ def test_interrupted_run_resumes_to_identical_losses(tiny_config, tmp_path: Path
     from automodel.trainer import recipe
     from automodel.trainer.tasks import llm
 
-    args = ("schedule.max_steps=8", "schedule.checkpoint_every=3", "schedule.val_every=4", "peft.dropout=0.1")
+    args = ("schedule.max_steps=8", "schedule.checkpoint_every=3", "schedule.val_every=4", "schedule.log_every=2",
+            "peft.dropout=0.1")
     recipe.run(tiny_config(*args, output_dir=tmp_path / "straight"))
 
     calls = {"n": 0}
