@@ -97,6 +97,9 @@ def estimate_analytic(config: dict[str, object], plan: Plan, *, params: int | No
     n = plan.gpus
     c = _compute_bytes(plan)
     seq, patches = _tokens(d, plan)
+    if d.model_type == "whisper":  # the decoder has learned positions up to max_target_positions (448)
+        limit = config.get("max_target_positions", 448)
+        seq = min(seq, int(limit) if isinstance(limit, int) else 448)
     b = plan.micro_batch
     assumptions = _assumptions(plan, d)
     if plan.mode == "inference":
@@ -294,7 +297,8 @@ def _assumptions(plan: Plan, d: ArchDims) -> list[str]:
                    f"{d.vision.lm_tokens(plan.image_size) * plan.images} tokens; the frozen tower saves no "
                    "activations under LoRA.")
     if d.audio is not None:
-        out.append(f"Audio: {plan.audio_seconds:g} s per sample -> {d.audio.frames(plan.audio_seconds)} encoder frames.")
+        out.append(f"Audio: {plan.audio_seconds:g} s per sample -> {d.audio.frames(plan.audio_seconds)} encoder frames"
+                   + ("; decoder tokens capped at max_target_positions." if d.model_type == "whisper" else "."))
     out.append("Not modelled: torch.compile, DeepSpeed, optimizer-in-backward, activation offloading, "
                "packed-sequence masks; with gradient accumulation the gradients also coexist with the "
                "next micro-batch's activations.")
