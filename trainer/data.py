@@ -45,15 +45,15 @@ class Sample:
         return sum(1 for label in self.labels if label != IGNORE_INDEX)
 
 
-def read_rows(source: str, *, split: str | None, field: str) -> list[dict[str, Any]]:
-    """Rows of a local jsonl/json/parquet/csv file, or of a Hugging Face dataset `name` + `split`."""
+def read_rows(source: str, *, split: str | None, field: str, subset: str | None = None) -> list[dict[str, Any]]:
+    """Rows of a local jsonl/json/parquet/csv file, or of a Hugging Face dataset `name` (+ subset) + `split`."""
     path = Path(source).expanduser()
     if path.suffix.lower() in LOCAL_SUFFIXES or path.exists():
         if not path.is_file():
             raise UserError(f"data file {source} does not exist", field=field,
                             hint="give the path of a local .jsonl/.json/.parquet/.csv file")
         return _read_local(path, field)
-    return _read_hub(source, split or "train", field)
+    return _read_hub(source, subset, split or "train", field)
 
 
 def _read_local(path: Path, field: str) -> list[dict[str, Any]]:
@@ -91,14 +91,14 @@ def _read_local(path: Path, field: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _read_hub(name: str, split: str, field: str) -> list[dict[str, Any]]:
+def _read_hub(name: str, subset: str | None, split: str, field: str) -> list[dict[str, Any]]:
     try:
         import datasets
     except ImportError:
         raise UserError(f"{name!r} is not a local file, and loading Hub datasets needs `datasets`", field=field,
                         hint="pip install 'automodel-advisor[data]' or point at a local .jsonl file") from None
     try:
-        dataset = datasets.load_dataset(name, split=split)
+        dataset = datasets.load_dataset(name, subset, split=split)
     except Exception as err:  # offline, unknown name, gated, bad split: all are the user's to fix
         raise UserError(f"could not load dataset {name!r} split {split!r}: {type(err).__name__}: {err}",
                         field=field, hint="check the name and split, go online once to cache it, "

@@ -153,3 +153,22 @@ def test_packed_rows_match_separate_samples(tiny_assets: Path) -> None:
         padded = forward_loss(model, collate(samples, 0))
     torch.testing.assert_close(packed, separate, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(padded, separate, rtol=1e-5, atol=1e-5)
+
+
+def test_hub_dataset_name_subset_split_and_offline_error(monkeypatch) -> None:
+    import datasets
+
+    calls = []
+
+    def fake_load(name, subset, split):
+        calls.append((name, subset, split))
+        if name == "org/offline":
+            raise ConnectionError("Couldn't reach the Hub (offline)")
+        return ROWS
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    assert read_rows("org/data", split=None, subset="en", field="data.source") == ROWS
+    assert calls == [("org/data", "en", "train")]
+    with pytest.raises(UserError) as err:
+        read_rows("org/offline", split="validation", field="data.validation.source")
+    assert err.value.field == "data.validation.source" and "offline" in err.value.message

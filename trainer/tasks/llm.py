@@ -41,10 +41,11 @@ def build_samples(data: DataConfig, tokenizer: Any, *, validation: bool, seed: i
         if data.validation is None:
             return []
         source, split = data.validation.source or data.source, data.validation.split
+        subset = data.subset if data.validation.source in (None, data.source) else None
         limit, field = data.validation.num_samples, "data.validation.source"
     else:
-        source, split, limit, field = data.source, data.split, data.num_samples, "data.source"
-    rows = read_rows(source, split=split, field=field)[:limit]
+        source, split, subset, limit, field = data.source, data.split, data.subset, data.num_samples, "data.source"
+    rows = read_rows(source, split=split, subset=subset, field=field)[:limit]
     spec = data.format_spec()
     samples = []
     for index, row in enumerate(rows):
