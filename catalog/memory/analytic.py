@@ -204,6 +204,11 @@ def _fsdp_buffers(d: ArchDims, plan: Plan, full: bool, scale: float, c: int) -> 
     block = d.params_per_layer * scale
     root_params = (d.params.embedding + d.params.lm_head + d.params.final_norm) * scale
     live_blocks = 2 if plan.gpus > 1 else 1
+    if plan.method == "qlora" and plan.gpus == 1:
+        # QLoRA on one GPU is plain transformers + bitsandbytes: nothing gathered; each linear's NF4
+        # weight is dequantised to the compute dtype for its matmul (forward and backward), one at a time.
+        largest = max((lin.in_features * lin.out_features for lin in d.linears), default=0)
+        return 0.0, largest * c * scale, 0.0, 0.0
     per_param = NF4_BYTES if plan.method == "qlora" else c
     root, blocks = root_params * c, live_blocks * block * per_param
     if not full:
