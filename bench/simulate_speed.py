@@ -57,7 +57,7 @@ def main() -> None:
             f"{ana.peak_allocated / 2**30:.2f}",
             where,
         )
-    Console().print(table)
+    Console(width=150).print(table)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ cannot drift apart. Torch, transformers and peft are imported inside the functio
 module is cheap, but only torch-side code should call it.
 
 Engine choices made here (the analytic estimator models the same ones):
-- attention: transformers' `sdpa` implementation;
+- attention: transformers' `sdpa` implementation (`eager` for the few architectures without one);
 - dtypes (`cast_for_training`): `fp32` and `bf16` put every parameter in that dtype; `bf16-mixed` keeps
   trainable parameters in fp32 (master weights; FSDP2 all-gathers them in bf16) and frozen parameters
   in bf16 (they are never updated, so a fp32 master copy would only cost memory);
@@ -54,9 +54,18 @@ def build_model(
     if seed is not None:
         torch.manual_seed(seed)
     with torch.device(device):
-        model = model_cls.from_config(
-            hf_config, dtype=dtype or torch.float32, attn_implementation=ATTN_IMPLEMENTATION
-        )
+        try:
+            model = model_cls.from_config(
+                hf_config, dtype=dtype or torch.float32, attn_implementation=ATTN_IMPLEMENTATION
+            )
+        except ValueError as exc:
+            # A few architectures (Gemma 2's soft-capped attention) have no SDPA path in transformers 5;
+            # they run transformers' eager attention, which materialises the seq x seq scores.
+            if "scaled_dot_product_attention" not in str(exc):
+                raise
+            model = model_cls.from_config(
+                hf_config_from_dict(config), dtype=dtype or torch.float32, attn_implementation="eager"
+            )
     model.train()
     return model
 
@@ -232,7 +241,9 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     )
 
 
-def forward_loss(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor, **inputs: Any) -> torch.Tensor:
+def forward_loss(
+    model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor, **inputs: Any
+) -> torch.Tensor:
     """The training forward: summed causal-LM loss, with no reference to the logits kept afterwards.
 
     Holding the model output (and so its bf16 logits) across backward would keep vocab x tokens x 2

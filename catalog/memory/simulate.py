@@ -18,7 +18,10 @@ Activation, Temp, All Gather, Unsharded Param, Unsharded Grad, Reduce Scatter, I
 - weights = Sharded Param - trainable shards + Buffer; adapter_weights = trainable shards (LoRA);
 - gradients = Sharded Grad; optimizer = OptState;
 - comm_buffers = All Gather + Reduce Scatter + Unsharded Param + Unsharded Grad (FSDP2's gathered
-  copies and their gradients before reduce-scatter);
+  copies and their gradients before reduce-scatter), plus Temp in backward's `post` region (the root's
+  gradients, which autograd makes outside FSDP's hooks);
+- at an optimizer-phase peak, OptState includes foreach AdamW's temporaries (the tracker labels
+  everything the step allocates as optimizer state);
 - logits = live storages shaped (tokens, vocab) at the peak (lm_head output, fp32 copy, log-softmax,
   their gradients), tracked by this module because the tracker files them under Activation/Temp;
 - kv_cache (inference) = the returned cache's tensors; activations = Activation + Temp + Inputs - logits
@@ -77,6 +80,7 @@ def estimate_simulated(config: dict[str, Any], plan: Plan) -> MemoryEstimate:
             {cat: at_depth([r.peaks[region].get(cat, 0) for r in runs]) for cat in _categories(runs, region)},
             adapter_bytes,
             plan,
+            region,
         )
         for region in regions
     }
@@ -104,8 +108,12 @@ def reserve_model(plan: Plan) -> tuple[float, int]:
     return FRAGMENTATION, CUDA_CONTEXT_BYTES + (NCCL_BYTES if plan.gpus > 1 else 0)
 
 
-def _terms(snap: dict[str, int], adapter_bytes: int, plan: Plan) -> dict[str, int]:
-    """Tracker categories at a phase peak -> our terms (mapping in the module docstring)."""
+def _terms(snap: dict[str, int], adapter_bytes: int, plan: Plan, region: str) -> dict[str, int]:
+    """Tracker categories at a region's peak -> our terms (mapping in the module docstring)."""
+    if region == "backward/post":
+        # After the last block's backward no activation is left: Temp there is the root's (embedding,
+        # head) unsharded gradient on its way to the reduce-scatter, which the tracker cannot label.
+        snap = {**snap, "Unsharded Grad": snap.get("Unsharded Grad", 0) + snap.get("Temp", 0), "Temp": 0}
     # FSDPMemTracker names first, MemTracker's (unsharded model) second.
     shards = snap.get("Sharded Param", 0) + snap.get("Parameter", 0)
     terms = {
@@ -115,8 +123,12 @@ def _terms(snap: dict[str, int], adapter_bytes: int, plan: Plan) -> dict[str, in
         "optimizer": snap.get("OptState", 0) + snap.get("Optstate", 0),
         "activations": max(
             0,
-            snap.get("Activation", 0) + snap.get("Temp", 0) + snap.get("Inputs", 0) + snap.get("Other", 0)
-            - snap.get("logits", 0) - snap.get("kv_cache", 0),
+            snap.get("Activation", 0)
+            + snap.get("Temp", 0)
+            + snap.get("Inputs", 0)
+            + snap.get("Other", 0)
+            - snap.get("logits", 0)
+            - snap.get("kv_cache", 0),
         ),
         "logits": snap.get("logits", 0),
         "kv_cache": snap.get("kv_cache", 0),
@@ -161,7 +173,9 @@ def _assumptions(
             else f"all {depth} decoder layers simulated"
         ),
         f"peak at {peak_phase} (phase/region) of a steady-state step (optimizer states already allocated)",
-        "attention: transformers sdpa with is_causal, one unpadded sequence per row (no seq_len^2 mask or scores)",
+        "attention: transformers sdpa with is_causal, one unpadded sequence per row (no seq_len^2 mask or scores)"
+        if not _eager_attention(config)
+        else "attention: transformers eager (this architecture has no SDPA path): seq_len^2 scores per head",
         "FSDP2: every decoder block sharded, then the root (embeddings, final norm, lm_head)",
         "loss: fp32 cross-entropy summed over tokens; logits = bf16/fp32 (tokens x vocab) tensors at the peak",
         f"peak_reserved = peak_allocated x {fragmentation} (allocator) + {overhead / 2**30:.2f} GiB "
@@ -177,9 +191,13 @@ def _assumptions(
             "length; logits of the last position only"
         )
     if plan.cpu_offload:
-        notes.append("CPU offload: sharded weights, gradients and optimizer state counted in host memory, not here")
+        notes.append(
+            "CPU offload: sharded weights, gradients and optimizer state counted in host memory, not here"
+        )
     if "vision_config" in config or "audio_config" in config:
-        notes.append("multimodal: the text model is simulated (no image/audio inputs); the towers' weights count")
+        notes.append(
+            "multimodal: the text model is simulated (no image/audio inputs); the towers' weights count"
+        )
     return tuple(notes)
 
 
@@ -260,8 +278,9 @@ def simulate_run(config: dict[str, Any], plan: Plan, depth: int) -> SimRun:
     try:
         mesh = init_device_mesh("cpu", (plan.gpus,))  # before fake mode: the mesh's tensors are real
         model = prepare_model(with_depth(config, depth), plan, mesh, device="meta")
-        params = _unique_numel(model.parameters())
         trainable = _unique_numel(p for p in model.parameters() if p.requires_grad)
+        # `params` is the base model's count: LoRA adapters are reported as trainable_params.
+        params = _unique_numel(model.parameters()) - (trainable if plan.trains_adapters else 0)
         with FakeTensorMode(allow_non_fake_inputs=True), _unpacked_sequences():
             model.to_empty(device="cpu")  # FSDP2 meta-device init: the meta shards become fake storages
             if not isinstance(model, FSDPModule):
@@ -293,7 +312,9 @@ def track_step(model: torch.nn.Module, plan: Plan) -> dict[str, dict[str, int]]:
     labels = input_ids.clone()
     optimizer = modeling.build_optimizer(model, name=plan.optimizer, lr=1e-5)
     _train_step(model, optimizer, input_ids, labels, None)  # steady state: optimizer states exist
-    tracker = _tracker_for(model, optimizer, vocab=vocab, tokens=input_ids.numel(), inputs=(input_ids, labels))
+    tracker = _tracker_for(
+        model, optimizer, vocab=vocab, tokens=input_ids.numel(), inputs=(input_ids, labels)
+    )
     with tracker:
         _train_step(model, optimizer, input_ids, labels, tracker)
     return tracker.peaks
@@ -393,6 +414,19 @@ class StepTracker(_RegionPeaks, FSDPMemTracker):
         FSDPMemTracker.__init__(self, mod, optm)
         self._init_regions(mod, vocab=vocab, tokens=tokens)
 
+    def _fsdp_param_group_post_backward(self, fsdp_mod: Any, orig: Any) -> Any:
+        # The tracker reads every group's unsharded gradient; a group that never ran (a VLM's vision
+        # blocks in a text-only step) has none, so its post-backward runs untracked (it frees nothing).
+        tracked = super()._fsdp_param_group_post_backward(fsdp_mod, orig)
+        group = fsdp_mod._get_fsdp_state()._fsdp_param_group
+
+        def post_backward(*args: Any, **kwargs: Any) -> Any:
+            if all(hasattr(p, "_unsharded_param") for p in group.fsdp_params):
+                return tracked(*args, **kwargs)
+            return orig(*args, **kwargs)
+
+        return post_backward
+
 
 class PlainStepTracker(_RegionPeaks, MemTracker):
     """MemTracker with per-region peaks (for an unsharded model: inference on one GPU)."""
@@ -404,7 +438,9 @@ class PlainStepTracker(_RegionPeaks, MemTracker):
     def _track_module_params_and_buffers(self, module: torch.nn.Module, install_grad_hooks: bool = True):
         # MemTracker hooks every parameter's gradient; frozen (inference) parameters cannot take a hook.
         trains = all(p.requires_grad for p in module.parameters())
-        return super()._track_module_params_and_buffers(module, install_grad_hooks=install_grad_hooks and trains)
+        return super()._track_module_params_and_buffers(
+            module, install_grad_hooks=install_grad_hooks and trains
+        )
 
 
 def _text_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -427,6 +463,10 @@ def _unpacked_sequences():
         yield
     finally:
         masking_utils.find_packed_sequence_indices = original
+
+
+def _eager_attention(config: dict[str, Any]) -> bool:
+    return modeling.build_model(with_depth(config, 1)).config._attn_implementation == "eager"
 
 
 def _targets(plan: Plan) -> str | list[str]:

@@ -1,0 +1,212 @@
+"""catalog/memory/simulate.py: the fake-tensor step against a real CPU step, its terms, and the analytic engine."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import torch.distributed as dist  # noqa: E402
+
+from automodel.catalog import modeling  # noqa: E402
+from automodel.catalog.errors import UserError  # noqa: E402
+from automodel.catalog.memory import simulate  # noqa: E402
+from automodel.catalog.memory.plan import TERMS, Plan  # noqa: E402
+
+# Six layers: the simulator runs 2 and 3 and extrapolates, the real step runs all six.
+TINY = {
+    "model_type": "llama",
+    "architectures": ["LlamaForCausalLM"],
+    "vocab_size": 512,
+    "hidden_size": 64,
+    "intermediate_size": 160,
+    "num_hidden_layers": 6,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 512,
+    "tie_word_embeddings": False,
+}
+
+REAL_VS_SIM = {
+    "lora-ckpt": Plan(method="lora", lora_rank=8, seq_len=64, micro_batch=2),
+    "full-no-ckpt": Plan(method="full", seq_len=64, micro_batch=2, grad_ckpt=False),
+    "full-fp32-sgd": Plan(method="full", precision="fp32", optimizer="sgd", seq_len=128),
+    "inference": Plan(mode="inference", seq_len=64, new_tokens=16, micro_batch=2),
+}
+
+
+@pytest.fixture
+def one_rank_gloo():
+    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def _real_step_peak(plan: Plan) -> int:
+    """The engine's step on real CPU tensors, whole-step peak from torch's own trackers."""
+    from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
+    from torch.distributed.device_mesh import init_device_mesh
+
+    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+    try:
+        model = simulate.prepare_model(TINY, plan, init_device_mesh("cpu", (1,)), device="cpu", seed=0)
+        length = plan.seq_len + plan.new_tokens if plan.mode == "inference" else plan.seq_len
+        ids = torch.randint(
+            0, TINY["vocab_size"], (plan.micro_batch, length), generator=torch.Generator().manual_seed(0)
+        )
+        if plan.mode == "inference":
+            # MemTracker itself, less its gradient hooks (frozen weights cannot take one).
+            tracker = simulate.PlainStepTracker(model=model, vocab=TINY["vocab_size"], tokens=ids.numel())
+            tracker.track_external(model, ids)
+            with torch.no_grad(), tracker:
+                model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        else:
+            opt = modeling.build_optimizer(model, name=plan.optimizer, lr=1e-3)
+
+            def step() -> None:
+                modeling.forward_loss(model, ids, ids).backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+
+            step()  # warm-up: the measured step is a steady-state one
+            tracker = FSDPMemTracker(model, opt)
+            tracker.track_inputs((ids,))
+            with tracker:
+                step()
+        return max(snap["Total"] for snap in tracker.get_tracker_snapshot("peak").values())
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("case", list(REAL_VS_SIM))
+def test_simulated_peak_matches_a_real_cpu_step(case):
+    plan = REAL_VS_SIM[case]
+    est = simulate.estimate_simulated(TINY, plan)
+    real = _real_step_peak(plan)
+    assert est.engine == "simulate"
+    assert abs(est.peak_allocated - real) <= 0.05 * real, (case, est.peak_allocated, real)
+
+
+@pytest.mark.usefixtures("one_rank_gloo")
+def test_every_category_matches_real_tensors_region_by_region():
+    """Fake vs real at full depth, no extrapolation: each tracker category at each region's peak."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    plan = Plan(method="lora", lora_rank=4, seq_len=32, micro_batch=2, grad_ckpt=False)
+    config = simulate.with_depth(TINY, 3)
+    model = simulate.prepare_model(config, plan, init_device_mesh("cpu", (1,)), device="cpu", seed=0)
+    real = simulate.track_step(model, plan)
+    dist.destroy_process_group()
+    fake = simulate.simulate_run(config, plan, 3).peaks
+    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())  # for the fixture
+    assert set(real) == set(fake) >= {"forward/post", "backward/pre", "backward/top", "optimizer/pre"}
+    for region, snap in real.items():
+        assert snap == fake[region], region
+    assert real["backward/pre"]["logits"] > 0
+
+
+def test_terms_add_up_and_counts_are_exact():
+    from automodel.catalog.params import exact_param_count
+
+    plan = Plan(method="lora", lora_rank=8, seq_len=64, micro_batch=2, gpus=4)
+    est = simulate.estimate_simulated(TINY, plan)
+    assert est.peak_allocated == sum(v for k, v in est.breakdown().items() if k != "overhead")
+    assert est.peak_reserved > est.peak_allocated + est.overhead
+    assert est.params == exact_param_count(TINY)
+    # LoRA r(in + out) on q, k, v, o, gate, up, down of six layers.
+    per_layer = 8 * ((64 + 64) * 2 + (64 + 32) * 2 + (64 + 160) * 2 + (160 + 64))
+    assert est.trainable_params == 6 * per_layer
+    assert est.adapter_weights == est.trainable_params * 4 // 4  # fp32 masters, sharded over 4 ranks
+    # Frozen base in bf16 sharded over 4 ranks, plus the (unsharded, fp32) rotary inv_freq buffers.
+    assert 0 <= est.weights - (est.params * 2) // 4 <= 1024
+    assert any("extrapolated linearly" in a for a in est.assumptions)
+
+
+def test_cpu_offload_moves_the_shards_to_the_host():
+    plan = Plan(method="full", seq_len=32, micro_batch=1, gpus=2)
+    on_gpu = simulate.estimate_simulated(TINY, plan)
+    offloaded = simulate.estimate_simulated(TINY, plan.model_copy(update={"cpu_offload": True}))
+    assert offloaded.weights == offloaded.gradients == offloaded.optimizer == 0
+    assert on_gpu.optimizer > 0
+    assert offloaded.peak_allocated < on_gpu.peak_allocated
+
+
+@pytest.mark.parametrize(
+    ("plan", "field"),
+    [(Plan(method="qlora"), "method"), (Plan(optimizer="adamw-8bit"), "optimizer")],
+)
+def test_bitsandbytes_plans_are_refused(plan, field):
+    with pytest.raises(UserError) as err:
+        simulate.estimate_simulated(TINY, plan)
+    assert err.value.field == field
+
+
+def test_speech_models_are_refused():
+    whisper = {"model_type": "whisper", "architectures": ["WhisperForConditionalGeneration"]}
+    with pytest.raises(UserError, match="speech"):
+        simulate.estimate_simulated(whisper, Plan())
+
+
+def test_with_depth_truncates_layer_types():
+    config = {**TINY, "layer_types": ["sliding_attention", "full_attention"] * 3}
+    short = simulate.with_depth(config, 2)
+    assert short["num_hidden_layers"] == 2 and short["layer_types"] == ["sliding_attention", "full_attention"]
+    assert simulate.text_depth({"text_config": {"num_hidden_layers": 28}}) == 28
+    assert config["num_hidden_layers"] == 6  # the input is not modified
+
+
+# --- analytic vs simulated -------------------------------------------------------------------------
+# A grid of catalog models x methods x (length, batch) x checkpointing. Tolerance 15 % on peak_allocated.
+# Two models over the whole grid; two more architectures (Gemma 2: eager attention and soft-capped
+# logits; Phi-2: parallel attention/MLP, LayerNorm, partial rotary) at one length.
+GRID = [
+    (model, method, seq, batch, ckpt)
+    for model, shapes in (
+        ("llama-3.2-1b", ((512, 2), (2048, 1))),
+        ("qwen2.5-0.5b-instruct", ((512, 2), (2048, 1))),
+        ("gemma-2-2b-it", ((2048, 1),)),
+        ("phi-2", ((2048, 1),)),
+    )
+    for method in ("lora", "full")
+    for seq, batch in shapes
+    for ckpt in (True, False)
+]
+# Cases where the analytic engine disagrees by more than 15 %, measured when the grid was written.
+# Strict: when the analytic model is fixed they pass and the marker must go.
+KNOWN_DISAGREEMENTS: dict[tuple, str] = {
+    ("gemma-2-2b-it", "lora", 2048, 1, False): (
+        "analytic 18.85 GiB vs simulated 26.30 GiB (-28 %): activations 6.79 vs 13.27 GiB (Gemma 2 has no "
+        "SDPA path in transformers 5, eager attention keeps seq^2 scores per head), logits 5.86 vs 6.84 GiB "
+        "(final-logit soft-capping adds fp32 copies)"
+    ),
+    ("gemma-2-2b-it", "full", 2048, 1, False): (
+        "analytic 22.89 GiB vs simulated 30.37 GiB (-25 %): activations 8.62 vs 15.13 GiB (eager attention "
+        "seq^2 scores), logits 5.86 vs 6.84 GiB (soft-capping)"
+    ),
+}
+
+
+def _grid_param(case: tuple) -> object:
+    reason = KNOWN_DISAGREEMENTS.get(case)
+    marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+    return pytest.param(*case, marks=marks, id="-".join(str(x) for x in case))
+
+
+@pytest.mark.parametrize(("model", "method", "seq", "batch", "ckpt"), [_grid_param(c) for c in GRID])
+def test_analytic_agrees_with_simulation(model, method, seq, batch, ckpt):
+    from automodel.catalog.memory.analytic import estimate_analytic
+    from automodel.catalog.registry import resolve
+
+    config = resolve(model).config
+    plan = Plan(
+        method=method, seq_len=seq, micro_batch=batch, grad_ckpt=ckpt, gpus=1 if method == "lora" else 4
+    )
+    sim = simulate.estimate_simulated(config, plan)
+    ana = estimate_analytic(config, plan)
+    terms = {t: (getattr(ana, t), getattr(sim, t)) for t in TERMS}
+    assert abs(ana.peak_allocated - sim.peak_allocated) <= 0.15 * sim.peak_allocated, (
+        f"analytic {ana.peak_allocated / 2**30:.3f} GiB vs simulated {sim.peak_allocated / 2**30:.3f} GiB; "
+        f"terms (analytic, simulated): {terms}"
+    )
