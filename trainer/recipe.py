@@ -107,9 +107,9 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
     params = trainable_parameters(model)
     lora = cfg.peft.method == "lora"
 
-    # 4. optimizer and schedule
+    # 4. optimizer and schedule (foreach AdamW, as catalog.modeling.build_optimizer: the step the simulator measures)
     optimizer = torch.optim.AdamW(params, lr=cfg.optimizer.lr, betas=cfg.optimizer.betas, eps=cfg.optimizer.eps,
-                                  weight_decay=cfg.optimizer.weight_decay, fused=on_cuda or None)
+                                  weight_decay=cfg.optimizer.weight_decay, foreach=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(cfg, step, total_steps))
 
     # 5. resume: weights/adapter, optimizer, schedule, RNG; the data position is the step number
@@ -139,8 +139,10 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda and precision != "fp32")
     loss_value = val_loss = None
     # Logged figures cover the window since the last log line: loss per target token, tokens/s.
+    # Kept on the device and read only when a line is logged: no host sync per step on a GPU.
     window_loss = torch.zeros((), dtype=torch.float64, device=d.device)
-    window_tokens = window_targets = run_tokens = 0.0
+    window_counts = torch.zeros(2, dtype=torch.float64, device=d.device)  # target tokens, tokens
+    run_counts = torch.zeros(2, dtype=torch.float64, device=d.device)
     window_start = run_start = time.perf_counter()
 
     # 6. the loop: one iteration per optimizer step
@@ -148,9 +150,9 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
         for step in range(start, total_steps):
             batches, local_tokens = micro_batches(step)
             counts = torch.tensor([sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches), local_tokens],
-                                  dtype=torch.float64)  # counted on the host: no device sync
-            targets, tokens = distributed.all_reduce_sum(counts, d).tolist()
-            scale = d.world / max(targets, 1.0)  # FSDP2 averages gradients over ranks; undo that
+                                  dtype=torch.float64).to(d.device, non_blocking=True)
+            distributed.all_reduce_sum(counts, d)  # every rank's targets, before the first backward
+            scale = d.world / counts[0].clamp(min=1.0)  # FSDP2 averages gradients over ranks; undo that
             for j, batch in enumerate(batches):
                 if sharded:  # reduce-scatter gradients once, after the last micro batch
                     model.set_requires_gradient_sync(j == accum - 1)
@@ -166,9 +168,8 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             done = step + 1
-            window_tokens += tokens
-            window_targets += targets
-            run_tokens += tokens
+            window_counts += counts
+            run_counts += counts
 
             validate_now = val_samples and (done == total_steps or (cfg.schedule.val_every
                                                                     and done % cfg.schedule.val_every == 0))
@@ -178,6 +179,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
             save_now = done == total_steps or bool(every and done % every == 0)
             # A checkpoint step is always logged, so a resumed run's log windows match the uninterrupted run's.
             if done % cfg.schedule.log_every == 0 or save_now or validate_now:
+                window_targets, window_tokens = window_counts.tolist()
                 loss_value = distributed.all_reduce_sum(window_loss, d).item() / max(window_targets, 1.0)
                 now = time.perf_counter()
                 record: dict[str, Any] = {
@@ -194,7 +196,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
                     bar.update(bar.task_ids[0], completed=done, info=f"loss {loss_value:.4f}  lr {lr:.2e}  "
                                f"{record['tokens_per_s']:,.0f} tok/s  mem {metrics.gib(record['memory_bytes'])}")
                 window_loss.zero_()
-                window_tokens = window_targets = 0.0
+                window_counts.zero_()
                 window_start = time.perf_counter()
             if save_now:
                 checkpoint.save(out, done, model=model, optimizer=optimizer, scheduler=scheduler,
@@ -218,7 +220,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
     peak, peak_kind = metrics.peak_memory(d.device)
     result = RunResult(
         output_dir=str(out), steps=total_steps, resumed_from=start, final_loss=loss_value, val_loss=val_loss,
-        tokens_per_s=run_tokens / max(elapsed, 1e-9) if total_steps > start else 0.0,
+        tokens_per_s=run_counts[1].item() / max(elapsed, 1e-9),
         peak_memory_bytes=peak, peak_memory_kind=peak_kind,
         estimate=_estimate(model_config, cfg, d.world), exports=exports,
     )

@@ -125,10 +125,17 @@ def test_sigkill_mid_run_then_rerun_reproduces_losses(tiny_config, tmp_path: Pat
 
 
 def test_gated_or_missing_model_is_a_user_error(tiny_config, monkeypatch) -> None:
+    import huggingface_hub.constants
+
     from automodel.catalog.errors import UserError
     from automodel.trainer.recipe import run
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at call time; no network
     with pytest.raises(UserError) as err:
         run(tiny_config("model.name=no-such-org/no-such-model", "model.init=pretrained"))
-    assert err.value.field == "model.name"
+    assert err.value.field == "model.name" and "no-such-org/no-such-model" in err.value.message
+    assert "huggingface-cli login" in (err.value.hint or "")
+    # a local directory without weights: a clear message that points at model.init=random
+    with pytest.raises(UserError) as err:
+        run(tiny_config("model.init=pretrained"))
+    assert err.value.field == "model.name" and "model.init=random" in (err.value.hint or "")
