@@ -28,7 +28,7 @@ from typing import Literal
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never fetch: configs come from the catalog or bench/data
 
 from automodel.catalog.errors import UserError  # noqa: E402
-from automodel.catalog.memory.analytic import FRAGMENTATION  # noqa: E402
+from automodel.catalog.memory.analytic import FRAGMENTATION, FRAGMENTATION_INFERENCE  # noqa: E402
 from automodel.catalog.memory.estimate import estimate  # noqa: E402
 from automodel.catalog.memory.plan import MemoryEstimate, Plan  # noqa: E402
 
@@ -283,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['measure']:9} {r['measured_gib']:>8.2f} {r['estimated_gib']:>7.2f} {r['error']:>+7.1%} "
               f"{r['accelerate_gib']:>7.2f} {r['accelerate_error']:>+7.1%}")
     s = report["summary"]
-    print(f"\n{s['rows']} rows in scope (GiB; fragmentation factor {FRAGMENTATION})")  # type: ignore[index]
+    print(f"\n{s['rows']} rows in scope (GiB; allocator factor {FRAGMENTATION} training, "  # type: ignore[index]
+          f"{FRAGMENTATION_INFERENCE} inference)")
     print(f"automodel analytic: median |err| {s['median_abs_error']:.1%}, p90 |err| {s['p90_abs_error']:.1%}")  # type: ignore[index]
     print(f"accelerate rule:    median |err| {s['accelerate_median_abs_error']:.1%}, "  # type: ignore[index]
           f"p90 |err| {s['accelerate_p90_abs_error']:.1%}")  # type: ignore[index]

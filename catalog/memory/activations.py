@@ -35,10 +35,22 @@ class Trainable:
     full: bool
     adapted: frozenset[str]
     rank: int
+    # One GPU, bf16-mixed: no FSDP2, torch.autocast casts each linear's fp32 input (full: the fp32
+    # residual stream; LoRA: peft's upcast to the fp32 adapter) to bf16 separately, and each matmul
+    # keeps its own copy. Under FSDP2 the parameters are bf16 and every reader shares one tensor.
+    own_copies: bool = False
 
     def needs_input(self, *names: str) -> bool:
         """Autograd saves a linear's input iff its weight or an adapter on it trains."""
         return self.full or any(n in self.adapted for n in names)
+
+    def input_copies(self, *names: str) -> int:
+        """How many c-byte copies of a shared input are saved by the linears reading it."""
+        if not self.needs_input(*names):
+            return 0
+        if not self.own_copies:
+            return 1
+        return len(names) if self.full else sum(1 for n in names if n in self.adapted)
 
     def lora_extra(self, *names: str, c: int) -> int:
         """lora_A's output (r values) is saved for lora_B's weight gradient; dropout is 0 in this engine."""
@@ -57,8 +69,11 @@ def decoder_layer_bytes(d: ArchDims, tr: Trainable, c: int, *, cross_tokens_rati
     # Gemma norms scale by (1 + w) in fp32, so the weight's gradient keeps the fp32 normalised value.
     w_keep = (FP32 if d.model_type.startswith("gemma") else c) if tr.full else 0
 
+    if tr.full and tr.own_copies:
+        w_keep = FP32  # the norm computes in fp32 (fp32 weights), its weight keeps the fp32 value
+
     def norm(out_read_by: tuple[str, ...]) -> float:
-        return FP32 * h + FP32 + w_keep * h + (c * h if tr.needs_input(*out_read_by) else 0)
+        return FP32 * h + FP32 + w_keep * h + c * h * tr.input_copies(*out_read_by)
 
     attn = norm(qkv)
     attn += c * (q + 2 * kv) + c * q + FP32 * d.heads  # q/k after RoPE, v, SDPA output, logsumexp
@@ -82,7 +97,7 @@ def mlp_bytes(d: ArchDims, tr: Trainable, c: int) -> float:
     up_names = tuple(n for n in ("gate_proj", "up_proj", "gate_up_proj", "fc1", "intermediate_dense", "w1", "w2", "c_fc",
                                 "dense_h_to_4h") if n in names)
     down = next((n for n in ("down_proj", "fc2", "output_dense", "c_proj", "dense_4h_to_h") if n in names), "down_proj")
-    w_keep = (FP32 if d.model_type.startswith("gemma") else c) if tr.full else 0
+    w_keep = (FP32 if d.model_type.startswith("gemma") or tr.own_copies else c) if tr.full else 0
     norm = 0.0 if d.norms_per_layer == 1 else FP32 * h + FP32 + w_keep * h  # phi: one shared norm
     if d.num_experts:
         k, m = d.experts_per_tok, d.moe_intermediate
@@ -93,7 +108,7 @@ def mlp_bytes(d: ArchDims, tr: Trainable, c: int) -> float:
         dense_share = (d.layers - d.moe_layers) / d.layers
         dense = c * d.intermediate * (3 + (1 if tr.needs_input(down) else 0))
         return norm + (1 - dense_share) * (routed + shared) + dense_share * dense + tr.lora_extra(*up_names, down, c=c)
-    norm += c * h if tr.needs_input(*up_names) else 0
+    norm += c * h * tr.input_copies(*up_names)
     inter = d.intermediate
     act = _ACT_SAVED.get(d.hidden_act, 1)
     if d.mlp == "gated":

@@ -37,7 +37,15 @@ CUDA_CONTEXT_BYTES = int(0.6 * GIB)
 NCCL_BYTES = int(0.25 * GIB)
 # Caching-allocator reserve over the allocated peak (block rounding, split blocks, freed-but-cached
 # activations); calibrated on the reserved rows of bench/data/measured-memory.csv (docs/memory.md).
-FRAGMENTATION = 1.10
+# A training step frees and re-allocates tensors of many sizes (activations, recomputed blocks,
+# gradients); inference mostly grows one cache, so it fragments less.
+FRAGMENTATION = 1.15
+FRAGMENTATION_INFERENCE = 1.10
+
+
+def fragmentation(plan: Plan) -> float:
+    """peak_reserved / peak_allocated (before the CUDA context) for this plan's mode."""
+    return FRAGMENTATION if plan.mode == "train" else FRAGMENTATION_INFERENCE
 
 
 def _compute_bytes(plan: Plan) -> int:
@@ -84,12 +92,13 @@ def estimate_analytic(config: dict[str, object], plan: Plan, *, params: int | No
       gradient and the fp32 input gradient (the engine does not hold the c-byte logits or the fp32 upcast).
     - kv_cache (inference): 2 x layers x kv_heads x head_dim x (prompt + new) x batch x c (sliding-window
       layers keep the window); generate keeps only the last position's logits.
-    - comm_buffers: FSDP2 (every training run, one rank included) unsharded compute copies of the root
-      (embeddings, head, norms) through forward and backward and of the running (+ prefetched) block, plus
-      one block's unsharded gradient (c + 4 fp32 reduce) and the root's.
+    - comm_buffers (N > 1, FSDP2): unsharded compute copies of the root (embeddings, head, norms) through
+      forward and backward and of the running + prefetched block, plus one block's unsharded gradient
+      (c + 4 fp32 reduce) and the root's. N = 1 with bf16-mixed: torch.autocast instead, whose bf16
+      weight copies (full) and per-linear input copies are counted in activations.
     - overhead: CUDA context 0.6 GiB (+0.25 GiB NCCL with N > 1), in peak_reserved only.
     peak_allocated = resident + max(start of backward, a block's backward, optimizer step); peak_reserved =
-    peak_allocated x 1.10 (caching allocator) + overhead.
+    peak_allocated x 1.15 (training; 1.10 inference: caching allocator) + overhead.
     """
     d = dims_from_config(config)
     total = params if params is not None else d.total_params
@@ -129,7 +138,8 @@ def estimate_analytic(config: dict[str, object], plan: Plan, *, params: int | No
         weights = adapter_weights = gradients = optimizer = step_tmp = 0.0
 
     adapted = frozenset(lin.name for lin in d.matched_linears(plan.lora_targets)) if not full else frozenset()
-    tr = Trainable(full=full, adapted=adapted, rank=plan.lora_rank)
+    autocast_1gpu = n == 1 and plan.precision == "bf16-mixed"  # the trainer: no FSDP2, torch.autocast
+    tr = Trainable(full=full, adapted=adapted, rank=plan.lora_rank, own_copies=autocast_1gpu)
     frames = d.audio.frames(plan.audio_seconds) if d.audio is not None and d.model_type == "whisper" else 0
     per_layer_tok = decoder_layer_bytes(d, tr, c, cross_tokens_ratio=frames / seq if frames else 0.0)
     tokens = b * seq
@@ -146,8 +156,9 @@ def estimate_analytic(config: dict[str, object], plan: Plan, *, params: int | No
     enc_depth = d.audio.layers if d.audio is not None else 0
     head_in = (FP32 * d.hidden + (2 * c * d.hidden if full else 0)) * tokens  # final norm (+ head input)
     head_in += sliding_mask_bytes(d, b, seq, seq) + 2 * c * d.head_dim * tokens  # + rotary cos/sin
+    stream = FP32 if autocast_1gpu and full else c  # fp32 embeddings make the residual stream fp32
     if plan.grad_ckpt:
-        kept = c * d.hidden * tokens * d.layers + head_in + front
+        kept = stream * d.hidden * tokens * d.layers + head_in + front
         kept += c * (d.vision.width if d.vision else 0) * b * patches * vit_depth * (1 if full else 0)
         kept += c * (d.audio.width if d.audio else 0) * b * frames * enc_depth * (1 if enc_layer else 0)
         recompute = max(block, vit_layer, enc_layer)  # one block's tensors, rebuilt in its backward
@@ -171,8 +182,15 @@ def estimate_analytic(config: dict[str, object], plan: Plan, *, params: int | No
     grads_blocks = gradients * block_share
     head_grad = root_grad * (d.params.lm_head / max(1, d.params.embedding + d.params.lm_head)) if not \
         d.tied_embeddings else root_grad
-    start_bwd = kept + logits + root  # every saved tensor, the loss's backward; blocks not gathered yet
+    # One GPU, bf16-mixed, full: autocast caches a bf16 copy of every linear weight through the forward
+    # (and, without checkpointing, autograd keeps them for backward).
+    weight_casts = 2 * _quantised_params(d) * scale if autocast_1gpu and full else 0.0
+    fwd_end = kept + (c + 8) * d.vocab * tokens + root + weight_casts  # logits, fp32 copy, log-softmax
+    # every saved tensor at the loss's backward; FSDP2 blocks are not gathered yet
+    start_bwd = max(fwd_end, kept + logits + root + (0.0 if plan.grad_ckpt else weight_casts))
     in_block = bwd_work + root + blocks + block_grad + head_grad  # a block's backward
+    if weight_casts and plan.grad_ckpt:  # the recomputed block casts its weights again
+        in_block += 2 * d.params_per_layer * scale
     if plan.grad_ckpt:  # bound the block inputs still saved and the gradients made by their totals
         end_bwd = grads_blocks + kept + recompute + in_block
     else:  # top block: every activation still saved; bottom block: every block's gradient made
@@ -187,26 +205,27 @@ def estimate_analytic(config: dict[str, object], plan: Plan, *, params: int | No
         adapter_weights=int(adapter_weights), gradients=int(gradients), optimizer=int(optimizer),
         activations=int(activations), logits=int(logits), kv_cache=0, comm_buffers=int(comm),
         overhead=overhead, peak_allocated=int(peak_alloc),
-        peak_reserved=int(math.ceil(peak_alloc * FRAGMENTATION)) + overhead,
+        peak_reserved=int(math.ceil(peak_alloc * FRAGMENTATION)) + overhead,  # training
         assumptions=tuple(assumptions),
     )
 
 
 def _fsdp_buffers(d: ArchDims, plan: Plan, full: bool, scale: float, c: int) -> tuple[float, float, float, float]:
-    """FSDP2 transients (the engine shards every training run, one rank included):
+    """FSDP2 transients with more than one rank (the trainer shards only then):
     (root params, block params, one block's gradient buffers, root gradients), bytes.
 
     root: the root module's parameters (embeddings, head, final norm) unsharded in the compute dtype from
     the root's forward to its backward (FSDP2 does not reshard the root after forward); blocks: the
-    block running plus, with more than one rank, the one prefetched; full training only: one block's
-    unsharded gradient in the compute dtype plus its fp32 reduce-scatter copy, and the root's unsharded
-    gradients in the compute dtype."""
+    running and the prefetched block; full training only: one block's unsharded gradient in the compute
+    dtype plus its fp32 reduce-scatter copy, and the root's unsharded gradients in the compute dtype.
+    One rank: nothing (QLoRA: one linear dequantised from NF4 at a time)."""
     block = d.params_per_layer * scale
     root_params = (d.params.embedding + d.params.lm_head + d.params.final_norm) * scale
-    live_blocks = 2 if plan.gpus > 1 else 1
-    if plan.method == "qlora" and plan.gpus == 1:
-        # QLoRA on one GPU is plain transformers + bitsandbytes: nothing gathered; each linear's NF4
-        # weight is dequantised to the compute dtype for its matmul (forward and backward), one at a time.
+    live_blocks = 2
+    if plan.gpus == 1:  # the trainer shards only with more than one process: nothing is gathered
+        if plan.method != "qlora":
+            return 0.0, 0.0, 0.0, 0.0
+        # QLoRA: each linear's NF4 weight is dequantised for its matmul (forward and backward), one at a time.
         largest = max((lin.in_features * lin.out_features for lin in d.linears), default=0)
         return 0.0, largest * c * scale, 0.0, 0.0
     per_param = NF4_BYTES if plan.method == "qlora" else c
@@ -254,7 +273,7 @@ def _inference(d: ArchDims, plan: Plan, total: int, scale: float, c: int, seq: i
         engine="analytic", params=int(total), trainable_params=0, weights=int(weights),
         adapter_weights=int(adapters), gradients=0, optimizer=0, activations=int(prefill), logits=int(logits),
         kv_cache=int(kv), comm_buffers=int(comm), overhead=overhead, peak_allocated=int(peak),
-        peak_reserved=int(math.ceil(peak * FRAGMENTATION)) + overhead, assumptions=tuple(assumptions),
+        peak_reserved=int(math.ceil(peak * FRAGMENTATION_INFERENCE)) + overhead, assumptions=tuple(assumptions),
     )
 
 
@@ -265,8 +284,8 @@ def _assumptions(plan: Plan, d: ArchDims) -> list[str]:
         "no padding mask (GQA without repeat_kv copies); torch caching allocator.",
         f"{plan.gpus} GPU(s): FSDP2 fully_shard per block + root shards weights, gradients and optimizer "
         "state evenly; weight-proportional terms are divided by the GPU count." if plan.gpus > 1 else
-        "1 GPU: nothing is split; training still runs FSDP2 on a one-rank mesh, so the root and the "
-        "running block are gathered into compute-dtype copies (comm_buffers).",
+        "1 GPU: no FSDP2 (the trainer shards only across processes); bf16-mixed runs under torch.autocast, "
+        "which keeps a bf16 copy of each linear's input (and, training every weight, of each weight).",
     ]
     if plan.mode == "inference":
         out.append("Inference: HF generate with a dynamic KV cache in the compute dtype; prefill keeps only the "
