@@ -109,3 +109,17 @@ def test_vlm_images_add_tokens_and_asr_frames() -> None:
     inf = estimate_analytic(whisper, Plan(mode="inference", method="full", seq_len=4, new_tokens=60,
                                           precision="bf16"))
     assert inf.kv_cache == 2 * 2 * 4 * 16 * 2 * (4 + 60 + 1500)  # self + cross-attention caches
+
+
+def test_one_gpu_is_autocast_not_fsdp() -> None:
+    one, two = est(method="full", gpus=1), est(method="full", gpus=2)
+    assert one.comm_buffers == 0 and two.comm_buffers > 0  # the trainer shards only across processes
+    # autocast: every linear reading a shared input keeps its own bf16 copy (q, k, v: 3 instead of 1)
+    mixed = est(method="lora", seq_len=1024, grad_ckpt=False, precision="bf16-mixed")
+    pure = est(method="lora", seq_len=1024, grad_ckpt=False, precision="bf16")
+    extra_per_token_layer = 2 * 64 * (2 + 1)  # q/k/v: 2 more copies, gate/up: 1 more, of c x hidden
+    assert mixed.activations - pure.activations == 2 * 1024 * extra_per_token_layer
+    # full bf16-mixed keeps an fp32 residual stream: checkpointed block inputs are 4 bytes, not 2
+    ckpt_mixed = est(method="full", seq_len=1024, precision="bf16-mixed")
+    ckpt_pure = est(method="full", seq_len=1024, precision="bf16")
+    assert ckpt_mixed.activations > ckpt_pure.activations
