@@ -89,6 +89,63 @@ def test_simulated_peak_matches_a_real_cpu_step(case):
     assert abs(est.peak_allocated - real) <= 0.05 * real, (case, est.peak_allocated, real)
 
 
+# Two real gloo ranks (forked in a fresh interpreter): FSDP2's all-gather and reduce-scatter buffers
+# are real here, where the simulator's come from the fake process group.
+_TWO_RANKS = """
+import json, sys, torch, torch.distributed as dist, torch.multiprocessing as mp
+from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
+from torch.distributed.device_mesh import init_device_mesh
+from automodel.catalog import modeling
+from automodel.catalog.memory import simulate
+from automodel.catalog.memory.plan import Plan
+
+config, plan, port, out = json.loads(sys.argv[1]), Plan.model_validate_json(sys.argv[2]), sys.argv[3], sys.argv[4]
+
+def rank_step(rank):
+    dist.init_process_group("gloo", rank=rank, world_size=2, init_method=f"tcp://127.0.0.1:{port}")
+    model = simulate.prepare_model(config, plan, init_device_mesh("cpu", (2,)), device="cpu", seed=0)
+    gen = torch.Generator().manual_seed(rank)
+    ids = torch.randint(0, config["vocab_size"], (plan.micro_batch, plan.seq_len), generator=gen)
+    opt = modeling.build_optimizer(model, name=plan.optimizer, lr=1e-3)
+    def step():
+        modeling.forward_loss(model, ids, ids).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    step()
+    tracker = FSDPMemTracker(model, opt)
+    tracker.track_inputs((ids,))
+    with tracker:
+        step()
+    if rank == 0:
+        peak = max(s["Total"] for s in tracker.get_tracker_snapshot("peak").values())
+        open(out, "w").write(str(peak))
+    dist.destroy_process_group()
+
+mp.start_processes(rank_step, nprocs=2, start_method="fork")
+"""
+
+
+def test_simulated_peak_matches_two_real_ranks(tmp_path):
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    plan = Plan(method="full", seq_len=64, micro_batch=2, gpus=2)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / "peak.txt"
+    args = [json.dumps(TINY), plan.model_dump_json(), str(port), str(out)]
+    done = subprocess.run(
+        [sys.executable, "-c", _TWO_RANKS, *args], capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    real = int(out.read_text())
+    est = simulate.estimate_simulated(TINY, plan)
+    assert abs(est.peak_allocated - real) <= 0.05 * real, (est.peak_allocated, real)
+
+
 @pytest.mark.usefixtures("one_rank_gloo")
 def test_every_category_matches_real_tensors_region_by_region():
     """Fake vs real at full depth, no extrapolation: each tracker category at each region's peak."""
