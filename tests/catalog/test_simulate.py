@@ -164,6 +164,14 @@ def test_every_category_matches_real_tensors_region_by_region():
     assert real["backward/pre"]["logits"] > 0
 
 
+def test_extrapolation_equals_the_full_depth_simulation():
+    plan = Plan(method="full", seq_len=32, micro_batch=2, grad_ckpt=False, gpus=2)
+    est = simulate.estimate_simulated(TINY, plan)  # from depths 2 and 3
+    full_depth = simulate.simulate_run(TINY, plan, TINY["num_hidden_layers"])
+    assert est.peak_allocated == max(snap["Total"] for snap in full_depth.peaks.values())
+    assert est.params == full_depth.params
+
+
 def test_terms_add_up_and_counts_are_exact():
     from automodel.catalog.params import exact_param_count
 
