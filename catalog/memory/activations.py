@@ -57,7 +57,32 @@ class Trainable:
         return sum(self.rank * c for n in names if n in self.adapted)
 
 
-def decoder_layer_bytes(d: ArchDims, tr: Trainable, c: int, *, cross_tokens_ratio: float = 0.0) -> float:
+@dataclass(frozen=True)
+class Eager:
+    """Eager attention (transformers models without an SDPA path, e.g. Gemma 2's soft-capped attention):
+    the (batch, heads, seq, seq) scores are materialised. Saved per score: the fp32 softmax output and its
+    c-byte cast that multiplies v, plus tanh's output when logits are soft-capped; k and v are saved
+    expanded to all heads (repeat_kv); a c-byte additive mask of batch x seq x seq per mask kind."""
+
+    seq: int
+    softcap: bool
+    mask_kinds: int
+
+    def per_token(self, d: ArchDims, c: int) -> float:
+        cast = c if c != FP32 else 0  # in fp32 the softmax output is already the matmul's operand
+        scores = d.heads * self.seq * (FP32 + cast + (c if self.softcap else 0))
+        return scores + 2 * c * (d.heads - d.kv_heads) * d.head_dim
+
+    def backward_per_token(self, d: ArchDims) -> float:
+        """The fp32 gradient of the scores while one layer's attention runs backward."""
+        return d.heads * self.seq * FP32
+
+    def masks(self, batch: int, c: int) -> float:
+        return float(self.mask_kinds * batch * self.seq * self.seq * c)
+
+
+def decoder_layer_bytes(d: ArchDims, tr: Trainable, c: int, *, cross_tokens_ratio: float = 0.0,
+                        eager: Eager | None = None) -> float:
     """Saved bytes per token for one text block (decoder layer; wav2vec2 encoder layer)."""
     h, hd = d.hidden, d.head_dim
     q, kv = d.heads * hd, d.kv_heads * hd
@@ -81,6 +106,8 @@ def decoder_layer_bytes(d: ArchDims, tr: Trainable, c: int, *, cross_tokens_rati
     if d.qk_norm:
         attn += FP32 * (q + kv) + w_keep * (q + kv)
     attn += tr.lora_extra(*qkv, o, c=c)
+    if eager is not None:
+        attn += eager.per_token(d, c)
     if d.norms_per_layer == 4:  # Gemma: post-attention and post-feedforward norms on the block outputs
         attn += 2 * (FP32 * h + FP32 + w_keep * h)
     if d.cross_attention:  # Whisper decoder: q/out per decoder token; k/v over encoder frames
@@ -150,7 +177,7 @@ def conv_front_end_bytes(a: AudioDims, seconds: float, c: int, trains: bool) -> 
     return sum(2 * c * ch * n for ch, n in zip(a.conv_channels, a.conv_lengths(seconds), strict=True))
 
 
-def inference_layer_bytes(d: ArchDims, c: int) -> float:
+def inference_layer_bytes(d: ArchDims, c: int, eager: Eager | None = None) -> float:
     """Largest working set inside one block during a no-grad prefill, per token: the residual stream,
     normalised input and embedding output plus the MLP's live intermediates (act(gate), up, product) or
     attention's q/k/v/output, whichever is larger (intermediates are freed as soon as consumed)."""
@@ -161,6 +188,8 @@ def inference_layer_bytes(d: ArchDims, c: int) -> float:
     else:
         mlp = c * d.intermediate * (3 if d.mlp == "gated" else 2)
     attn = c * (2 * q + 2 * kv)
+    if eager is not None:  # scores, fp32 softmax and its cast live at once for one layer
+        attn += d.heads * eager.seq * (2 * c + FP32) + 2 * c * (d.heads - d.kv_heads) * d.head_dim
     # residual and normalised input, plus the embedding output (the model's forward keeps
     # `inputs_embeds` referenced) and the rotary cos/sin shared by every layer.
     return 3 * c * h + 2 * c * d.head_dim + max(mlp, attn)

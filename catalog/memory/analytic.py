@@ -14,6 +14,7 @@ import math
 from automodel.catalog.architecture import ArchDims, dims_from_config
 from automodel.catalog.memory.activations import (
     FP32,
+    Eager,
     Trainable,
     audio_encoder_bytes,
     conv_front_end_bytes,
@@ -25,6 +26,9 @@ from automodel.catalog.memory.activations import (
 from automodel.catalog.memory.plan import MemoryEstimate, Plan
 
 GIB = 1024**3
+# transformers 5 models without an SDPA path (`_supports_sdpa` False): the engine falls back to eager
+# attention (catalog/modeling.build_model), which materialises the scores.
+EAGER_ATTENTION = frozenset({"gemma2", "bloom"})
 # bitsandbytes NF4 with double quantisation (Dettmers et al. 2023, QLoRA, Sec. 3): 4-bit codes, one 8-bit
 # absmax per 64 weights, one fp32 second-level constant per 256 absmax blocks.
 NF4_BYTES = 0.5 + 1 / 64 + FP32 / (64 * 256)
@@ -112,7 +116,7 @@ def estimate_analytic(config: dict[str, object], plan: Plan, *, params: int | No
     b = plan.micro_batch
     assumptions = _assumptions(plan, d)
     if plan.mode == "inference":
-        return _inference(d, plan, total, scale, c, seq, patches, assumptions)
+        return _inference(d, plan, total, scale, c, seq, patches, assumptions, config)
 
     full = plan.method == "full"
     param_bytes = 4 if plan.precision in ("bf16-mixed", "fp32") else 2  # storage of trainable params
@@ -141,7 +145,8 @@ def estimate_analytic(config: dict[str, object], plan: Plan, *, params: int | No
     autocast_1gpu = n == 1 and plan.precision == "bf16-mixed"  # the trainer: no FSDP2, torch.autocast
     tr = Trainable(full=full, adapted=adapted, rank=plan.lora_rank, own_copies=autocast_1gpu)
     frames = d.audio.frames(plan.audio_seconds) if d.audio is not None and d.model_type == "whisper" else 0
-    per_layer_tok = decoder_layer_bytes(d, tr, c, cross_tokens_ratio=frames / seq if frames else 0.0)
+    eager = _eager(d, config, seq)
+    per_layer_tok = decoder_layer_bytes(d, tr, c, cross_tokens_ratio=frames / seq if frames else 0.0, eager=eager)
     tokens = b * seq
     block = per_layer_tok * tokens
     # Vision tower and audio encoder blocks are checkpointed like the text blocks.
@@ -155,7 +160,8 @@ def estimate_analytic(config: dict[str, object], plan: Plan, *, params: int | No
     vit_depth = d.vision.depth if d.vision is not None else 0
     enc_depth = d.audio.layers if d.audio is not None else 0
     head_in = (FP32 * d.hidden + (2 * c * d.hidden if full else 0)) * tokens  # final norm (+ head input)
-    head_in += sliding_mask_bytes(d, b, seq, seq) + 2 * c * d.head_dim * tokens  # + rotary cos/sin
+    head_in += 2 * c * d.head_dim * tokens  # rotary cos/sin
+    head_in += eager.masks(b, c) if eager else sliding_mask_bytes(d, b, seq, seq)
     stream = FP32 if autocast_1gpu and full else c  # fp32 embeddings make the residual stream fp32
     if plan.grad_ckpt:
         kept = stream * d.hidden * tokens * d.layers + head_in + front
@@ -169,6 +175,8 @@ def estimate_analytic(config: dict[str, object], plan: Plan, *, params: int | No
     # While a block runs backward, the gradients of its largest intermediates are live too.
     inter = d.experts_per_tok * d.moe_intermediate if d.num_experts else d.intermediate
     bwd_work = (c * inter * (3 if d.mlp == "gated" else 2) + 2 * c * d.hidden) * tokens
+    if eager is not None:
+        bwd_work = max(bwd_work, eager.backward_per_token(d) * tokens)
     # The engine drops the model output after the loss: at the log-softmax backward the fp32 log-softmax
     # output, its incoming gradient and the input gradient are live (12 B); in forward c + 4 + 4 <= 12.
     logits = 12 * d.vocab * tokens
@@ -235,8 +243,15 @@ def _fsdp_buffers(d: ArchDims, plan: Plan, full: bool, scale: float, c: int) -> 
     return root, blocks, block * (c + (4 if plan.precision == "bf16-mixed" else 0)), root_params * c
 
 
+def _eager(d: ArchDims, config: dict[str, object], seq: int) -> Eager | None:
+    if d.model_type not in EAGER_ATTENTION:
+        return None
+    softcap = d.model_type == "gemma2" and config.get("attn_logit_softcapping", 50.0) is not None
+    return Eager(seq=seq, softcap=softcap, mask_kinds=2 if d.sliding_layers else 1)
+
+
 def _inference(d: ArchDims, plan: Plan, total: int, scale: float, c: int, seq: int, patches: int,
-               assumptions: list[str]) -> MemoryEstimate:
+               assumptions: list[str], config: dict[str, object]) -> MemoryEstimate:
     """Weights + KV cache + the prefill's largest transient + the last position's fp32 logits."""
     b = plan.micro_batch
     if plan.method == "qlora":
@@ -255,7 +270,9 @@ def _inference(d: ArchDims, plan: Plan, total: int, scale: float, c: int, seq: i
         kv = kv_per_layer * ((d.layers - d.sliding_layers) * length + d.sliding_layers * min(window, length))
     frames = d.audio.frames(plan.audio_seconds) if d.audio is not None and d.model_type == "whisper" else 0
     kv += kv_per_layer * d.layers * frames  # Whisper cross-attention cache over encoder frames
-    prefill = inference_layer_bytes(d, c) * b * seq + sliding_mask_bytes(d, b, seq, seq)
+    eager = _eager(d, config, seq)
+    prefill = inference_layer_bytes(d, c, eager) * b * seq
+    prefill += eager.masks(b, c) if eager else sliding_mask_bytes(d, b, seq, seq)
     if d.vision is not None and patches:
         v = d.vision
         prefill = max(prefill, (2 * c * v.width + c * v.mlp_dim * (3 if v.mlp_gated else 2)) * b * patches)
@@ -279,9 +296,12 @@ def _inference(d: ArchDims, plan: Plan, total: int, scale: float, c: int, seq: i
 
 def _assumptions(plan: Plan, d: ArchDims) -> list[str]:
     """What stack the numbers assume, and where a user's stack may differ."""
+    attention = (f"eager attention ({d.model_type} has no SDPA path in transformers 5: batch x heads x seq x "
+                 "seq scores are materialised)" if d.model_type in EAGER_ATTENTION else
+                 "SDPA attention (flash/memory-efficient kernels, no seq x seq scores), no padding mask (GQA "
+                 "without repeat_kv copies)")
     out = [
-        "Stack: transformers 5 with SDPA attention (flash/memory-efficient kernels, no seq x seq scores), "
-        "no padding mask (GQA without repeat_kv copies); torch caching allocator.",
+        f"Stack: transformers 5 with {attention}; torch caching allocator.",
         f"{plan.gpus} GPU(s): FSDP2 fully_shard per block + root shards weights, gradients and optimizer "
         "state evenly; weight-proportional terms are divided by the GPU count." if plan.gpus > 1 else
         "1 GPU: no FSDP2 (the trainer shards only across processes); bf16-mixed runs under torch.autocast, "
