@@ -123,3 +123,15 @@ def test_one_gpu_is_autocast_not_fsdp() -> None:
     ckpt_mixed = est(method="full", seq_len=1024, precision="bf16-mixed")
     ckpt_pure = est(method="full", seq_len=1024, precision="bf16")
     assert ckpt_mixed.activations > ckpt_pure.activations
+
+
+def test_eager_attention_scores_are_quadratic() -> None:
+    def acts(cfg: dict, seq: int) -> int:
+        return estimate_analytic(cfg, Plan(method="full", precision="bf16", seq_len=seq, grad_ckpt=False)).activations
+
+    gemma2 = {**TINY, "model_type": "gemma2", "head_dim": 16, "sliding_window": 4096}
+    assert acts(TINY, 2048) == 2 * acts(TINY, 1024)  # SDPA: linear in length
+    grow = acts(gemma2, 2048) - 2 * acts(gemma2, 1024)
+    # scores: layers x heads x s^2 x (fp32 softmax + bf16 cast + bf16 tanh) + 2 bf16 masks of s^2
+    assert grow == 2 * 4 * (2048**2 - 2 * 1024**2) * (4 + 2 + 2) + 2 * 2 * (2048**2 - 2 * 1024**2)
+    assert any("eager attention" in a for a in estimate_analytic(gemma2, Plan()).assumptions)
