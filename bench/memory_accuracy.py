@@ -188,6 +188,9 @@ def classify(row: dict[str, str]) -> Scoped | OutOfScope:
         plan["seq_len"] = seq
         plan["grad_ckpt"] = row["grad_ckpt"].strip().lower().startswith(("on", "full", "default", "ms-swift"))
         plan["optimizer"] = "adamw-8bit" if "8-bit" in row["optimizer"] else "adamw"
+        accum = re.search(r"\bGA\s*(\d+)|accumulation\D{0,12}(\d+)", row["notes"] + " " + row["micro_batch"])
+        if accum:
+            plan["grad_accum"] = int(accum.group(1) or accum.group(2))
         if method != "full":
             plan["lora_rank"] = _first_int(row["lora_rank"]) or 8
             plan["lora_targets"] = _targets(row["lora_rank"])

@@ -195,7 +195,7 @@ def estimate_analytic(config: dict[str, object], plan: Plan, *, params: int | No
     weight_casts = 2 * _quantised_params(d) * scale if autocast_1gpu and full else 0.0
     fwd_end = kept + (c + 8) * d.vocab * tokens + root + weight_casts  # logits, fp32 copy, log-softmax
     # every saved tensor at the loss's backward; FSDP2 blocks are not gathered yet
-    start_bwd = max(fwd_end, kept + logits + root + (0.0 if plan.grad_ckpt else weight_casts))
+    start_bwd = kept + logits + root + (0.0 if plan.grad_ckpt else weight_casts)
     in_block = bwd_work + root + blocks + block_grad + head_grad  # a block's backward
     if weight_casts and plan.grad_ckpt:  # the recomputed block casts its weights again
         in_block += 2 * d.params_per_layer * scale
@@ -205,8 +205,16 @@ def estimate_analytic(config: dict[str, object], plan: Plan, *, params: int | No
         end_bwd = max(kept + in_block, grads_blocks + block + in_block)
     root_bwd = grads_blocks + root + root_grad * (1 + (4 / c if plan.precision == "bf16-mixed" else 0))
     end_bwd = max(end_bwd, root_bwd)  # the root's unsharded gradients and their fp32 reduce copy
+    if plan.grad_accum > 1:
+        # Gradients of the earlier micro batches are live through the next forward and backward. With
+        # FSDP2 the trainer skips gradient sync until the last micro batch, so they stay unsharded and
+        # accumulate in the reduce dtype: trainable x (4 for bf16-mixed, else c) on every GPU.
+        held = gradients if n == 1 else trainable * (4 if plan.precision == "bf16-mixed" else c)
+        fwd_end, start_bwd, end_bwd = fwd_end + held, start_bwd + held, end_bwd + held
+        if n > 1:
+            comm += held
     step = gradients + step_tmp
-    peak_alloc = resident + max(start_bwd, end_bwd, step)
+    peak_alloc = resident + max(fwd_end, start_bwd, end_bwd, step)
     overhead = CUDA_CONTEXT_BYTES + (NCCL_BYTES if n > 1 else 0)
     return MemoryEstimate(
         engine="analytic", params=int(total), trainable_params=int(trainable), weights=int(weights),
@@ -343,7 +351,10 @@ def _assumptions(plan: Plan, d: ArchDims) -> list[str]:
     if d.audio is not None:
         out.append(f"Audio: {plan.audio_seconds:g} s per sample -> {d.audio.frames(plan.audio_seconds)} encoder frames"
                    + ("; decoder tokens capped at max_target_positions." if d.model_type == "whisper" else "."))
+    if plan.grad_accum > 1:
+        out.append(f"Gradient accumulation over {plan.grad_accum} micro batches: gradients live through every "
+                   "forward and backward" + (" unsharded (FSDP2 without gradient sync until the last micro "
+                   "batch)." if plan.gpus > 1 else "."))
     out.append("Not modelled: torch.compile, DeepSpeed, optimizer-in-backward, activation offloading, "
-               "packed-sequence masks; with gradient accumulation the gradients also coexist with the "
-               "next micro-batch's activations.")
+               "packed-sequence masks.")
     return out

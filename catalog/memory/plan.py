@@ -41,6 +41,12 @@ class Plan(BaseModel):
     optimizer: Optimizer = Field("adamw", description="adamw: two fp32 states; adamw-8bit: two 8-bit states; sgd: no state.")
     seq_len: int = Field(2048, ge=1, description="Tokens per sequence (prompt tokens for inference).")
     micro_batch: int = Field(1, ge=1, description="Sequences per GPU per forward/backward.")
+    grad_accum: int = Field(
+        1,
+        ge=1,
+        description="Micro batches accumulated per optimizer step; above 1 gradients outlive a micro batch "
+        "(with FSDP2 they stay unsharded until the last one, as the trainer skips gradient sync).",
+    )
     grad_ckpt: bool = Field(True, description="Activation checkpointing per decoder block.")
     gpus: int = Field(1, ge=1, description="Data-parallel ranks; with more than one, FSDP2 shards weights, grads and optimizer state.")
     cpu_offload: bool = Field(False, description="FSDP2 CPUOffloadPolicy: sharded params, grads and optimizer state live in host memory.")

@@ -135,3 +135,12 @@ def test_eager_attention_scores_are_quadratic() -> None:
     # scores: layers x heads x s^2 x (fp32 softmax + bf16 cast + bf16 tanh) + 2 bf16 masks of s^2
     assert grow == 2 * 4 * (2048**2 - 2 * 1024**2) * (4 + 2 + 2) + 2 * 2 * (2048**2 - 2 * 1024**2)
     assert any("eager attention" in a for a in estimate_analytic(gemma2, Plan()).assumptions)
+
+
+def test_gradient_accumulation_keeps_gradients() -> None:
+    one = est(method="full", precision="bf16-mixed", seq_len=4096, grad_ckpt=False)
+    four = est(method="full", precision="bf16-mixed", seq_len=4096, grad_ckpt=False, grad_accum=4)
+    assert four.peak_allocated == one.peak_allocated + one.gradients  # start of backward: + every gradient
+    sharded = est(method="full", precision="bf16-mixed", seq_len=4096, grad_ckpt=False, gpus=4, grad_accum=4)
+    plain = est(method="full", precision="bf16-mixed", seq_len=4096, grad_ckpt=False, gpus=4)
+    assert sharded.comm_buffers - plain.comm_buffers == 4 * P  # unsharded fp32 accumulation (no sync)
