@@ -48,6 +48,7 @@ class Scoped:
     plan: Plan
     measure: Measure
     measured_bytes: float
+    ddp: bool = False  # replicated data parallel: one GPU's memory plus DDP's gradient buckets
 
 
 @dataclass(frozen=True)
@@ -200,7 +201,10 @@ def classify(row: dict[str, str]) -> Scoped | OutOfScope:
             plan.update(images=1, image_size=side)
             image_tokens = (round(side / 28) ** 2)
             plan["seq_len"] = max(1, seq - image_tokens)
-    return Scoped(config, Plan(**plan), _measure(row), _measured_bytes(row))
+    ddp = bool(re.search(r"\bddp\b|distributeddataparallel", row["sharding"].lower()))
+    if ddp:  # every rank holds the whole model: estimate one GPU (DDP's buckets are added in `run`)
+        plan["gpus"] = 1
+    return Scoped(config, Plan(**plan), _measure(row), _measured_bytes(row), ddp)
 
 
 def _measure(row: dict[str, str]) -> Measure:
@@ -246,6 +250,8 @@ def run(csv_path: Path) -> dict[str, object]:
             continue
         est = estimate(item.config, item.plan)
         pred = predicted(est, item.measure)
+        if item.ddp:  # DDP copies gradients into its all-reduce buckets (gradient_as_bucket_view=False)
+            pred += est.gradients * (FRAGMENTATION if item.measure != "allocated" else 1)
         acc = accelerate_rule(est, item.plan)
         results.append({
             "row": i, "model": row["model"].split("/")[-1], "method": item.plan.method, "mode": item.plan.mode,

@@ -64,3 +64,10 @@ def test_shipped_measurements_meet_the_targets() -> None:
     assert s["rows"] >= 15 and len(report["out_of_scope"]) >= 30
     assert s["median_abs_error"] <= 0.10 and s["p90_abs_error"] <= 0.25
     assert s["accelerate_median_abs_error"] > 3 * s["median_abs_error"]
+
+
+def test_ddp_rows_estimate_one_replica() -> None:
+    item = bench.classify({**ROW, "num_gpus": "4", "sharding": "DDP"})
+    assert isinstance(item, bench.Scoped) and item.ddp and item.plan.gpus == 1
+    fsdp = bench.classify({**ROW, "num_gpus": "4", "sharding": "FSDP2 fully_shard"})
+    assert isinstance(fsdp, bench.Scoped) and not fsdp.ddp and fsdp.plan.gpus == 4
