@@ -9,7 +9,7 @@ sample of each batch, default sampler. Tokens/s counts the non-padding tokens ea
 excluded). The data is generated here: instructions with a context of random length (so batches
 have real length variance, as instruction data does).
 
-    .venv/bin/python bench/train_throughput.py [--steps 30] [--repeats 3] [--vocab-size 32000] [--packing]
+    .venv/bin/python bench/train_throughput.py [--steps 20] [--repeats 3] [--vocab-size 32000] [--packing]
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def run_trainer(root: Path, args: argparse.Namespace, out: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3, help="alternate the two this many times; report medians")
     parser.add_argument("--samples", type=int, default=2048)
     parser.add_argument("--max-context", type=int, default=120, help="longest random context, in letters")
@@ -131,9 +131,13 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--vocab-size", type=int, default=32000)
     parser.add_argument("--packing", action="store_true", help="engine packs samples into 512-token rows")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args()
 
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from rich.console import Console
     from rich.table import Table
 
@@ -155,7 +159,9 @@ def main() -> None:
     console.print(table)
     console.print(f"model: llama {args.layers} layers, hidden {args.hidden}, vocab {args.vocab_size}, LoRA r16 "
                   f"all-linear; batch {args.global_batch} (micro {args.micro_batch}), {args.steps} steps, "
-                  f"{args.samples} samples, fp32, 1 process", style="dim")
+                  f"{args.samples} samples, fp32, 1 process; load average at the end "
+                  f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (a shared machine makes wall-clock noisy: "
+                  "compare the per-run ratios)", style="dim")
     sys.stdout.flush()
 
 

@@ -53,6 +53,7 @@ def export_merged(model: nn.Module, tokenizer: Any, out: Path, d: Dist,
         fresh.load_state_dict(state, strict=True)
         if callable(getattr(fresh, "merge_and_unload", None)):
             fresh = fresh.merge_and_unload()
+        fresh.config.use_cache = True  # training turned the KV cache off; generation wants it back
         tmp = out.with_name(f".tmp-{out.name}")
         shutil.rmtree(tmp, ignore_errors=True)
         fresh.save_pretrained(str(tmp), safe_serialization=True)

@@ -77,7 +77,8 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
     accum = cfg.schedule.accumulation_steps(d.world)
     per_epoch = steps_per_epoch(len(train_samples), global_batch)
     if per_epoch == 0:
-        raise UserError(f"the training data has {len(train_samples)} samples, fewer than one global batch",
+        unit = "packed rows" if cfg.data.packing else "samples"
+        raise UserError(f"the training data makes {len(train_samples)} {unit}, fewer than one global batch",
                         field="schedule.global_batch_size", hint=f"use at most {len(train_samples)}")
     total_steps = cfg.schedule.max_steps or per_epoch * (cfg.schedule.epochs or 1)
 
@@ -222,7 +223,8 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
         output_dir=str(out), steps=total_steps, resumed_from=start, final_loss=loss_value, val_loss=val_loss,
         tokens_per_s=run_counts[1].item() / max(elapsed, 1e-9),
         peak_memory_bytes=peak, peak_memory_kind=peak_kind,
-        estimate=_estimate(model_config, cfg, d.world), exports=exports,
+        estimate=_estimate(model_config, cfg.to_plan(d.world).model_copy(update={"precision": precision})),
+        exports=exports,
     )
     if d.is_main:
         _write_summary(out / "summary.json", result)
@@ -346,13 +348,14 @@ def _scalar(value: torch.Tensor) -> float:
     return float((full() if callable(full) else value).item())
 
 
-def _estimate(config: dict[str, Any], cfg: TrainConfig, world: int) -> Any:
+def _estimate(config: dict[str, Any], plan: Any) -> Any:
+    """The estimator's prediction for the run as executed (CPU runs are fp32), or None."""
     try:
         from automodel.catalog.memory.estimate import estimate
     except ImportError:
         return None
     try:
-        return estimate(config, cfg.to_plan(world))
+        return estimate(config, plan)
     except Exception:  # the estimate is context for the measured peak; never fail a finished run on it
         return None
 

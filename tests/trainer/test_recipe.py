@@ -102,7 +102,7 @@ def test_sigkill_mid_run_then_rerun_reproduces_losses(tiny_config, tmp_path: Pat
     from automodel.trainer.config import dump_yaml
     from automodel.trainer.recipe import run
 
-    args = ("schedule.max_steps=30", "schedule.checkpoint_every=4", "schedule.log_every=1")
+    args = ("schedule.max_steps=16", "schedule.checkpoint_every=4", "schedule.log_every=1")
     run(tiny_config(*args, output_dir=tmp_path / "straight"))
     out = tmp_path / "killed"
     config_file = tmp_path / "killed.yaml"
@@ -117,7 +117,7 @@ def test_sigkill_mid_run_then_rerun_reproduces_losses(tiny_config, tmp_path: Pat
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     killed_at = _losses(out)[-1][0]
-    assert killed_at < 30
+    assert killed_at < 16
     rerun = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "resuming from" in rerun.stdout
@@ -139,3 +139,22 @@ def test_gated_or_missing_model_is_a_user_error(tiny_config, monkeypatch) -> Non
     with pytest.raises(UserError) as err:
         run(tiny_config("model.init=pretrained"))
     assert err.value.field == "model.name" and "model.init=random" in (err.value.hint or "")
+
+
+def test_packing_with_epochs_and_too_large_batch(tiny_config, tiny_assets: Path) -> None:
+    from automodel.catalog.errors import UserError
+    from automodel.trainer.recipe import run
+    from automodel.trainer.tasks.llm import build_samples, load_processor
+
+    args = ("data.packing=true", "schedule.max_steps=null", "schedule.epochs=2", "schedule.global_batch_size=32",
+            "schedule.micro_batch_size=16", "schedule.log_every=100")
+    cfg = tiny_config(*args)
+    rows = build_samples(cfg.data, load_processor(cfg.model.name), validation=False, seed=cfg.seed)
+    assert all(r.position_ids is not None and len(r.input_ids) <= 48 for r in rows) and len(rows) < 256
+    result = run(cfg)
+    assert result.steps == 2 * (len(rows) // 32)
+    logged = read_metrics(Path(cfg.output_dir) / "metrics.jsonl")
+    assert [r["epoch"] for r in logged] == [1]  # one line: the final step (log_every is larger)
+    with pytest.raises(UserError) as err:
+        run(tiny_config(*args[:-2], "schedule.global_batch_size=4096", "schedule.micro_batch_size=16"))
+    assert err.value.field == "schedule.global_batch_size" and "packed rows" in err.value.message

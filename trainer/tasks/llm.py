@@ -71,7 +71,8 @@ def _sample(row: Mapping[str, Any], index: int, spec: Any, tokenizer: Any, data:
         prompt = _field(lambda: spec.prompt(row), index, "data.completion.prompt_column")
         answer = _field(lambda: spec.completion(row), index, "data.completion.completion_column")
     prompt_ids = tokenizer(prompt).input_ids if prompt else _bos(tokenizer)
-    answer_ids = tokenizer(answer, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]  # the model learns to stop
+    answer_ids = tokenizer(answer, add_special_tokens=False).input_ids + eos
     return finish_sample(prompt_ids, answer_ids, answer_only=data.answer_only_loss, max_len=data.max_seq_len)
 
 
