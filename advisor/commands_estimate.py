@@ -21,6 +21,7 @@ _FLAG_FOR_FIELD = {
     "mode": "--mode", "method": "--method", "lora_rank": "--lora-rank", "lora_targets": "--lora-targets",
     "precision": "--precision", "optimizer": "--optimizer", "seq_len": "--seq-len",
     "micro_batch": "--batch-size", "grad_ckpt": "--grad-ckpt", "gpus": "--gpus", "new_tokens": "--new-tokens",
+    "grad_accum": "--grad-accum", "images": "--images",
 }
 
 
@@ -54,6 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--seq-len", type=_positive("--seq-len"), default=None, metavar="N")
     p.add_argument("--batch-size", type=_positive("--batch-size"), default=None, metavar="N",
                    help="micro batch per GPU")
+    p.add_argument("--grad-accum", type=_positive("--grad-accum"), default=None, metavar="N",
+                   help="micro batches per optimizer step (default 1): earlier gradients stay live")
     p.add_argument("--grad-ckpt", action=argparse.BooleanOptionalAction, default=None,
                    help="activation checkpointing per block (default: on)")
     p.add_argument("--gpus", type=_positive("--gpus"), default=None, metavar="N", help="FSDP2 ranks")
@@ -74,7 +77,7 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
     given = {
         "mode": args.mode, "method": args.method, "lora_rank": args.lora_rank, "lora_targets": args.lora_targets,
         "precision": args.precision, "optimizer": args.optimizer, "seq_len": args.seq_len,
-        "micro_batch": args.batch_size, "grad_ckpt": args.grad_ckpt, "gpus": args.gpus,
+        "micro_batch": args.batch_size, "grad_accum": args.grad_accum, "grad_ckpt": args.grad_ckpt, "gpus": args.gpus,
         "new_tokens": args.new_tokens, "images": args.images,
     }
     try:

@@ -7,27 +7,25 @@ recommendation's `Plan` back. The dataset is a clearly marked placeholder unless
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
 from automodel.advisor.rank import Recommendation
 from automodel.advisor.render import launch_command
 from automodel.catalog.errors import UserError
+from automodel.catalog.memory.plan import Plan
 from automodel.trainer.config import TrainConfig, config_from_data, dump_yaml
 
 # Shaped like an HF dataset name so the config validates (and dry-runs) as written; the header comment
 # and the name itself say it must be replaced. Chat format needs no column mapping (a `messages` column).
 PLACEHOLDER_DATASET = "REPLACE_ME/your-dataset"
-TARGET_GLOBAL_BATCH = 8  # sequences per optimizer step the config aims for (gradient accumulation fills it)
 LORA_LR, FULL_LR = 2e-4, 2e-5
 PEFT_NAME = {"full": "none", "lora": "lora", "qlora": "qlora"}  # the plan's method -> the trainer's peft.method
 
 
-def global_batch(micro_batch: int, world_size: int) -> int:
-    """The smallest multiple of micro x world that reaches TARGET_GLOBAL_BATCH."""
-    per_step = micro_batch * world_size
-    return per_step * max(1, math.ceil(TARGET_GLOBAL_BATCH / per_step))
+def global_batch(plan: Plan) -> int:
+    """Sequences per optimizer step: micro x ranks x the accumulation the plan was estimated with."""
+    return plan.micro_batch * plan.gpus * plan.grad_accum
 
 
 def trainer_methods() -> tuple[str, ...]:
@@ -78,7 +76,7 @@ def build_config(rec: Recommendation, *, dataset: str | None = None, output_dir:
         },
         "data": {"source": dataset or PLACEHOLDER_DATASET, "format": "chat", "max_seq_len": plan.seq_len},
         "schedule": {
-            "global_batch_size": global_batch(plan.micro_batch, plan.gpus),
+            "global_batch_size": global_batch(plan),
             "micro_batch_size": plan.micro_batch,
             "epochs": 1,
         },

@@ -90,6 +90,7 @@ class Recommendation:
                 "gpus": self.gpus_per_node,
                 "nodes": self.nodes,
                 "micro_batch": self.plan.micro_batch,
+                "grad_accum": self.plan.grad_accum,
                 "seq_len": self.plan.seq_len,
             },
             "estimate": {
@@ -184,6 +185,16 @@ def _methods(profile: Profile) -> list[str]:
     return ["full", "lora", "qlora"]
 
 
+# Sequences per optimizer step the written config aims for; gradient accumulation fills what the
+# micro batches of all ranks leave, and the estimate counts the gradients it keeps alive.
+TARGET_GLOBAL_BATCH = 8
+
+
+def accumulation_steps(micro_batch: int, world_size: int) -> int:
+    """Micro batches per rank per optimizer step that reach TARGET_GLOBAL_BATCH (at least 1)."""
+    return max(1, math.ceil(TARGET_GLOBAL_BATCH / (micro_batch * world_size)))
+
+
 def _plan(profile: Profile, method: str, gpus: int, ckpt: bool) -> Plan:
     return Plan(
         mode="train",
@@ -191,6 +202,7 @@ def _plan(profile: Profile, method: str, gpus: int, ckpt: bool) -> Plan:
         lora_rank=profile.strategy.lora_rank,
         seq_len=profile.seq_len,
         micro_batch=profile.requirements.batch,
+        grad_accum=accumulation_steps(profile.requirements.batch, gpus),
         grad_ckpt=ckpt,
         gpus=gpus,
         images=1 if profile.task.modality == "vlm" else 0,

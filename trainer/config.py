@@ -417,6 +417,7 @@ class TrainConfig(Section):
             optimizer="adamw",
             seq_len=self.data.max_seq_len,
             micro_batch=self.schedule.micro_batch_size,
+            grad_accum=self.schedule.accumulation_steps(world_size),
             grad_ckpt=self.distributed.activation_checkpointing,
             gpus=world_size,
             cpu_offload=self.distributed.cpu_offload,

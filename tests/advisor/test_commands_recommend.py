@@ -32,7 +32,7 @@ def test_json_shape_is_the_issue_s(capsys) -> None:
         assert {"rank", "model", "hf_id", "family", "modality", "params", "strategy", "estimate", "gpu_mem_bytes",
                 "headroom_bytes", "score", "reasons"} <= set(rec)
         assert set(rec["strategy"]) == {"method", "lora_rank", "precision", "grad_ckpt", "gpus", "nodes",
-                                        "micro_batch", "seq_len"}
+                                        "micro_batch", "grad_accum", "seq_len"}
         assert set(rec["estimate"]) == {"peak_allocated_bytes", "peak_reserved_bytes", "breakdown"}
         assert rec["headroom_bytes"] == rec["gpu_mem_bytes"] - rec["estimate"]["peak_reserved_bytes"] > 0
         assert isinstance(rec["reasons"], list) and rec["reasons"]
@@ -147,6 +147,7 @@ def test_every_pick_equals_automodel_estimate(capsys, task, mem, gpus, priority,
         s = rec["strategy"]
         flags = ["estimate", rec["model"], "--method", s["method"], "--precision", s["precision"],
                  "--seq-len", str(s["seq_len"]), "--batch-size", str(s["micro_batch"]),
+                 "--grad-accum", str(s["grad_accum"]),
                  "--grad-ckpt" if s["grad_ckpt"] else "--no-grad-ckpt", "--gpus", str(s["gpus"] * s["nodes"]),
                  "--images", "1" if task == "vlm" else "0", "--json"]
         if s["lora_rank"] is not None:

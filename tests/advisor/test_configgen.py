@@ -13,8 +13,9 @@ from automodel.advisor.configgen import (
     write_config,
 )
 from automodel.advisor.profile import Hardware, Profile, Requirements, StrategyPreference, Task
-from automodel.advisor.rank import recommend
+from automodel.advisor.rank import accumulation_steps, recommend
 from automodel.catalog.errors import UserError
+from automodel.catalog.memory.plan import Plan
 from automodel.trainer.config import load_config
 
 GIB = 2**30
@@ -51,8 +52,9 @@ def test_full_fine_tuning_config() -> None:
 
 
 @pytest.mark.parametrize(("micro", "world", "expected"), [(1, 1, 8), (3, 1, 9), (2, 8, 16), (1, 16, 16), (4, 2, 8)])
-def test_global_batch(micro, world, expected) -> None:
-    assert global_batch(micro, world) == expected
+def test_global_batch_is_what_the_plan_was_estimated_with(micro, world, expected) -> None:
+    plan = Plan(micro_batch=micro, gpus=world, grad_accum=accumulation_steps(micro, world))
+    assert global_batch(plan) == expected
 
 
 def test_yaml_round_trip_with_placeholder_and_with_a_real_dataset(tmp_path) -> None:

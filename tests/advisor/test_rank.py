@@ -9,7 +9,15 @@ from __future__ import annotations
 import pytest
 
 from automodel.advisor.profile import Hardware, Profile, Requirements, StrategyPreference, Task
-from automodel.advisor.rank import HEADROOM, MFU, Recommendations, fsdp_degrees, recommend, train_seconds
+from automodel.advisor.rank import (
+    HEADROOM,
+    MFU,
+    Recommendations,
+    accumulation_steps,
+    fsdp_degrees,
+    recommend,
+    train_seconds,
+)
 from automodel.catalog.registry import find_gpu, load_catalog
 
 GIB = 2**30
@@ -89,7 +97,9 @@ def test_eight_gpus_shard_full_fine_tuning_only_as_far_as_needed() -> None:
     by_name = {r.model.name: r for r in result.recommendations}
     full8b = by_name["llama-3.1-8b-instruct"]
     assert full8b.plan.method == "full" and 1 < full8b.plan.gpus <= 8
-    one_less = full8b.plan.model_copy(update={"gpus": full8b.plan.gpus // 2})
+    fewer = full8b.plan.gpus // 2
+    one_less = full8b.plan.model_copy(update={"gpus": fewer,
+                                              "grad_accum": accumulation_steps(full8b.plan.micro_batch, fewer)})
     from automodel.catalog.memory.estimate import estimate
 
     smaller = estimate(full8b.model.config, one_less, params=full8b.model.params)
@@ -224,7 +234,7 @@ def test_recommendation_json_shape() -> None:
     assert set(data) >= {"rank", "model", "hf_id", "family", "modality", "params", "strategy", "estimate",
                          "gpu_mem_bytes", "headroom_bytes", "score", "reasons"}
     assert set(data["strategy"]) == {"method", "lora_rank", "precision", "grad_ckpt", "gpus", "nodes",
-                                     "micro_batch", "seq_len"}
+                                     "micro_batch", "grad_accum", "seq_len"}
     assert set(data["estimate"]) == {"peak_allocated_bytes", "peak_reserved_bytes", "breakdown"}
     assert rec.plan.images == 1  # a VLM plan carries an image per sequence
 
