@@ -14,7 +14,8 @@ Engine choices made here (the analytic estimator models the same ones):
   vision tower), base frozen, adapters A (r x in) and B (out x r) without bias;
 - gradient checkpointing: transformers' `activation_checkpointing_enable` with `use_reentrant=False`
   (every decoder block is recomputed in backward);
-- sharding: FSDP2 `fully_shard` on every decoder block, then on the root;
+- sharding: FSDP2 `fully_shard` on every decoder block, then on the root, with more than one rank
+  (one GPU trains the plain model); the forward runs under `compute_autocast`;
 - optimizer: torch AdamW / SGD with foreach kernels over the trainable parameters (bitsandbytes for 8-bit);
 - loss: cross-entropy in fp32 over shifted labels, summed (the engine divides by the global count);
   `forward_loss` drops the model output at once, so the bf16 logits are freed before backward.
@@ -239,6 +240,15 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         ignore_index=IGNORE_INDEX,
         reduction="sum",
     )
+
+
+def compute_autocast(precision: PrecisionName, device_type: str) -> Any:
+    """The autocast region the training forward runs in: bf16 unless the run is fp32. Under FSDP2 the
+    weights already arrive in bf16 (MixedPrecisionPolicy); on one GPU (no FSDP2) autocast casts the fp32
+    trainable weights, and its cast cache holds those bf16 copies until the forward ends."""
+    import torch
+
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision != "fp32")
 
 
 def forward_loss(

@@ -34,6 +34,8 @@ Tracker categories -> our terms:
   their gradients), tracked by this module because the tracker files them under Activation/Temp;
 - kv_cache (inference) = the returned cache's tensors; activations = Activation + Temp + Inputs - logits
   - kv_cache.
+With gradient accumulation under FSDP2 the tracker files the unsynced, unsharded accumulated gradients
+as Activation/Temp, so they show under activations (the peak is unaffected).
 Terms are the composition at the peak, so a term that is not alive then (gradients at the start of
 backward) reads 0; peak_allocated is their sum.
 
@@ -54,7 +56,7 @@ from typing import Any
 import torch
 from torch.distributed._tools.common_utils import get_untyped_storages
 from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
-from torch.distributed._tools.mem_tracker import MemTracker
+from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType
 
 from automodel.catalog import modeling
 from automodel.catalog.errors import UserError
@@ -190,11 +192,18 @@ def _assumptions(
         "attention: transformers sdpa with is_causal, one unpadded sequence per row (no seq_len^2 mask or scores)"
         if not _eager_attention(config)
         else "attention: transformers eager (this architecture has no SDPA path): seq_len^2 scores per head",
-        "FSDP2: every decoder block sharded, then the root (embeddings, final norm, lm_head)",
+        "FSDP2: every decoder block sharded, then the root (embeddings, final norm, lm_head)"
+        if plan.gpus > 1
+        else "one GPU: the plain model (no FSDP2), bf16 compute from autocast",
         "loss: fp32 cross-entropy summed over tokens; logits = bf16/fp32 (tokens x vocab) tensors at the peak",
         f"peak_reserved = peak_allocated x {fragmentation} (allocator) + {overhead / 2**30:.2f} GiB "
         "(CUDA context, NCCL), the analytic engine's constants",
     ]
+    if plan.grad_accum > 1:
+        notes.append(
+            f"gradient accumulation over {plan.grad_accum} micro batches: two are simulated (the first "
+            "without gradient sync), the rest repeat the second"
+        )
     if plan.mode == "train" and plan.method == "lora":
         notes.append(f"LoRA r={plan.lora_rank}, alpha=2r, dropout 0, targets {_targets(plan)}")
     if plan.precision == "bf16-mixed" and plan.mode == "train":
@@ -256,7 +265,7 @@ def check_supported(config: dict[str, Any], plan: Plan) -> None:
 
 
 def prepare_model(config: dict[str, Any], plan: Plan, mesh: Any, *, device: str, seed: int | None = None):
-    """The model as the engine runs it: built, LoRA-wrapped, cast, checkpointed, FSDP2-sharded."""
+    """The model as the engine runs it: built, LoRA-wrapped, cast, checkpointed, FSDP2-sharded (N > 1)."""
     model = modeling.build_model(config, device=device, seed=seed)
     training = plan.mode == "train"
     if training and plan.method == "lora":
@@ -272,9 +281,9 @@ def prepare_model(config: dict[str, Any], plan: Plan, mesh: Any, *, device: str,
     if training and plan.grad_ckpt:
         modeling.enable_grad_ckpt(model)
     # CPU offload is accounted after tracking (estimate_simulated): on a CPU mesh host and device are
-    # one memory, so the shards stay where the tracker sees them. Inference on one GPU is plain
-    # transformers (generate), not FSDP2.
-    if training or plan.gpus > 1:
+    # one memory, so the shards stay where the tracker sees them. One GPU runs the plain model, as the
+    # trainer does (trainer/recipe.py): no FSDP2, bf16 compute from autocast.
+    if plan.gpus > 1:
         modeling.shard_model(model, mesh, precision=precision, cpu_offload=False)
     return model
 
@@ -326,12 +335,12 @@ def track_step(model: torch.nn.Module, plan: Plan) -> dict[str, dict[str, int]]:
         return {key: {**snap, "kv_cache": kv} for key, snap in tracker.peaks.items()}
     labels = input_ids.clone()
     optimizer = modeling.build_optimizer(model, name=plan.optimizer, lr=1e-5)
-    _train_step(model, optimizer, input_ids, labels, None)  # steady state: optimizer states exist
+    _train_step(model, optimizer, plan, input_ids, labels, None)  # steady state: optimizer states exist
     tracker = _tracker_for(
         model, optimizer, vocab=vocab, tokens=input_ids.numel(), inputs=(input_ids, labels)
     )
     with tracker:
-        _train_step(model, optimizer, input_ids, labels, tracker)
+        _train_step(model, optimizer, plan, input_ids, labels, tracker)
     return tracker.peaks
 
 
@@ -348,14 +357,26 @@ def _tracker_for(model, optimizer, *, vocab: int, tokens: int, inputs: tuple) ->
     return tracker
 
 
-def _train_step(model, optimizer, input_ids, labels, tracker: _RegionPeaks | None) -> None:  # noqa: ANN001
-    if tracker:
-        tracker.begin_phase("forward")
-    loss = modeling.forward_loss(model, input_ids, labels)
-    if tracker:
-        tracker.begin_phase("backward")
-    loss.backward()
-    del loss
+def _train_step(model, optimizer, plan: Plan, input_ids, labels, tracker: _RegionPeaks | None) -> None:  # noqa: ANN001
+    """One optimizer step as the trainer runs it. With gradient accumulation two micro batches stand
+    for all of them: the first leaves (unsharded, unsynced under FSDP2) gradients alive, the second
+    adds to them and synchronises; a third would repeat the second."""
+    from torch.distributed.fsdp import FSDPModule
+
+    micro_batches = min(plan.grad_accum, 2)
+    for j in range(micro_batches):
+        if isinstance(model, FSDPModule):
+            model.set_requires_gradient_sync(j == micro_batches - 1)
+        if tracker:
+            if j:
+                tracker.reset_mod_stats()  # the trackers refuse a module's second forward otherwise
+            tracker.begin_phase("forward")
+        with modeling.compute_autocast(plan.precision, input_ids.device.type):
+            loss = modeling.forward_loss(model, input_ids, labels)
+        if tracker:
+            tracker.begin_phase("backward")
+        loss.backward()
+        del loss
     if tracker:
         tracker.begin_phase("optimizer")
     optimizer.step()
@@ -444,18 +465,26 @@ class StepTracker(_RegionPeaks, FSDPMemTracker):
 
 
 class PlainStepTracker(_RegionPeaks, MemTracker):
-    """MemTracker with per-region peaks (for an unsharded model: inference on one GPU)."""
+    """MemTracker with per-region peaks (for an unsharded model: one GPU)."""
 
     def __init__(self, *, model: torch.nn.Module, vocab: int, tokens: int) -> None:
         MemTracker.__init__(self)
         self._init_regions(model, vocab=vocab, tokens=tokens)
 
     def _track_module_params_and_buffers(self, module: torch.nn.Module, install_grad_hooks: bool = True):
-        # MemTracker hooks every parameter's gradient; frozen (inference) parameters cannot take a hook.
-        trains = all(p.requires_grad for p in module.parameters())
-        return super()._track_module_params_and_buffers(
-            module, install_grad_hooks=install_grad_hooks and trains
-        )
+        # MemTracker hooks every parameter's gradient, which a frozen parameter cannot take: hook the
+        # trainable ones here, and let MemTracker only record the storages.
+        if install_grad_hooks:
+            for param in module.parameters():
+                if param.requires_grad and self._param_to_grad_hook_handles.get(param) is None:
+                    self._param_to_grad_hook_handles[param] = (
+                        param.register_hook(self._label_grad),
+                        param.register_post_accumulate_grad_hook(lambda p: self._label_grad(p.grad)),
+                    )
+        return super()._track_module_params_and_buffers(module, install_grad_hooks=False)
+
+    def _label_grad(self, grad: torch.Tensor) -> None:
+        self._update_and_maybe_create_winfos(grad, _MemRefType.GRAD)
 
 
 def _text_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
