@@ -16,7 +16,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from automodel.catalog.errors import UserError
+from automodel.catalog.errors import ArgumentParser, UserError
 
 # Command modules, imported at start-up to register their flags; each must be torch-free.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -59,7 +59,7 @@ class _VersionAction(argparse.Action):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="automodel",
         description="Pick a model, check that it fits, write its training config and fine-tune it.",
         epilog=EPILOG,

@@ -1,7 +1,12 @@
 """The one user-facing error type. Anything a user can get wrong (a flag, a YAML field, a model name,
-hardware that cannot fit) raises UserError; the CLI prints it to stderr and exits with code 2."""
+hardware that cannot fit) raises UserError; the CLI prints it to stderr and exits with code 2. The CLIs'
+argparse parsers raise it too, so a bad flag reads like every other user error."""
 
 from __future__ import annotations
+
+import argparse
+import re
+from typing import NoReturn
 
 
 class UserError(Exception):
@@ -17,3 +22,21 @@ class UserError(Exception):
         where = f"{self.field}: " if self.field else ""
         fix = f"\n  fix: {self.hint}" if self.hint else ""
         return f"error: {where}{self.message}{fix}"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with its complaints raised as a UserError: one line naming the flag and a pointer to
+    `--help` on stderr, exit 2, instead of argparse's usage dump. Sub-parsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        field = None
+        match = _ARGUMENT.match(message)
+        if match:  # "argument --top: must be at least 1" -> field --top
+            field, message = match.group(1).split("/")[-1], match.group(2)
+        elif message.startswith("the following arguments are required: "):
+            field = message.rsplit(": ", 1)[1].split(", ")[0].split("/")[-1]
+            message = "is required"
+        raise UserError(message, field=field, hint=f"see `{self.prog} --help`")
+
+
+_ARGUMENT = re.compile(r"^argument ([^:]+): (.*)$", re.DOTALL)

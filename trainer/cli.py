@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import AfterValidator, BaseModel
 from pydantic.fields import FieldInfo
 
-from automodel.catalog.errors import UserError
+from automodel.catalog.errors import ArgumentParser, UserError
 from automodel.trainer.config import TrainConfig, config_from_data, dump_yaml, is_local_source, read_yaml
 from automodel.trainer.launch import Topology, launch
 from automodel.trainer.overrides import split_overrides
@@ -53,7 +53,7 @@ overrides (after -c, later ones win; defaults < YAML < command line):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="automodel", description="Fine-tune from a validated config.", epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
     )
