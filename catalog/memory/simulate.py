@@ -188,7 +188,9 @@ def _assumptions(
             if len(depths) == 2
             else f"all {depth} decoder layers simulated"
         ),
-        f"peak at {peak_phase} (phase/region) of a steady-state step (optimizer states already allocated)",
+        f"peak at {peak_phase} (phase/region) of a steady-state step (optimizer states already allocated)"
+        if plan.mode == "train"
+        else f"peak at {peak_phase} (phase/region) of the prefill",
         "attention: transformers sdpa with is_causal, one unpadded sequence per row (no seq_len^2 mask or scores)"
         if not _eager_attention(config)
         else "attention: transformers eager (this architecture has no SDPA path): seq_len^2 scores per head",
@@ -204,7 +206,7 @@ def _assumptions(
             f"gradient accumulation over {plan.grad_accum} micro batches: two are simulated (the first "
             "without gradient sync), the rest repeat the second"
         )
-    if plan.mode == "train" and plan.method == "lora":
+    if plan.method == "lora":
         notes.append(f"LoRA r={plan.lora_rank}, alpha=2r, dropout 0, targets {_targets(plan)}")
     if plan.precision == "bf16-mixed" and plan.mode == "train":
         notes.append("bf16-mixed: trainable weights fp32 (master), frozen weights bf16, bf16 compute")
@@ -268,7 +270,7 @@ def prepare_model(config: dict[str, Any], plan: Plan, mesh: Any, *, device: str,
     """The model as the engine runs it: built, LoRA-wrapped, cast, checkpointed, FSDP2-sharded (N > 1)."""
     model = modeling.build_model(config, device=device, seed=seed)
     training = plan.mode == "train"
-    if training and plan.method == "lora":
+    if plan.method == "lora":  # inference too: an unmerged adapter is served as it was trained
         model = modeling.apply_lora(
             model, rank=plan.lora_rank, alpha=2 * plan.lora_rank, dropout=0.0, targets=_targets(plan)
         )
@@ -303,13 +305,13 @@ def simulate_run(config: dict[str, Any], plan: Plan, depth: int) -> SimRun:
         mesh = init_device_mesh("cpu", (plan.gpus,))  # before fake mode: the mesh's tensors are real
         model = prepare_model(with_depth(config, depth), plan, mesh, device="meta")
         trainable = _unique_numel(p for p in model.parameters() if p.requires_grad)
-        # `params` is the base model's count: LoRA adapters are reported as trainable_params.
-        params = _unique_numel(model.parameters()) - (trainable if plan.trains_adapters else 0)
+        # `params` is the base model's count: LoRA adapters are reported apart.
+        params = _unique_numel(model.parameters()) - _unique_numel(_adapters(model))
         with FakeTensorMode(allow_non_fake_inputs=True), _unpacked_sequences():
             model.to_empty(device="cpu")  # FSDP2 meta-device init: the meta shards become fake storages
             if not isinstance(model, FSDPModule):
                 modeling.base_model(model).tie_weights()  # to_empty unties shared tensors
-            adapters = [p for p in model.parameters() if p.requires_grad and plan.method == "lora"]
+            adapters = _adapters(model)
             peaks = track_step(model, plan)
     finally:
         dist.destroy_process_group()
@@ -511,6 +513,10 @@ def _unpacked_sequences():
 
 def _eager_attention(config: dict[str, Any]) -> bool:
     return modeling.build_model(with_depth(config, 1)).config._attn_implementation == "eager"
+
+
+def _adapters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for name, p in model.named_parameters() if "lora_" in name]
 
 
 def _targets(plan: Plan) -> str | list[str]:
