@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 from automodel.advisor.profile import Profile
 from automodel.advisor.scoring import MFU, ideal_params, score, train_seconds
@@ -50,6 +51,8 @@ ASSUMPTIONS: tuple[str, ...] = (
 class Exclusion:
     model: str
     reason: str
+    # "requirement": a flag rules the model out before any estimate; "memory": no plan fits the GPUs.
+    kind: Literal["requirement", "memory"] = "memory"
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,7 @@ class Recommendations:
             {
                 "inputs": inputs,
                 "recommendations": [rec.to_json() for rec in self.top(top)],
-                "excluded": [{"model": e.model, "reason": e.reason} for e in self.excluded],
+                "excluded": [{"model": e.model, "reason": e.reason, "kind": e.kind} for e in self.excluded],
                 "assumptions": list(self.assumptions),
             },
             indent=2,
@@ -367,10 +370,23 @@ def _summary(profile: Profile, family: FamilySpec | None, plan: Plan, misses: tu
     return "; ".join(parts) or f"{METHOD_SHORT[plan.method]} fits"
 
 
+def use_cases_offered(modality: str) -> tuple[str, ...]:
+    """Use cases at least one catalog model of this modality is tagged with (what --use-case can select)."""
+    return tuple(sorted({u for m in load_catalog().models if m.modality == modality for u in m.use_cases}))
+
+
 def recommend(profile: Profile) -> Recommendations:
     """Rank every catalog model of the task's modality for this profile (all fitting ones, best first)."""
     catalog, families = load_catalog(), _families()
     hw = profile.hardware
+    use_case = profile.task.use_case
+    if use_case is not None and use_case not in use_cases_offered(profile.task.modality):
+        # A use case the schema allows but no model of this modality offers: a user error, not "nothing fits".
+        raise UserError(
+            f"no {profile.task.modality} model in the catalog is made for {use_case}", field="--use-case",
+            hint=f"{profile.task.modality} models cover: {', '.join(use_cases_offered(profile.task.modality))}; "
+            "or leave --use-case out",
+        )
     scored: list[tuple[float, int, Recommendation]] = []
     excluded: list[Exclusion] = []
     for model in catalog.models:
@@ -379,7 +395,7 @@ def recommend(profile: Profile) -> Recommendations:
         family = families.get(model.family)
         why = _filter(profile, model, family)
         if why is not None:
-            excluded.append(Exclusion(model.name, why))
+            excluded.append(Exclusion(model.name, why, kind="requirement"))
             continue
         found = _search(profile, model)
         if found.plan is None or found.estimate is None:

@@ -108,7 +108,15 @@ def print_human(
     written: tuple[str, Recommendation] | None = None,
 ) -> None:
     if not result.recommendations:
-        console.print("[bold red]No model fits this hardware.[/] Why each was excluded:")
+        memory = sum(e.kind == "memory" for e in result.excluded)
+        if memory == len(result.excluded):
+            headline = "No model fits this hardware."
+        elif memory == 0:
+            headline = f"No {result.profile.task.modality} model in the catalog meets these requirements."
+        else:
+            headline = (f"No model fits: {len(result.excluded) - memory} fail these requirements, "
+                        f"{memory} need more GPU memory.")
+        console.print(f"[bold red]{headline}[/] Why each was excluded:")
         console.print(exclusions_table(result))
         return
     console.print(recommendations_table(result, top))

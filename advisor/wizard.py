@@ -98,12 +98,20 @@ def _detected_text(ctx: Context) -> str:
     return f"{hw.gpus_per_node} x {hw.gpu or 'GPU'} ({hw.memory_gib:.1f} GiB each, via {hw.source})"
 
 
+def _use_cases(modality: str) -> list[str]:
+    """The schema's use cases for the modality that some catalog model offers (others would rank nothing)."""
+    from automodel.advisor.rank import use_cases_offered
+
+    offered = use_cases_offered(modality)
+    return [u for u in USE_CASES_BY_MODALITY[modality] if u in offered]
+
+
 QUESTIONS: tuple[Question, ...] = (
     # 1. task
     Question("modality", "task", "select", lambda c: "What will the model do?", lambda c: "llm",
              choices=lambda c: [("text (LLM)", "llm"), ("text + images (VLM)", "vlm"), ("speech to text (ASR)", "asr")]),
     Question("use_case", "task", "select", lambda c: "Use case?", lambda c: None,
-             choices=lambda c: [("any", None)] + [(u, u) for u in USE_CASES_BY_MODALITY[c["modality"]]]),
+             choices=lambda c: [("any", None)] + [(u, u) for u in _use_cases(c["modality"])]),
     # 2. hardware
     Question("use_detected", "hardware", "confirm", lambda c: f"Use the detected GPUs: {_detected_text(c)}?",
              lambda c: True, when=lambda c: c.detected is not None),

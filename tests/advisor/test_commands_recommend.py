@@ -36,7 +36,7 @@ def test_json_shape_is_the_issue_s(capsys) -> None:
         assert set(rec["estimate"]) == {"peak_allocated_bytes", "peak_reserved_bytes", "breakdown"}
         assert rec["headroom_bytes"] == rec["gpu_mem_bytes"] - rec["estimate"]["peak_reserved_bytes"] > 0
         assert isinstance(rec["reasons"], list) and rec["reasons"]
-    assert all(set(e) == {"model", "reason"} for e in doc["excluded"])
+    assert all(set(e) == {"model", "reason", "kind"} for e in doc["excluded"])
 
 
 def test_flags_reach_the_profile(capsys) -> None:

@@ -260,3 +260,17 @@ def test_idle_gpus_are_pointed_out_only_when_the_wider_run_fits() -> None:
     note = next(r for r in small.reasons if r.startswith("Needs only 1 of the 8 GPUs"))
     assert "--nproc-per-node 8" in note and "8x the throughput" in note
     assert not any(r.startswith("Needs only") for r in run("llm", 24).recommendations[0].reasons)  # 1 GPU: nothing idle
+
+
+def test_use_case_no_model_of_the_modality_offers_is_a_user_error() -> None:
+    from automodel.catalog.errors import UserError
+
+    with pytest.raises(UserError) as info:
+        run("vlm", 24, use_case="code")
+    assert info.value.field == "--use-case" and "vqa" in (info.value.hint or "")
+
+
+def test_seq_len_beyond_context_excludes_with_the_reason() -> None:
+    result = run("llm", 80, seq_len=200_000)
+    reasons = {e.model: e for e in result.excluded}
+    assert reasons["llama-3.1-8b"].kind == "requirement" and "131072" in reasons["llama-3.1-8b"].reason

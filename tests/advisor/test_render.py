@@ -43,7 +43,17 @@ def test_table_lists_the_top_k_with_memory_against_the_gpu() -> None:
 def test_nothing_fits_prints_the_exclusions() -> None:
     result = result_for("asr", 0.1)
     text = render(print_human, result, 5, ["recommend"])
-    assert "No model fits" in text and all(e.model in text for e in result.excluded)
+    assert "No model fits this hardware" in text and all(e.model in text for e in result.excluded)
+
+
+def test_headline_says_requirements_when_no_model_was_memory_bound() -> None:
+    # Every llm is excluded for its context length, none for memory: "fits this hardware" would mislead.
+    result = result_for("llm", 80, seq_len=10_000_000)
+    assert {e.kind for e in result.excluded} == {"requirement"}
+    text = render(print_human, result, 5, ["recommend"])
+    assert "No llm model in the catalog meets these requirements" in text and "fits this hardware" not in text
+    mixed = render(print_human, result_for("llm", 1, seq_len=100_000), 5, ["recommend"])
+    assert "fail these requirements" in mixed and "need more GPU memory" in mixed
 
 
 def test_launch_command_spans_gpus_and_nodes() -> None:

@@ -74,6 +74,7 @@ def test_use_case_choices_follow_the_modality() -> None:
     question = next(q for q in wizard.QUESTIONS if q.key == "use_case")
     values = [v for _, v in question.choices(ctx)]
     assert values[0] is None and "vqa" in values and "transcription" not in values
+    assert "code" not in values  # the schema allows code for vlm, but no catalog vlm offers it
 
 
 def test_bad_text_answers_are_rejected_by_parse() -> None:
