@@ -209,3 +209,72 @@ def test_build_optimizer_covers_only_trainable_params(name, states):
     opt.step()
     tensors = [v for p in params for v in opt.state[p].values() if v.ndim > 0]
     assert len(tensors) == states * len(params)
+
+
+TINY_QWEN2_VL = {
+    "model_type": "qwen2_vl",
+    "architectures": ["Qwen2VLForConditionalGeneration"],
+    "text_config": {
+        "vocab_size": 256,
+        "hidden_size": 64,
+        "intermediate_size": 96,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
+    },
+    "vision_config": {
+        "depth": 3,
+        "embed_dim": 32,
+        "hidden_size": 64,
+        "num_heads": 2,
+        "mlp_ratio": 2,
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+    },
+    "image_token_id": 250,
+    "video_token_id": 251,
+    "vision_start_token_id": 252,
+}
+
+
+def test_vlm_blocks_include_the_vision_tower_but_lora_only_the_language_model():
+    model = modeling.build_model(TINY_QWEN2_VL)
+    assert len(modeling.decoder_blocks(model)) == 2 + 3
+    assert len(modeling.decoder_blocks(modeling.language_model(model))) == 2
+    names = modeling.lora_target_names(model, "all-linear")
+    assert len(names) == 2 * 7 and all(".language_model." in n for n in names)
+    assert modeling.lora_target_names(model, ("q_proj",)) == [
+        f"model.language_model.layers.{i}.self_attn.q_proj" for i in range(2)
+    ]
+
+
+def test_architectures_without_sdpa_fall_back_to_eager_attention():
+    gemma2 = {
+        "model_type": "gemma2",
+        "architectures": ["Gemma2ForCausalLM"],
+        "vocab_size": 128,
+        "hidden_size": 64,
+        "intermediate_size": 96,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+    }
+    assert modeling.build_model(gemma2).config._attn_implementation == "eager"
+
+
+def test_forward_loss_under_autocast_matches_the_plain_loss():
+    model = modeling.build_model(TINY_LLAMA, device="cpu", seed=4)
+    ids, labels = _batch()
+    expected = modeling.causal_lm_loss(model(input_ids=ids, use_cache=False).logits, labels)
+    torch.testing.assert_close(modeling.forward_loss(model, ids, labels), expected)
+    with modeling.compute_autocast("fp32", "cpu"):
+        assert not torch.is_autocast_enabled("cpu")
+    with modeling.compute_autocast("bf16-mixed", "cpu"):
+        bf16_loss = modeling.forward_loss(model, ids, labels)
+    assert bf16_loss.dtype == torch.float32
+    torch.testing.assert_close(bf16_loss, expected, rtol=0.05, atol=0.0)
