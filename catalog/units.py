@@ -13,11 +13,15 @@ from automodel.catalog.errors import UserError
 GIB = 1024**3
 _UNITS = {"": GIB, "g": GIB, "gb": GIB, "gib": GIB, "m": 1024**2, "mb": 1024**2, "mib": 1024**2,
           "t": 1024**4, "tb": 1024**4, "tib": 1024**4}
-_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*([a-zA-Z]*)\s*$")
+_PATTERN = re.compile(r"^\s*(-?(?:\d+(?:\.\d+)?|\.\d+))\s*([a-zA-Z]*)\s*$")
+# No GPU comes near 1 TiB (the largest in catalog/data/gpus.yaml has 192 GiB): a bigger per-GPU size is a
+# unit slip (`24TB` for 24 GB) or a whole node's memory, and would silently make everything "fit".
+MAX_PER_GPU = 1024**4
 
 
 def parse_memory(text: str | float, *, field: str = "--gpu-mem") -> int:
-    """Bytes for a memory size; a UserError naming `field` for anything else (or a size <= 0)."""
+    """Bytes for one GPU's memory; a UserError naming `field` for anything else, a size <= 0 or one
+    beyond MAX_PER_GPU."""
     if isinstance(text, int | float) and not isinstance(text, bool):
         value, unit = float(text), ""
     else:
@@ -28,7 +32,11 @@ def parse_memory(text: str | float, *, field: str = "--gpu-mem") -> int:
         value, unit = float(match.group(1)), match.group(2).lower()
     if value <= 0:
         raise UserError(f"memory size must be positive, got {text!r}", field=field, hint="e.g. 24GB")
-    return int(value * _UNITS[unit])
+    size = int(value * _UNITS[unit])
+    if size > MAX_PER_GPU:
+        raise UserError(f"{text!r} is {size / GIB:,.0f} GiB per GPU, more than any GPU has", field=field,
+                        hint="give the memory of one GPU (e.g. 80GB); the number of GPUs is --gpus")
+    return size
 
 
 def gib(n_bytes: float) -> float:

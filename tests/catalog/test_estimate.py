@@ -42,8 +42,16 @@ def test_parse_memory(text: str, expected: int) -> None:
     assert parse_memory(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "GB", "24XB", "-3", "0", "twenty"])
+@pytest.mark.parametrize("text", ["", "GB", "24XB", "-3", "0", "twenty", "24TB", "1025GiB", "nan", "1e9"])
 def test_parse_memory_rejects(text: str) -> None:
     with pytest.raises(UserError) as err:
         parse_memory(text)
     assert err.value.field == "--gpu-mem"
+
+
+def test_parse_memory_says_why() -> None:
+    with pytest.raises(UserError, match="must be positive"):
+        parse_memory("-1")
+    with pytest.raises(UserError, match="more than any GPU has"):
+        parse_memory("24TB")
+    assert parse_memory("1TiB") == 1024 * GIB  # the bound itself is accepted
