@@ -119,9 +119,9 @@ def estimate_simulated(config: dict[str, Any], plan: Plan) -> MemoryEstimate:
 def reserve_model(plan: Plan) -> tuple[float, int]:
     """(allocator factor, overhead bytes) turning peak_allocated into peak_reserved: the analytic
     engine's constants (CUDA context, NCCL with more than one rank), so both engines agree on them."""
-    from automodel.catalog.memory.analytic import CUDA_CONTEXT_BYTES, FRAGMENTATION, NCCL_BYTES
+    from automodel.catalog.memory.analytic import CUDA_CONTEXT_BYTES, NCCL_BYTES, fragmentation
 
-    return FRAGMENTATION, CUDA_CONTEXT_BYTES + (NCCL_BYTES if plan.gpus > 1 else 0)
+    return fragmentation(plan), CUDA_CONTEXT_BYTES + (NCCL_BYTES if plan.gpus > 1 else 0)
 
 
 def _terms(snap: dict[str, int], adapter_bytes: int, plan: Plan, region: str) -> dict[str, int]:
