@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from pydantic import ValidationError
@@ -85,7 +86,53 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
     except ValidationError as exc:
         problem = exc.errors()[0]
         name = str(problem["loc"][0]) if problem["loc"] else ""
-        raise UserError(problem["msg"], field=_FLAG_FOR_FIELD.get(name, name)) from exc
+        message = problem["msg"].removeprefix("Value error, ")  # a validator's own words, without pydantic's tag
+        raise UserError(message, field=_FLAG_FOR_FIELD.get(name, name), hint="see `automodel estimate --help`") from None
+
+
+def check_flags(args: argparse.Namespace, plan: Plan, config: dict[str, Any], context: int | None) -> list[str]:
+    """Flags that cannot apply to this plan or model raise (a silently ignored flag answers a different
+    question than the one asked); flags that apply but go beyond the model come back as warnings."""
+    from automodel.catalog.architecture import dims_from_config
+
+    def reject(flag: str, why: str, hint: str) -> None:
+        raise UserError(why, field=flag, hint=hint)
+
+    if plan.method == "full":
+        for flag, value in (("--lora-rank", args.lora_rank), ("--lora-targets", args.lora_targets)):
+            if value is not None:
+                reject(flag, "applies to --method lora or qlora; --method full trains every weight",
+                       f"drop {flag}, or add --method lora")
+    if plan.mode == "train" and args.new_tokens is not None:
+        reject("--new-tokens", "applies to --mode inference only", "add --mode inference, or drop --new-tokens")
+    if plan.mode == "inference" and args.grad_accum is not None:
+        reject("--grad-accum", "applies to training only", "drop --grad-accum, or drop --mode inference")
+    dims = dims_from_config(config)
+    if plan.images and dims.vision is None:
+        reject("--images", f"{args.model} has no vision tower (images apply to VLMs only)", "drop --images")
+    if plan.method != "full" and plan.lora_targets != "all-linear":
+        known = sorted({lin.name for lin in dims.linears})
+        unknown = [t for t in plan.lora_targets if t not in known]
+        if unknown:
+            reject("--lora-targets", f"{', '.join(unknown)} matches no linear layer of {args.model}",
+                   f"use all-linear or some of: {', '.join(known)}")
+    warnings = []
+    tokens = plan.seq_len + (plan.new_tokens if plan.mode == "inference" else 0)
+    if context and tokens > context:
+        what = "--seq-len + --new-tokens" if plan.mode == "inference" and plan.new_tokens else "--seq-len"
+        counted = ("the estimate counts the decoder's maximum" if config.get("model_type") == "whisper"
+                   else "the estimate is for that length, but the model was not trained on it")
+        warnings.append(f"{what} = {tokens} tokens is beyond {args.model}'s context length of {context}; {counted}")
+    return warnings
+
+
+def context_length(config: dict[str, Any], spec_context: int | None) -> int | None:
+    """The catalog's context length, else the positions the config allows (Whisper: decoder tokens)."""
+    if spec_context:
+        return spec_context
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    value = text.get("max_target_positions" if config.get("model_type") == "whisper" else "max_position_embeddings")
+    return value if isinstance(value, int) else None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -97,6 +144,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--fit needs a per-GPU budget", field="--gpu-mem", hint="e.g. --fit --gpu-mem 24GB")
     budget = parse_memory(args.gpu_mem) if args.gpu_mem is not None else None
     model = resolve(args.model)
+    warnings = check_flags(args, plan, model.config,
+                           context_length(model.config, model.spec.context_length if model.spec else None))
+    for line in warnings:  # stderr, so --json keeps stdout one document (which lists them too)
+        print(f"warning: {line}", file=sys.stderr)
     engine = "simulate" if args.simulate else "analytic"
     spec_params = model.spec.params if model.spec is not None else None
     result = estimate(model.config, plan, engine=engine, params=spec_params)
@@ -107,7 +158,8 @@ def run(args: argparse.Namespace) -> int:
         # The search probes dozens of plans: always analytic (milliseconds each), also under --simulate.
         fit = max_fit(model.config, plan, budget, engine="analytic")
     if args.json:
-        doc: dict[str, object] = {"model": model.name, "plan": plan.model_dump(mode="json"), **result.to_json()}
+        doc: dict[str, object] = {"model": model.name, "plan": plan.model_dump(mode="json"), **result.to_json(),
+                                  "warnings": warnings}
         if budget is not None:
             doc["budget_bytes"] = budget
             doc["fits"] = result.peak_reserved <= budget

@@ -49,14 +49,14 @@ def test_fit_json_and_table(config_path: str, capsys: pytest.CaptureFixture[str]
     (["--seq-len", "-1"], "--seq-len"), (["--lora-rank", "0"], "--lora-rank"), (["--gpus", "0"], "--gpus"),
     (["--precision", "fp16"], "--precision"), (["--batch-size", "x"], "--batch-size"), (["--fit"], "--gpu-mem"),
     (["--fit", "--gpu-mem", "lots"], "--gpu-mem"), (["--lora-targets", ","], "--lora-targets"),
+    # flags that cannot apply to the plan or the model: answering anyway would answer another question
+    (["--method", "full", "--lora-rank", "8"], "--lora-rank"), (["--method", "full", "--lora-targets", "q_proj"],
+    "--lora-targets"), (["--new-tokens", "5"], "--new-tokens"), (["--mode", "inference", "--grad-accum", "4"],
+    "--grad-accum"), (["--images", "2"], "--images"), (["--lora-targets", "q_proj,qproj"], "--lora-targets"),
 ])
 def test_nonsense_exits_2_naming_the_flag(config_path: str, argv: list[str], flag: str,
                                           capsys: pytest.CaptureFixture[str]) -> None:
-    try:
-        code = main(["estimate", config_path, *argv])
-    except SystemExit as exc:  # argparse rejects type/choice errors itself
-        code = exc.code
-    assert code == 2
+    assert main(["estimate", config_path, *argv]) == 2  # argparse's own complaints are UserErrors too
     err = capsys.readouterr().err
     assert flag in err and "Traceback" not in err
 
@@ -67,3 +67,22 @@ def test_estimate_path_does_not_import_torch(config_path: str) -> None:
             "print('TORCH' if 'torch' in sys.modules else 'NOTORCH', rc)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith("NOTORCH 0")
+
+
+def test_unknown_lora_target_lists_the_models_linears(config_path: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["estimate", config_path, "--lora-targets", "qproj", "--json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "qproj matches no linear layer" in captured.err
+    assert "q_proj" in captured.err and "Value error" not in captured.err
+
+
+def test_seq_len_beyond_context_warns_on_stderr(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**TINY, "max_position_embeddings": 512}))
+    assert main(["estimate", str(path), "--seq-len", "1024", "--json"]) == 0
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)  # stdout stays one JSON document
+    assert doc["plan"]["seq_len"] == 1024 and len(doc["warnings"]) == 1 and "512" in doc["warnings"][0]
+    assert captured.err.startswith("warning: --seq-len = 1024 tokens is beyond")
+    assert main(["estimate", str(path), "--seq-len", "512", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["warnings"] == []
