@@ -110,12 +110,11 @@ def check_flags(args: argparse.Namespace, plan: Plan, config: dict[str, Any], co
     dims = dims_from_config(config)
     if plan.images and dims.vision is None:
         reject("--images", f"{args.model} has no vision tower (images apply to VLMs only)", "drop --images")
-    if plan.method != "full" and plan.lora_targets != "all-linear":
-        known = sorted({lin.name for lin in dims.linears})
-        unknown = [t for t in plan.lora_targets if t not in known]
-        if unknown:
-            reject("--lora-targets", f"{', '.join(unknown)} matches no linear layer of {args.model}",
-                   f"use all-linear or some of: {', '.join(known)}")
+    unknown = dims.unknown_targets(plan.lora_targets) if plan.method != "full" else ()
+    if unknown:
+        reject("--lora-targets", f"{', '.join(unknown)} matches no linear layer of {args.model} that LoRA adapts "
+               "(the output head never is)",
+               f"use all-linear or some of: {', '.join(sorted({lin.name for lin in dims.linears}))}")
     warnings = []
     tokens = plan.seq_len + (plan.new_tokens if plan.mode == "inference" else 0)
     if context and tokens > context:
@@ -124,15 +123,6 @@ def check_flags(args: argparse.Namespace, plan: Plan, config: dict[str, Any], co
                    else "the estimate is for that length, but the model was not trained on it")
         warnings.append(f"{what} = {tokens} tokens is beyond {args.model}'s context length of {context}; {counted}")
     return warnings
-
-
-def context_length(config: dict[str, Any], spec_context: int | None) -> int | None:
-    """The catalog's context length, else the positions the config allows (Whisper: decoder tokens)."""
-    if spec_context:
-        return spec_context
-    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
-    value = text.get("max_target_positions" if config.get("model_type") == "whisper" else "max_position_embeddings")
-    return value if isinstance(value, int) else None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -144,8 +134,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--fit needs a per-GPU budget", field="--gpu-mem", hint="e.g. --fit --gpu-mem 24GB")
     budget = parse_memory(args.gpu_mem) if args.gpu_mem is not None else None
     model = resolve(args.model)
-    warnings = check_flags(args, plan, model.config,
-                           context_length(model.config, model.spec.context_length if model.spec else None))
+    warnings = check_flags(args, plan, model.config, model.context_length)
     for line in warnings:  # stderr, so --json keeps stdout one document (which lists them too)
         print(f"warning: {line}", file=sys.stderr)
     engine = "simulate" if args.simulate else "analytic"

@@ -119,6 +119,13 @@ class ArchDims:
         """Parameters of the linears LoRA would wrap for these targets."""
         return sum(lin.params for lin in self.matched_linears(targets))
 
+    def unknown_targets(self, targets: tuple[str, ...] | Literal["all-linear"]) -> tuple[str, ...]:
+        """Target names that match no linear of this model (peft ignores them, or fails if none match)."""
+        if targets == "all-linear":
+            return ()
+        known = {lin.name for lin in self.linears}
+        return tuple(t for t in targets if t not in known)
+
     def matched_linears(self, targets: tuple[str, ...] | Literal["all-linear"]) -> tuple[LinearLayer, ...]:
         """peft semantics: `all-linear` is every nn.Linear but the output head; names match leaf names."""
         if targets == "all-linear":

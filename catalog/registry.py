@@ -166,6 +166,18 @@ class ResolvedModel:
             return self.spec.params_method
         return "analytic" if self.config.get("model_type") == "phi3small" else "meta-build"
 
+    @property
+    def context_length(self) -> int | None:
+        """Tokens per sequence the model was trained for: the catalog's figure, else the config's position
+        limit (Whisper: decoder tokens, `max_target_positions`); None when the config states none."""
+        if self.spec is not None and self.spec.context_length:
+            return self.spec.context_length
+        text = self.config.get("text_config")
+        text = text if isinstance(text, dict) else self.config
+        key = "max_target_positions" if self.config.get("model_type") == "whisper" else "max_position_embeddings"
+        value = text.get(key)
+        return value if isinstance(value, int) else None
+
 
 def _catalog_match(name: str) -> ModelSpec | None:
     key = name.strip().lower()

@@ -129,11 +129,27 @@ def check_run(cfg: TrainConfig, world_size: int) -> list[str]:
         raise UserError(f"no such checkpoint directory: {cfg.checkpoint.resume}", field="checkpoint.resume",
                         hint="use auto, never, or an existing checkpoint directory")
     resolved = resolve_model(cfg)
+    if cfg.peft.method == "lora" and cfg.peft.target_modules != "all-linear":
+        from automodel.catalog.architecture import dims_from_config
+
+        dims = dims_from_config(resolved.config)
+        unknown = dims.unknown_targets(cfg.peft.target_modules)
+        if unknown:  # peft skips unknown names while another matches: a typo would silently train less
+            raise UserError(f"{', '.join(unknown)} matches no linear layer of {cfg.model.name} that LoRA adapts "
+                            "(the output head never is)",
+                            field="peft.target_modules",
+                            hint=f"use all-linear or some of: {', '.join(sorted({lin.name for lin in dims.linears}))}")
     accum = cfg.schedule.accumulation_steps(world_size)
     lines.append(f"model      {cfg.model.name} -> {resolved.hf_id or resolved.name} ({resolved.source})")
     lines.append(f"data       {cfg.data.source} ({cfg.data.format}, max_seq_len {cfg.data.max_seq_len})")
     lines.append(f"batch      global {cfg.schedule.global_batch_size} = micro {cfg.schedule.micro_batch_size} x "
                  f"{world_size} processes x {accum} accumulation steps")
+    context = resolved.context_length
+    if context and cfg.data.max_seq_len > context:
+        # A warning, not an error: RoPE models run past their trained length (worse quality, more memory);
+        # learned-position models (GPT-2, Whisper's decoder) fail at the first sample that long.
+        lines.append(f"warning    data.max_seq_len {cfg.data.max_seq_len} is beyond {cfg.model.name}'s context "
+                     f"length of {context}; samples longer than {context} tokens train positions the model never saw")
     return lines
 
 

@@ -457,7 +457,12 @@ def read_yaml(path: str | Path) -> dict[str, object]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise UserError(f"{file} is not valid YAML: {exc}", field="-c") from None
+        # One line with the position (pyyaml's str() spans several, quoting "<unicode string>" as the file).
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"{file} is not valid YAML{where}: {problem}", field="-c",
+                        hint="fix the YAML syntax there (indentation, a closing bracket or quote)") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -125,3 +125,13 @@ def test_families_outside_the_catalog(name: str) -> None:
     d = dims_from_config(config)
     assert d.total_params == expected
     assert d.linears and all(lin.name != "lm_head" for lin in d.linears)
+
+
+def test_unknown_targets_names_only_the_misses() -> None:
+    dims = dims_from_config({
+        "model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100,
+    })
+    assert dims.unknown_targets("all-linear") == ()
+    assert dims.unknown_targets(("q_proj", "v_proj")) == ()
+    assert dims.unknown_targets(("q_proj", "qkv_proj", "lm_head")) == ("qkv_proj", "lm_head")

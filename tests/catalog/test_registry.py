@@ -197,3 +197,16 @@ def test_find_gpu_unknown() -> None:
         and "'H100-SXM'" in info.value.message
     )
     assert "automodel gpus" in info.value.hint
+
+
+def test_context_length_from_catalog_or_config(tmp_path: Path) -> None:
+    assert resolve("llama-3.1-8b").context_length == 131072  # the catalog's figure
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"model_type": "llama", "max_position_embeddings": 4096}))
+    assert resolve(str(path)).context_length == 4096
+    path.write_text(json.dumps({"model_type": "whisper", "max_position_embeddings": 1500, "max_target_positions": 448}))
+    assert resolve(str(path)).context_length == 448  # Whisper: decoder tokens, not encoder frames
+    path.write_text(json.dumps({"model_type": "qwen2_vl", "text_config": {"max_position_embeddings": 32768}}))
+    assert resolve(str(path)).context_length == 32768
+    path.write_text(json.dumps({"model_type": "llama"}))
+    assert resolve(str(path)).context_length is None

@@ -73,6 +73,10 @@ def test_validate_ok(tiny_config: Path, capsys: pytest.CaptureFixture[str]) -> N
         (["validate", "-c", "{cfg}", "--peft.rank"], "--peft.rank", "cannot read override"),
         (["validate", "-c", "/no/such.yaml"], "-c", "cannot read config file"),
         (["finetune", "llm", "-c", "{cfg}", "--nnodes", "2"], "--master-addr", "multi-node"),
+        (["validate", "-c", "{cfg}", "peft.target_modules=q_proj,qproj"], "peft.target_modules",
+         "qproj matches no linear layer"),
+        (["validate", "-c", "{cfg}", "--nproc-per-node", "two"], "--nproc-per-node", "invalid int value"),
+        (["finetune", "llm"], "--config", "is required"),
     ],
 )
 def test_user_errors_exit_2_naming_the_field(tiny_config: Path, capsys: pytest.CaptureFixture[str],
@@ -82,6 +86,22 @@ def test_user_errors_exit_2_naming_the_field(tiny_config: Path, capsys: pytest.C
     assert code == 2
     assert err.startswith("error: ") and "Traceback" not in err
     assert f"{field}:" in err and needle in err
+
+
+def test_yaml_syntax_error_is_one_line_with_the_position(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  name: [unclosed\n")
+    assert automodel(["validate", "-c", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: -c: {bad} is not valid YAML at line 3, column 1: expected ',' or ']'")
+    assert "<unicode string>" not in err and len(err.strip().splitlines()) == 2  # message + fix
+
+
+def test_seq_len_beyond_the_context_warns(tiny_config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert automodel(["validate", "-c", str(tiny_config), "data.max_seq_len=256"]) == 0
+    assert "warning    data.max_seq_len 256 is beyond" in capsys.readouterr().out  # context is 128
+    assert automodel(["validate", "-c", str(tiny_config), "data.max_seq_len=128"]) == 0
+    assert "warning" not in capsys.readouterr().out
 
 
 def test_task_mismatch_with_the_yaml(tiny_config: Path, capsys: pytest.CaptureFixture[str]) -> None:
