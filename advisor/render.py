@@ -27,7 +27,8 @@ def strategy_text(rec: Recommendation) -> str:
 
 def recommendations_table(result: Recommendations, top: int) -> Table:
     hw = result.profile.hardware
-    gpu = hw.gpu or f"{gib(hw.memory_bytes)} GiB GPU"
+    # The memory always shows: with --gpu NAME --gpu-mem GB the plans are for GB, not the card's memory.
+    gpu = f"{hw.gpu} ({gib(hw.memory_bytes)} GiB)" if hw.gpu else f"{gib(hw.memory_bytes)} GiB GPU"
     title = (
         f"{result.profile.task.modality.upper()}"
         + (f" / {result.profile.task.use_case}" if result.profile.task.use_case else "")

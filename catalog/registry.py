@@ -134,6 +134,13 @@ def find_gpu(name: str) -> GPUSpec:
     for gpu in catalog.gpus:
         if key in (n.lower() for n in (gpu.name, *gpu.aliases)):
             return gpu
+    # `a100`, `v100`, `rtx`: a stem of several entries. Picking one would silently plan for the wrong memory.
+    stem = [g for g in catalog.gpus if g.name.lower().startswith(key + "-")] if key else []
+    if len(stem) == 1:
+        return stem[0]
+    if stem:
+        raise UserError(f"{name!r} could be any of {', '.join(g.name for g in stem)}", field="--gpu",
+                        hint=f"name the model, e.g. --gpu {stem[0].name}, or give --gpu-mem GB")
     canonical = {n: g.name for g in catalog.gpus for n in (g.name, *g.aliases)}
     raise UserError(
         f"unknown GPU {name!r}{_did_you_mean(key, list(canonical), canonical)}",

@@ -107,7 +107,7 @@ def test_gpu_mem_rejects(text) -> None:
 def test_gpu_flag_uses_catalog_and_mem_overrides() -> None:
     hw = hardware.resolve_hardware(gpu="4090", gpus=2)
     assert hw.gpu == "RTX-4090" and hw.gpus_per_node == 2 and round(hw.memory_gib, 2) == 23.64
-    assert hardware.resolve_hardware(gpu="a100", gpu_mem="40").memory_bytes == 40 * 2**30
+    assert hardware.resolve_hardware(gpu="A100-80GB", gpu_mem="40").memory_bytes == 40 * 2**30
     with pytest.raises(UserError) as err:
         hardware.resolve_hardware(gpu="banana")
     assert err.value.field == "--gpu"

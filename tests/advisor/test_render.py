@@ -85,3 +85,10 @@ def test_json_is_one_document_with_assumptions() -> None:
     doc = json.loads(result.to_json({"task": "llm"}, 2))
     assert len(doc["recommendations"]) == 2 and doc["inputs"] == {"task": "llm"}
     assert any("90%" in a for a in doc["assumptions"])
+
+
+def test_title_shows_the_memory_planned_for_when_gpu_mem_overrides_the_card() -> None:
+    hw = Hardware(gpu="A100-80GB", memory_bytes=24 * GIB, gpus_per_node=1, nodes=1)
+    result = recommend(Profile(task=Task(modality="llm"), hardware=hw, requirements=Requirements()))
+    text = render(print_human, result, 3, ["recommend"])
+    assert "1 x A100-80GB (24.0 GiB)" in text

@@ -188,6 +188,14 @@ def test_find_gpu(text: str, name: str) -> None:
     assert find_gpu(text).name == name
 
 
+@pytest.mark.parametrize(("text", "names"), [("a100", "A100-40GB, A100-80GB"), ("V100", "V100-16GB, V100-32GB"),
+                                            ("rtx", "RTX-3090, RTX-4090, RTX-5090, RTX-A6000")])
+def test_find_gpu_ambiguous_stem_is_an_error(text: str, names: str) -> None:
+    with pytest.raises(UserError) as info:
+        find_gpu(text)
+    assert info.value.field == "--gpu" and info.value.message.endswith(f"could be any of {names}")
+
+
 def test_find_gpu_unknown() -> None:
     with pytest.raises(UserError) as info:
         find_gpu("H100 SMX")
