@@ -30,7 +30,10 @@ def parse_params(text: str) -> int:
         raise UserError(
             f"{text!r} is not a parameter count", field="--max-params", hint="e.g. 8B, 500M, 1.5b, 8e9"
         )
-    return int(float(match.group(1)) * _SCALE[match.group(2).lower()])
+    count = int(float(match.group(1)) * _SCALE[match.group(2).lower()])
+    if count < 1:
+        raise UserError(f"{text!r} is below one parameter", field="--max-params", hint="e.g. 8B, 500M, 1.5b, 8e9")
+    return count
 
 
 def _families_matching(name: str) -> set[str]:
@@ -51,6 +54,8 @@ def select_models(
     max_params: int | None = None,
 ) -> list[ModelSpec]:
     """Catalog models passing every given filter, smallest first."""
+    if task is not None and use_case is not None:
+        load_catalog().check_use_case(task, use_case)  # would list nothing, and say nothing about why
     families = _families_matching(family) if family else None
     return sorted(
         (

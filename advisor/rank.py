@@ -370,23 +370,13 @@ def _summary(profile: Profile, family: FamilySpec | None, plan: Plan, misses: tu
     return "; ".join(parts) or f"{METHOD_SHORT[plan.method]} fits"
 
 
-def use_cases_offered(modality: str) -> tuple[str, ...]:
-    """Use cases at least one catalog model of this modality is tagged with (what --use-case can select)."""
-    return tuple(sorted({u for m in load_catalog().models if m.modality == modality for u in m.use_cases}))
-
-
 def recommend(profile: Profile) -> Recommendations:
     """Rank every catalog model of the task's modality for this profile (all fitting ones, best first)."""
     catalog, families = load_catalog(), _families()
     hw = profile.hardware
-    use_case = profile.task.use_case
-    if use_case is not None and use_case not in use_cases_offered(profile.task.modality):
+    if profile.task.use_case is not None:
         # A use case the schema allows but no model of this modality offers: a user error, not "nothing fits".
-        raise UserError(
-            f"no {profile.task.modality} model in the catalog is made for {use_case}", field="--use-case",
-            hint=f"{profile.task.modality} models cover: {', '.join(use_cases_offered(profile.task.modality))}; "
-            "or leave --use-case out",
-        )
+        catalog.check_use_case(profile.task.modality, profile.task.use_case)
     scored: list[tuple[float, int, Recommendation]] = []
     excluded: list[Exclusion] = []
     for model in catalog.models:

@@ -100,9 +100,9 @@ def _detected_text(ctx: Context) -> str:
 
 def _use_cases(modality: str) -> list[str]:
     """The schema's use cases for the modality that some catalog model offers (others would rank nothing)."""
-    from automodel.advisor.rank import use_cases_offered
+    from automodel.catalog.registry import load_catalog
 
-    offered = use_cases_offered(modality)
+    offered = load_catalog().use_cases(modality)
     return [u for u in USE_CASES_BY_MODALITY[modality] if u in offered]
 
 

@@ -42,6 +42,17 @@ class Catalog:
         _check_unique([m.hf_id.lower() for m in models], "model hf_id")
         _check_unique([n.lower() for g in self.gpus for n in (g.name, *g.aliases)], "GPU name/alias")
 
+    def use_cases(self, modality: str) -> tuple[str, ...]:
+        """Use cases at least one model of this modality is tagged with, sorted."""
+        return tuple(sorted({u for m in self.models if m.modality == modality for u in m.use_cases}))
+
+    def check_use_case(self, modality: str, use_case: str) -> None:
+        """A UserError naming --use-case when no model of the modality offers it (filters would match nothing)."""
+        if use_case not in self.use_cases(modality):
+            raise UserError(f"no {modality} model in the catalog is made for {use_case}", field="--use-case",
+                            hint=f"{modality} models cover: {', '.join(self.use_cases(modality))}; "
+                            "or leave --use-case out")
+
     def family(self, name: str) -> FamilySpec:
         for fam in self.families:
             if fam.name.lower() == name.lower():

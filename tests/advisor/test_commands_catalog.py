@@ -143,6 +143,11 @@ def test_bad_flags_exit_2_with_one_message(capsys: pytest.CaptureFixture[str]) -
     assert rc == 2 and out == "" and "error: MODEL: unknown model 'qwen-3-8b'; did you mean 'qwen3-8b'" in err
     with pytest.raises(UserError):
         parse_params("-3B")
+    with pytest.raises(UserError, match="below one parameter"):
+        parse_params("0")
+    rc, out, err = run(capsys, "catalog", "list", "--task", "asr", "--use-case", "code", "--json")
+    assert rc == 2 and out == "" and err.startswith("error: --use-case: no asr model in the catalog is made for code")
+    assert "transcription" in err
 
 
 def test_show_catalog_model(capsys: pytest.CaptureFixture[str]) -> None:
