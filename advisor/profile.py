@@ -13,8 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from automodel.catalog.schema import USE_CASES as CATALOG_USE_CASES
 from automodel.catalog.schema import USE_CASES_BY_MODALITY as CATALOG_BY_MODALITY
+from automodel.catalog.schema import Modality
 
-Modality = Literal["llm", "vlm", "asr"]
+# The catalog's tags minus `safety` (the --safety filter); tests/advisor/test_profile.py keeps them in step.
 UseCase = Literal[
     "chat",
     "code",

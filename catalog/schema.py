@@ -29,25 +29,12 @@ USE_CASES: tuple[str, ...] = UseCase.__args__  # type: ignore[attr-defined]
 
 # Which use cases make sense for which modality: a speech model cannot be tagged for code, a text-only
 # model cannot answer questions about images. `translation` is speech-to-English for ASR models.
+_TEXT_USE_CASES = frozenset(
+    {"chat", "code", "instruction", "summarization", "reasoning", "multilingual", "safety", "translation"}
+)
 USE_CASES_BY_MODALITY: dict[str, frozenset[str]] = {
-    "llm": frozenset(
-        {"chat", "code", "instruction", "summarization", "reasoning", "multilingual", "safety", "translation"}
-    ),
-    "vlm": frozenset(
-        {
-            "chat",
-            "code",
-            "instruction",
-            "summarization",
-            "reasoning",
-            "multilingual",
-            "safety",
-            "translation",
-            "vqa",
-            "captioning",
-            "document",
-        }
-    ),
+    "llm": _TEXT_USE_CASES,
+    "vlm": _TEXT_USE_CASES | {"vqa", "captioning", "document"},
     "asr": frozenset({"transcription", "translation", "multilingual"}),
 }
 

@@ -14,6 +14,7 @@ from automodel.advisor.profile import (
     Requirements,
     StrategyPreference,
     Task,
+    UseCase,
 )
 
 GIB = 2**30
@@ -26,6 +27,8 @@ def test_use_cases_are_the_issue_list_and_fit_their_modality() -> None:
     }
     assert "transcription" in USE_CASES_BY_MODALITY["asr"] and "transcription" not in USE_CASES_BY_MODALITY["llm"]
     assert "vqa" in USE_CASES_BY_MODALITY["vlm"] and "vqa" not in USE_CASES_BY_MODALITY["llm"]
+    # The Literal the flags validate against is the same list (it is spelled out for type checkers).
+    assert set(UseCase.__args__) == set(USE_CASES)  # type: ignore[attr-defined]
 
 
 def test_use_case_must_fit_modality() -> None:
