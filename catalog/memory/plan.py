@@ -68,10 +68,6 @@ class Plan(BaseModel):
             return tuple(value)
         return value
 
-    @property
-    def trains_adapters(self) -> bool:
-        return self.mode == "train" and self.method in ("lora", "qlora")
-
 
 # The terms of a breakdown, in the order they are rendered. Each one is a per-GPU byte count.
 TERMS: tuple[str, ...] = (
