@@ -114,11 +114,12 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(cfg, step, total_steps))
 
     # 5. resume: weights/adapter, optimizer, schedule, RNG; the data position is the step number
-    start = 0
+    start, loss_value, val_loss = 0, None, None
     resume_from = checkpoint.resolve_resume(cfg.checkpoint.resume, out)
     if resume_from is not None:
-        start = checkpoint.load(resume_from, model=model, optimizer=optimizer, scheduler=scheduler,
-                                trainable_only=lora, d=d)["step"]
+        state = checkpoint.load(resume_from, model=model, optimizer=optimizer, scheduler=scheduler,
+                                trainable_only=lora, d=d)
+        start, loss_value = state["step"], state["loss"]
         if d.is_main:
             print(f"resuming from {resume_from} (step {start})", flush=True)
     log = metrics.MetricsFile(out / cfg.logging.metrics_file, resume_step=start, enabled=d.is_main)
@@ -138,7 +139,6 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
         return [task.collate(group, tokenizer) for group in chosen], sum(len(s.input_ids) for g in chosen for s in g)
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda and precision != "fp32")
-    loss_value = val_loss = None
     # Logged figures cover the window since the last log line: loss per target token, tokens/s.
     # Kept on the device and read only when a line is logged: no host sync per step on a GPU.
     window_loss = torch.zeros((), dtype=torch.float64, device=d.device)

@@ -95,6 +95,9 @@ def test_interrupted_run_resumes_to_identical_losses(tiny_config, tmp_path: Path
     result = recipe.run(tiny_config(*args, output_dir=tmp_path / "resumed"))
     assert result.resumed_from == 3
     assert _losses(tmp_path / "resumed") == _losses(tmp_path / "straight")
+    again = recipe.run(tiny_config(*args, output_dir=tmp_path / "resumed"))  # finished: nothing left to do
+    assert again.resumed_from == 8 and again.final_loss == result.final_loss
+    assert _losses(tmp_path / "resumed") == _losses(tmp_path / "straight")
 
 
 def test_sigkill_mid_run_then_rerun_reproduces_losses(tiny_config, tmp_path: Path) -> None:
