@@ -308,7 +308,9 @@ class ScheduleConfig(Section):
     def _micro_divides_global(self) -> ScheduleConfig:
         if self.global_batch_size % self.micro_batch_size:
             raise rule("global_batch_size", f"{self.global_batch_size} is not a multiple of micro_batch_size "
-                       f"{self.micro_batch_size}")
+                       f"{self.micro_batch_size}; use a multiple of {self.micro_batch_size} (e.g. "
+                       f"{-(-self.global_batch_size // self.micro_batch_size) * self.micro_batch_size}) or another "
+                       "micro_batch_size")
         return self
 
     @model_validator(mode="after")
