@@ -23,10 +23,16 @@ def load_make_assets() -> Any:
 
 
 @pytest.fixture(scope="session")
-def tiny_assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def make_assets() -> Any:
+    """The tiny example's asset generator (examples/llm/tiny/make_assets.py) as a module."""
+    return load_make_assets()
+
+
+@pytest.fixture(scope="session")
+def tiny_assets(make_assets: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """model/ (config.json, hidden 32, 2 layers + tokenizer), data/train.jsonl (256 rows), data/val.jsonl (24)."""
     out = tmp_path_factory.mktemp("tiny_assets")
-    load_make_assets().write_assets(out, n_train=256, n_val=24, seed=0, hidden=32, layers=2)
+    make_assets.write_assets(out, n_train=256, n_val=24, seed=0, hidden=32, layers=2)
     return out
 
 

@@ -172,3 +172,12 @@ def test_hub_dataset_name_subset_split_and_offline_error(monkeypatch) -> None:
     with pytest.raises(UserError) as err:
         read_rows("org/offline", split="validation", field="data.validation.source")
     assert err.value.field == "data.validation.source" and "offline" in err.value.message
+
+
+def test_committed_tiny_assets_are_what_make_assets_writes(make_assets, tmp_path: Path) -> None:
+    """examples/llm/tiny/ is reproducible from its script (no hand-edited drift)."""
+    committed = Path(make_assets.__file__).parent
+    make_assets.write_assets(tmp_path)
+    for name in ("model/config.json", "model/tokenizer.json", "model/tokenizer_config.json",
+                 "model/chat_template.jinja", "data/train.jsonl", "data/val.jsonl"):
+        assert (tmp_path / name).read_bytes() == (committed / name).read_bytes(), name

@@ -161,3 +161,20 @@ def test_packing_with_epochs_and_too_large_batch(tiny_config, tiny_assets: Path)
     with pytest.raises(UserError) as err:
         run(tiny_config(*args[:-2], "schedule.global_batch_size=4096", "schedule.micro_batch_size=16"))
     assert err.value.field == "schedule.global_batch_size" and "packed rows" in err.value.message
+
+
+def test_committed_tiny_example_trains_and_exports(tmp_path: Path, monkeypatch) -> None:
+    """examples/llm/tiny_offline.yaml as committed (shortened): the loss falls and peft loads the adapter."""
+    from peft import PeftConfig
+
+    from automodel.trainer.config import load_config
+    from automodel.trainer.recipe import run
+
+    monkeypatch.chdir(REPO)  # the example's paths are relative to the repository root
+    cfg = load_config(REPO / "examples/llm/tiny_offline.yaml",
+                      [f"output_dir={tmp_path / 'tiny'}", "schedule.max_steps=40", "schedule.val_every=20",
+                       "logging.progress_bar=false"])
+    result = run(cfg)
+    records = read_metrics(tmp_path / "tiny/metrics.jsonl")
+    assert records[-1]["loss"] < records[0]["loss"] - 1.0
+    assert PeftConfig.from_pretrained(result.exports["adapter"]).r == cfg.peft.rank
