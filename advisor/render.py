@@ -101,6 +101,19 @@ def next_step(result: Recommendations, argv: Sequence[str], written: tuple[str, 
     return f"next: {again} && {launch_command(rec, path)}"
 
 
+def print_no_fit(console: Console, result: Recommendations) -> None:
+    """The headline says what ruled the models out (flags, memory or both), then why each one went."""
+    memory = sum(e.kind == "memory" for e in result.excluded)
+    if memory == len(result.excluded):
+        headline = "No model fits this hardware."
+    elif memory == 0:
+        headline = f"No {result.profile.task.modality} model in the catalog meets these requirements."
+    else:
+        headline = f"No model fits: {len(result.excluded) - memory} fail these requirements, {memory} need more GPU memory."
+    console.print(f"[bold red]{headline}[/] Why each was excluded:")
+    console.print(exclusions_table(result))
+
+
 def print_human(
     console: Console,
     result: Recommendations,
@@ -109,16 +122,7 @@ def print_human(
     written: tuple[str, Recommendation] | None = None,
 ) -> None:
     if not result.recommendations:
-        memory = sum(e.kind == "memory" for e in result.excluded)
-        if memory == len(result.excluded):
-            headline = "No model fits this hardware."
-        elif memory == 0:
-            headline = f"No {result.profile.task.modality} model in the catalog meets these requirements."
-        else:
-            headline = (f"No model fits: {len(result.excluded) - memory} fail these requirements, "
-                        f"{memory} need more GPU memory.")
-        console.print(f"[bold red]{headline}[/] Why each was excluded:")
-        console.print(exclusions_table(result))
+        print_no_fit(console, result)
         return
     console.print(recommendations_table(result, top))
     if result.excluded:

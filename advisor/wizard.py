@@ -264,19 +264,21 @@ def run(asker: Callable[[Question, Context], Any] = ask, detected: Hardware | No
     from automodel.advisor.rank import recommend
     from automodel.advisor.render import (
         breakdown_table,
-        exclusions_table,
         launch_command,
+        print_no_fit,
         recommendations_table,
     )
 
+    if asker is ask and not sys.stdin.isatty():  # questionary would read EOF and look like a cancel
+        raise UserError("the advisor asks questions and stdin is not a terminal", field="advise",
+                        hint="run it in a terminal; in scripts use `automodel recommend --task ... --gpu-mem ...`")
     console = Console()
     try:
         ctx = interview(asker, detect() if detected == "detect" else detected)
         profile = profile_from_answers(ctx)
         result = recommend(profile)
         if not result.recommendations:
-            console.print("[bold red]No model fits this hardware.[/] Why each was excluded:")
-            console.print(exclusions_table(result))
+            print_no_fit(console, result)
             return 0
         console.print(recommendations_table(result, TOP))
         ctx.result = result
@@ -309,8 +311,15 @@ def run(asker: Callable[[Question, Context], Any] = ask, detected: Hardware | No
         return 130
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    """`automodel-advisor`: the wizard on its own (the same as `automodel advise`)."""
+    from automodel.catalog.errors import ArgumentParser
+
+    parser = ArgumentParser(prog="automodel-advisor", description="Interactive advisor: asks about the task, "
+                            "hardware and requirements, ranks models, writes the config and offers to launch it. "
+                            "For scripts use `automodel recommend`.")
     try:
+        parser.parse_args(sys.argv[1:] if argv is None else argv)
         return run()
     except UserError as err:
         print(err.render(), file=sys.stderr)

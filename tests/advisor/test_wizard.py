@@ -118,6 +118,17 @@ def test_ctrl_c_exits_130_and_writes_nothing(tmp_path, capsys) -> None:
     assert "cancelled" in capsys.readouterr().err and not list(tmp_path.iterdir())
 
 
+def test_no_terminal_is_a_user_error_not_a_cancel(monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert wizard.main([]) == 2
+    assert capsys.readouterr().err.startswith("error: advise: the advisor asks questions and stdin is not a terminal")
+    assert wizard.main(["--bogus"]) == 2  # flags are not silently ignored either
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
 pexpect = pytest.importorskip("pexpect")
 ADVISOR = Path(sys.executable).with_name("automodel-advisor")
 ENTER, DOWN = "\r", "\x1b[B"
