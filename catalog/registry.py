@@ -274,11 +274,17 @@ def _resolve_hub(repo_id: str) -> ResolvedModel:
             field="MODEL",
             hint="check the spelling; for a private repo set HF_TOKEN",
         ) from exc
+    except LocalEntryNotFoundError as exc:  # no network and no cached copy; it subclasses EntryNotFoundError
+        raise UserError(
+            f"could not fetch config.json of {repo_id} from the Hub (no connection, no cached copy)",
+            field="MODEL",
+            hint="check the network, or pass a local config.json / model directory",
+        ) from exc
     except EntryNotFoundError as exc:
         raise UserError(
             f"{repo_id} has no config.json", field="MODEL", hint="pass a transformers model"
         ) from exc
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
+    except (HfHubHTTPError, OSError) as exc:
         raise UserError(
             f"could not fetch config.json of {repo_id} from the Hub: {exc}",
             field="MODEL",

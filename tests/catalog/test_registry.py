@@ -170,6 +170,20 @@ def test_network_failure_is_a_user_error(monkeypatch: pytest.MonkeyPatch) -> Non
         resolve("acme/x")
 
 
+def test_no_connection_is_not_reported_as_a_missing_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    def unreachable(repo_id: str, filename: str, **_: object) -> str:
+        raise LocalEntryNotFoundError("cannot reach the Hub and the file is not cached")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    with pytest.raises(UserError, match="could not fetch config.json of acme/x from the Hub") as info:
+        resolve("acme/x")
+    assert "network" in (info.value.hint or "")
+
+
 def test_unknown_short_name_did_you_mean() -> None:
     with pytest.raises(UserError) as info:
         resolve("qwen3-7b")
