@@ -78,6 +78,9 @@ def test_validate_ok(tiny_config: Path, capsys: pytest.CaptureFixture[str]) -> N
          "qproj matches no linear layer"),
         (["validate", "-c", "{cfg}", "--nproc-per-node", "two"], "--nproc-per-node", "invalid int value"),
         (["finetune", "llm"], "--config", "is required"),
+        (["validate", "-c", "{cfg}", "--nnodes", "0"], "--nnodes", "must be at least 1, got 0"),  # was a traceback
+        (["validate", "-c", "{cfg}", "--nproc-per-node", "-1"], "--nproc-per-node", "must be at least 1"),
+        (["finetune", "llm", "-c", "{cfg}", "--master-port", "99999"], "--master-port", "in [1, 65535]"),
     ],
 )
 def test_user_errors_exit_2_naming_the_field(tiny_config: Path, capsys: pytest.CaptureFixture[str],
