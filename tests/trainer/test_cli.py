@@ -76,7 +76,7 @@ def test_validate_ok(tiny_config: Path, capsys: pytest.CaptureFixture[str]) -> N
         (["finetune", "llm", "-c", "{cfg}", "--nnodes", "2"], "--master-addr", "multi-node"),
         (["validate", "-c", "{cfg}", "peft.target_modules=q_proj,qproj"], "peft.target_modules",
          "qproj matches no linear layer"),
-        (["validate", "-c", "{cfg}", "--nproc-per-node", "two"], "--nproc-per-node", "invalid int value"),
+        (["validate", "-c", "{cfg}", "--nproc-per-node", "two"], "--nproc-per-node", "'two' is not a whole number"),
         (["finetune", "llm"], "--config", "is required"),
         (["validate", "-c", "{cfg}", "--nnodes", "0"], "--nnodes", "must be at least 1, got 0"),  # was a traceback
         (["validate", "-c", "{cfg}", "--nproc-per-node", "-1"], "--nproc-per-node", "must be at least 1"),
