@@ -6,6 +6,7 @@ so a typo in the data fails loudly, naming the file and the YAML path of the bad
 
 from __future__ import annotations
 
+import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -84,6 +85,11 @@ class ModelSpec(_Frozen):
     gated: bool = Field(
         description="Whether the Hub repo requires accepting terms (and an HF_TOKEN) to download."
     )
+    released: str = Field(
+        pattern=r"^\d{4}-(0[1-9]|1[0-2])$",
+        description="Month the vendor published this checkpoint on the Hugging Face Hub, 'YYYY-MM' (from the "
+        "vendor's announcement or model card, cited in `source`); the advisor's recency term reads it.",
+    )
     lora_targets: tuple[str, ...] = Field(
         min_length=1, description="Linear-module names LoRA wraps by default (the architecture's own names)."
     )
@@ -111,6 +117,14 @@ class ModelSpec(_Frozen):
             )
         return config
 
+    @field_validator("released")
+    @classmethod
+    def _released_not_in_future(cls, released: str) -> str:
+        today = datetime.date.today()
+        if released > f"{today.year:04d}-{today.month:02d}":
+            raise ValueError(f"released {released} is in the future (today is {today.isoformat()})")
+        return released
+
     @model_validator(mode="after")
     def _use_cases_fit_modality(self) -> ModelSpec:
         allowed = USE_CASES_BY_MODALITY[self.modality]
@@ -128,6 +142,12 @@ class ModelSpec(_Frozen):
                 f"active_params ({self.active_params}) must be below params ({self.params}) for an MoE model"
             )
         return self
+
+    @property
+    def released_month(self) -> int:
+        """`released` as a month count (year * 12 + month - 1), for differences in months."""
+        year, month = self.released.split("-")
+        return int(year) * 12 + int(month) - 1
 
     @property
     def display_params(self) -> str:

@@ -198,3 +198,23 @@ def test_required_gpus_present() -> None:
     required |= {"L40S", "A100-40GB", "A100-80GB", "H100-SXM", "H100-PCIe", "H200", "B200", "MI300X"}
     assert required <= names and len(names) >= 15
     assert not any(g.bf16 for g in CATALOG.gpus if g.name in {"T4", "V100-16GB", "V100-32GB"})
+
+
+@pytest.mark.parametrize(
+    ("hf_id", "released"),
+    [  # checkpoints of one family released months apart keep their own dates
+        ("microsoft/Phi-4-mini-instruct", "2025-02"), ("microsoft/phi-4", "2025-01"),
+        ("microsoft/Phi-3-mini-4k-instruct", "2024-04"), ("microsoft/Phi-3-medium-4k-instruct", "2024-05"),
+        ("openai/whisper-large-v3-turbo", "2024-10"), ("openai/whisper-large-v3", "2023-11"),
+        ("Qwen/Qwen2-VL-7B-Instruct", "2024-08"), ("Qwen/Qwen2-VL-72B-Instruct", "2024-09"),
+        ("google/gemma-2-2b-it", "2024-07"), ("google/gemma-2-9b-it", "2024-06"),
+        ("codellama/CodeLlama-7b-Instruct-hf", "2023-08"), ("Qwen/Qwen3-8B", "2025-04"),
+    ],
+)
+def test_release_month(hf_id: str, released: str) -> None:
+    assert MODELS[hf_id].released == released
+
+
+def test_every_release_month_is_sourced() -> None:
+    for m in CATALOG.models:
+        assert any(s.startswith(f"released {m.released}: ") for s in m.source), m.name

@@ -23,6 +23,7 @@ MODEL = {
     "license": "apache-2.0",
     "commercial_use": True,
     "gated": False,
+    "released": "2024-09",
     "lora_targets": ["q_proj"],
     "config": {"model_type": "llama", "hidden_size": 64},
     "source": ["test"],
@@ -86,6 +87,17 @@ def test_use_case_must_fit_modality() -> None:
     err = _error(_family(use_cases=["chat", "transcription"]))
     assert "models.0" in err.message and "do not apply to modality 'llm'" in err.message
     assert "models.0.use_cases.0" in _error(_family(use_cases=["not-a-use-case"])).message
+
+
+def test_released_is_a_past_month() -> None:
+    assert parse_yaml(_family(), "models/tiny.yaml", FamilySpec).models[0].released_month == 2024 * 12 + 8
+    for bad in ("2024-9", "2024-13", "24-09", "2024-09-01"):
+        assert "models.0.released: String should match pattern" in _error(_family(released=bad)).message, bad
+    assert "models.0.released: Value error, released 2999-01 is in the future" in _error(
+        _family(released="2999-01")
+    ).message
+    data = {**FAMILY, "models": [{k: v for k, v in MODEL.items() if k != "released"}]}
+    assert "models.0.released: Field required" in _error(yaml.safe_dump(data)).message
 
 
 def test_family_membership_and_modality() -> None:
