@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from automodel.catalog.errors import UserError
+from automodel.catalog.errors import UserError, int_in
 from automodel.catalog.memory.plan import TERMS, MemoryEstimate, Plan
 from automodel.catalog.units import GIB, parse_memory
 
@@ -24,19 +24,6 @@ _FLAG_FOR_FIELD = {
     "micro_batch": "--batch-size", "grad_ckpt": "--grad-ckpt", "gpus": "--gpus", "new_tokens": "--new-tokens",
     "grad_accum": "--grad-accum", "images": "--images",
 }
-
-
-def _positive(flag: str, minimum: int = 1) -> Any:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} takes an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{flag} must be >= {minimum}, got {value}")
-        return value
-
-    return parse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -49,21 +36,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("model", metavar="MODEL", help="catalog name, Hub id, or path to a config.json / model dir")
     p.add_argument("--mode", choices=("train", "inference"), default=None, help="default: train")
     p.add_argument("--method", choices=("full", "lora", "qlora"), default=None, help="default: lora")
-    p.add_argument("--lora-rank", type=_positive("--lora-rank"), default=None, metavar="N")
+    p.add_argument("--lora-rank", type=int_in(1), default=None, metavar="N")
     p.add_argument("--lora-targets", default=None, metavar="all-linear|a,b,c")
     p.add_argument("--precision", choices=("bf16-mixed", "bf16", "fp32"), default=None)
     p.add_argument("--optimizer", choices=("adamw", "adamw-8bit", "sgd"), default=None)
-    p.add_argument("--seq-len", type=_positive("--seq-len"), default=None, metavar="N")
-    p.add_argument("--batch-size", type=_positive("--batch-size"), default=None, metavar="N",
+    p.add_argument("--seq-len", type=int_in(1), default=None, metavar="N")
+    p.add_argument("--batch-size", type=int_in(1), default=None, metavar="N",
                    help="micro batch per GPU")
-    p.add_argument("--grad-accum", type=_positive("--grad-accum"), default=None, metavar="N",
+    p.add_argument("--grad-accum", type=int_in(1), default=None, metavar="N",
                    help="micro batches per optimizer step (default 1): earlier gradients stay live")
     p.add_argument("--grad-ckpt", action=argparse.BooleanOptionalAction, default=None,
                    help="activation checkpointing per block (default: on)")
-    p.add_argument("--gpus", type=_positive("--gpus"), default=None, metavar="N", help="FSDP2 ranks")
-    p.add_argument("--new-tokens", type=_positive("--new-tokens", 0), default=None, metavar="N",
+    p.add_argument("--gpus", type=int_in(1), default=None, metavar="N", help="FSDP2 ranks")
+    p.add_argument("--new-tokens", type=int_in(0), default=None, metavar="N",
                    help="inference: tokens generated after the prompt")
-    p.add_argument("--images", type=_positive("--images", 0), default=None, metavar="N",
+    p.add_argument("--images", type=int_in(0), default=None, metavar="N",
                    help="VLM only: images per sequence (default 0)")
     p.add_argument("--gpu-mem", default=None, metavar="GB", help="per-GPU budget for --fit: 24, 24G, 24GB, 24GiB")
     p.add_argument("--fit", action="store_true",

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from automodel.advisor.profile import USE_CASES, Hardware, Profile, Requirements, StrategyPreference, Task
-from automodel.catalog.errors import UserError
+from automodel.catalog.errors import UserError, int_in
 
 if TYPE_CHECKING:
     from automodel.advisor.rank import Recommendation
@@ -39,16 +39,6 @@ def parse_tokens(text: str) -> int:
     return int(float(match.group(1)) * scale)
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "recommend",
@@ -60,18 +50,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--use-case", choices=USE_CASES, metavar="USE_CASE", help="what the model is for: " + ", ".join(USE_CASES))
     p.add_argument("--gpu", metavar="NAME", help="GPU model from `automodel gpus` (e.g. A100-80GB, 4090)")
     p.add_argument("--gpu-mem", metavar="GB", help="memory per GPU: 24, 24G, 24GB or 24GiB (GiB)")
-    p.add_argument("--gpus", type=positive_int, metavar="N", help="GPUs per node (default 1, or detected)")
-    p.add_argument("--nodes", type=positive_int, metavar="N", help="nodes (default 1)")
+    p.add_argument("--gpus", type=int_in(1), metavar="N", help="GPUs per node (default 1, or detected)")
+    p.add_argument("--nodes", type=int_in(1), metavar="N", help="nodes (default 1)")
     p.add_argument("--priority", choices=("balanced", "quality", "latency"), default=None, help="default balanced")
     p.add_argument("--multilingual", action="store_true", help="only multilingual models")
     p.add_argument("--safety", action="store_true", help="only models marked for safety-critical use")
     p.add_argument("--no-gated", action="store_true", help="skip models whose Hub repo is gated")
     p.add_argument("--commercial", action="store_true", help="only licences that allow commercial use")
     p.add_argument("--method", choices=("auto", "full", "lora", "qlora"), default=None, help="default auto")
-    p.add_argument("--seq-len", type=positive_int, metavar="N", help="tokens per sequence (default 2048; asr 448)")
-    p.add_argument("--batch-size", type=positive_int, metavar="N", help="micro batch per GPU (default 1)")
+    p.add_argument("--seq-len", type=int_in(1), metavar="N", help="tokens per sequence (default 2048; asr 448)")
+    p.add_argument("--batch-size", type=int_in(1), metavar="N", help="micro batch per GPU (default 1)")
     p.add_argument("--dataset-tokens", type=parse_tokens, metavar="N", help="training tokens, for a time estimate")
-    p.add_argument("--top", type=positive_int, default=5, metavar="K", help="show the best K (default 5)")
+    p.add_argument("--top", type=int_in(1), default=5, metavar="K", help="show the best K (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON only")
     p.add_argument("--write-config", metavar="PATH", help="write the top pick's training config to PATH")
     p.set_defaults(func=run_recommend)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Callable
 from typing import NoReturn
 
 
@@ -37,6 +38,23 @@ class ArgumentParser(argparse.ArgumentParser):
             field = message.rsplit(": ", 1)[1].split(", ")[0].split("/")[-1]
             message = "is required"
         raise UserError(message, field=field, hint=f"see `{self.prog} --help`")
+
+
+def int_in(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse `type`: an integer in [low, high] (no upper bound when high is None). Its complaint
+    becomes the flag's one-line UserError through ArgumentParser.error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low or (high is not None and value > high):
+            bounds = f"in [{low}, {high}]" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {value}")
+        return value
+
+    return parse
 
 
 _ARGUMENT = re.compile(r"^argument ([^:]+): (.*)$", re.DOTALL)

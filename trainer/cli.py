@@ -16,14 +16,14 @@ import os
 import sys
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import AfterValidator, BaseModel
 from pydantic.fields import FieldInfo
 
-from automodel.catalog.errors import ArgumentParser, UserError
+from automodel.catalog.errors import ArgumentParser, UserError, int_in
 from automodel.trainer.config import TrainConfig, config_from_data, dump_yaml, is_local_source, read_yaml
 from automodel.trainer.launch import Topology, launch
 from automodel.trainer.overrides import split_overrides
@@ -52,21 +52,6 @@ overrides (after -c, later ones win; defaults < YAML < command line):
 """
 
 
-def _int_in(low: int, high: int | None = None) -> Callable[[str], int]:
-    """An argparse type: an integer in [low, high]; anything else is argparse's (one-line) error."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"must be {f'in [{low}, {high}]' if high else f'at least {low}'}, "
-                                             f"got {value}")
-        return value
-
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="automodel", description="Fine-tune from a validated config.", epilog=EXAMPLES,
@@ -76,16 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     def with_config(p: argparse.ArgumentParser) -> None:
         p.add_argument("-c", "--config", required=True, type=Path, help="training config YAML")
-        p.add_argument("--nproc-per-node", type=_int_in(1), default=1, help="processes per node (default 1)")
-        p.add_argument("--nnodes", type=_int_in(1), default=1, help="nodes (default 1)")
+        p.add_argument("--nproc-per-node", type=int_in(1), default=1, help="processes per node (default 1)")
+        p.add_argument("--nnodes", type=int_in(1), default=1, help="nodes (default 1)")
 
     ft = sub.add_parser("finetune", help="fine-tune from a config", epilog=EXAMPLES, allow_abbrev=False,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     ft.add_argument("task", choices=TASKS, help="task adapter to run")
     with_config(ft)
-    ft.add_argument("--node-rank", type=_int_in(0), default=0, help="this node's rank (multi-node)")
+    ft.add_argument("--node-rank", type=int_in(0), default=0, help="this node's rank (multi-node)")
     ft.add_argument("--master-addr", help="rank-0 node address (multi-node)")
-    ft.add_argument("--master-port", type=_int_in(1, 65535), help="rank-0 node port (multi-node)")
+    ft.add_argument("--master-port", type=int_in(1, 65535), help="rank-0 node port (multi-node)")
     ft.add_argument("--dry-run", action="store_true", help="validate, print the resolved config and the memory "
                     "estimate, and exit")
 

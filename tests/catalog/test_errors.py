@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from automodel.catalog.errors import ArgumentParser, UserError
+from automodel.catalog.errors import ArgumentParser, UserError, int_in
 
 
 def _parser() -> ArgumentParser:
@@ -44,3 +46,13 @@ def test_unrecognized_arguments_name_no_field() -> None:
     with pytest.raises(UserError) as info:
         _parser().parse_args(["run", "-c", "x", "--bogus"])
     assert info.value.field is None and "--bogus" in info.value.message
+
+
+def test_int_in_bounds_and_words() -> None:
+    import argparse
+
+    assert int_in(1)("3") == 3 and int_in(0)("0") == 0 and int_in(1, 65535)("65535") == 65535
+    for parse, text, words in ((int_in(1), "0", "must be at least 1, got 0"), (int_in(1), "x", "'x' is not a whole"),
+                               (int_in(1, 10), "11", "must be in [1, 10], got 11")):
+        with pytest.raises(argparse.ArgumentTypeError, match=re.escape(words)):
+            parse(text)
