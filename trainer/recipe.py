@@ -119,7 +119,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
     if resume_from is not None:
         state = checkpoint.load(resume_from, model=model, optimizer=optimizer, scheduler=scheduler,
                                 trainable_only=lora, d=d)
-        start, loss_value = state["step"], state["loss"]
+        start, loss_value, val_loss = state["step"], state["loss"], state["val_loss"]
         if d.is_main:
             print(f"resuming from {resume_from} (step {start})", flush=True)
     log = metrics.MetricsFile(out / cfg.logging.metrics_file, resume_step=start, enabled=d.is_main)
@@ -202,7 +202,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
             if save_now:
                 checkpoint.save(out, done, model=model, optimizer=optimizer, scheduler=scheduler,
                                 trainable_only=lora, d=d, keep_last=cfg.checkpoint.keep_last,
-                                extra={"loss": loss_value, "total_steps": total_steps})
+                                extra={"loss": loss_value, "val_loss": val_loss, "total_steps": total_steps})
     finally:
         if bar is not None:
             bar.stop()

@@ -97,6 +97,7 @@ def test_interrupted_run_resumes_to_identical_losses(tiny_config, tmp_path: Path
     assert _losses(tmp_path / "resumed") == _losses(tmp_path / "straight")
     again = recipe.run(tiny_config(*args, output_dir=tmp_path / "resumed"))  # finished: nothing left to do
     assert again.resumed_from == 8 and again.final_loss == result.final_loss
+    assert again.val_loss == result.val_loss is not None
     assert _losses(tmp_path / "resumed") == _losses(tmp_path / "straight")
 
 
