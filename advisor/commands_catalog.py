@@ -10,30 +10,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from typing import Any
 
 from automodel.catalog.errors import UserError
 from automodel.catalog.registry import ResolvedModel, load_catalog, resolve
 from automodel.catalog.schema import USE_CASES, ModelSpec, format_params
+from automodel.catalog.units import parse_count
 
-_PARAMS = re.compile(r"^\s*(\d+(?:\.\d*)?(?:e\d+)?)\s*([kmbt]?)\s*$", re.IGNORECASE)
-_SCALE = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "t": 10**12}
 # transformers' tie_word_embeddings default where a published config leaves it out.
 _TIED_BY_DEFAULT = frozenset({"gemma", "gemma2", "gemma3", "gemma3_text", "phi3small", "whisper"})
 
 
 def parse_params(text: str) -> int:
     """`8B`, `500M`, `1.5b`, `8e9`, `8000000000` -> a parameter count."""
-    match = _PARAMS.match(text)
-    if not match:
-        raise UserError(
-            f"{text!r} is not a parameter count", field="--max-params", hint="e.g. 8B, 500M, 1.5b, 8e9"
-        )
-    count = int(float(match.group(1)) * _SCALE[match.group(2).lower()])
-    if count < 1:
-        raise UserError(f"{text!r} is below one parameter", field="--max-params", hint="e.g. 8B, 500M, 1.5b, 8e9")
-    return count
+    try:
+        return parse_count(text)
+    except ValueError as exc:
+        raise UserError(str(exc), field="--max-params", hint="e.g. 8B, 500M, 1.5b, 8e9") from None
 
 
 def _families_matching(name: str) -> set[str]:

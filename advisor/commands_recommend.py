@@ -8,7 +8,6 @@ goes through nvidia-smi, and torch is only imported when nvidia-smi is missing a
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from typing import TYPE_CHECKING
 
@@ -27,16 +26,14 @@ FIELD_TO_FLAG = {
     "fsdp_degree": "--gpus",
     "dataset_tokens": "--dataset-tokens",
 }
-_TOKENS = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmbt]?)\s*$", re.IGNORECASE)
-
-
 def parse_tokens(text: str) -> int:
-    """`250M`, `1.5B`, `2000000` -> token count."""
-    match = _TOKENS.match(text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a token count (e.g. 2000000, 250M, 1.5B)")
-    scale = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}[match.group(2).lower()]
-    return int(float(match.group(1)) * scale)
+    """`250M`, `1.5B`, `2000000` -> token count (argparse type)."""
+    from automodel.catalog.units import parse_count
+
+    try:
+        return parse_count(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

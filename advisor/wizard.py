@@ -74,7 +74,7 @@ def _positive(text: str) -> int:
 
 
 def _optional_tokens(text: str) -> int | None:
-    from automodel.advisor.commands_recommend import parse_tokens
+    from automodel.catalog.units import parse_count as parse_tokens  # ValueError: the wizard re-asks
 
     return parse_tokens(text) if text.strip() else None
 

@@ -1,4 +1,5 @@
-"""Memory sizes as users type them: `24`, `24G`, `24GB`, `24GiB`, `80 gb`, `0.5TiB`.
+"""Memory sizes as users type them (`24`, `24G`, `24GB`, `24GiB`, `80 gb`, `0.5TiB`) and counts with
+decimal suffixes (`8B` parameters, `250M` tokens).
 
 Torch-free; shared by `automodel estimate --gpu-mem` and the advisor's hardware flags. A bare number
 and the `G`/`GB` suffixes are read as GiB, the way GPU vendors label memory (an "80GB" A100 has 80 GiB).
@@ -6,6 +7,7 @@ and the `G`/`GB` suffixes are read as GiB, the way GPU vendors label memory (an 
 
 from __future__ import annotations
 
+import math
 import re
 
 from automodel.catalog.errors import UserError
@@ -37,6 +39,24 @@ def parse_memory(text: str | float, *, field: str = "--gpu-mem") -> int:
         raise UserError(f"{text!r} is {size / GIB:,.0f} GiB per GPU, more than any GPU has", field=field,
                         hint="give the memory of one GPU (e.g. 80GB); the number of GPUs is --gpus")
     return size
+
+
+_COUNT = re.compile(r"^\s*(\d+(?:\.\d*)?(?:e\d+)?|\.\d+)\s*([kmbt]?)\s*$", re.IGNORECASE)
+_COUNT_SCALE = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "t": 10**12}
+
+
+def parse_count(text: str) -> int:
+    """`8B`, `500M`, `1.5b`, `8e9`, `2000000` -> a whole count >= 1 (k/m/b/t are powers of 1000).
+    ValueError with a readable message otherwise; callers name their flag."""
+    match = _COUNT.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a count (e.g. 2000000, 250M, 1.5B, 8e9)")
+    value = float(match.group(1)) * _COUNT_SCALE[match.group(2).lower()]
+    if not math.isfinite(value) or value > 10**18:  # `1e400` is inf; beyond 1e18 is no real count
+        raise ValueError(f"{text!r} is too large (at most 1e18)")
+    if value < 1:
+        raise ValueError(f"{text!r} is below 1")
+    return int(value)
 
 
 def gib(n_bytes: float) -> float:

@@ -143,8 +143,10 @@ def test_bad_flags_exit_2_with_one_message(capsys: pytest.CaptureFixture[str]) -
     assert rc == 2 and out == "" and "error: MODEL: unknown model 'qwen-3-8b'; did you mean 'qwen3-8b'" in err
     with pytest.raises(UserError):
         parse_params("-3B")
-    with pytest.raises(UserError, match="below one parameter"):
+    with pytest.raises(UserError, match="is below 1"):
         parse_params("0")
+    rc, out, err = run(capsys, "catalog", "list", "--max-params", "1e400")  # was an OverflowError traceback
+    assert rc == 2 and "too large" in err and "Traceback" not in err
     rc, out, err = run(capsys, "catalog", "list", "--task", "asr", "--use-case", "code", "--json")
     assert rc == 2 and out == "" and err.startswith("error: --use-case: no asr model in the catalog is made for code")
     assert "transcription" in err

@@ -82,6 +82,10 @@ def test_bad_text_answers_are_rejected_by_parse() -> None:
     with pytest.raises(ValueError):
         gpus.parse("0")
     tokens = next(q for q in wizard.QUESTIONS if q.key == "dataset_tokens")
+    with pytest.raises(ValueError):  # a ValueError re-asks; anything else would crash the wizard
+        tokens.parse("lots")
+    assert tokens.parse("250M") == 250_000_000 and tokens.parse("") is None
+    tokens = next(q for q in wizard.QUESTIONS if q.key == "dataset_tokens")
     assert tokens.parse("") is None and tokens.parse("50M") == 50_000_000
 
 

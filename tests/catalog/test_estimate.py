@@ -10,7 +10,7 @@ from automodel.catalog.errors import UserError
 from automodel.catalog.memory.analytic import estimate_analytic
 from automodel.catalog.memory.estimate import estimate
 from automodel.catalog.memory.plan import Plan
-from automodel.catalog.units import GIB, parse_memory
+from automodel.catalog.units import GIB, parse_count, parse_memory
 
 TINY = {
     "model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
@@ -55,3 +55,16 @@ def test_parse_memory_says_why() -> None:
     with pytest.raises(UserError, match="more than any GPU has"):
         parse_memory("24TB")
     assert parse_memory("1TiB") == 1024 * GIB  # the bound itself is accepted
+
+
+@pytest.mark.parametrize(("text", "value"), [("8B", 8 * 10**9), ("250m", 250 * 10**6), ("1.5b", 1_500_000_000),
+                                             ("8e9", 8 * 10**9), ("2000000", 2_000_000), (".5k", 500)])
+def test_parse_count(text: str, value: int) -> None:
+    assert parse_count(text) == value
+
+
+@pytest.mark.parametrize(("text", "words"), [("abc", "is not a count"), ("-5", "is not a count"),
+                                             ("1e400", "too large"), ("0", "below 1"), ("0.4", "below 1")])
+def test_parse_count_rejects_with_a_reason(text: str, words: str) -> None:
+    with pytest.raises(ValueError, match=words):
+        parse_count(text)
