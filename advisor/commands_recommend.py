@@ -76,7 +76,8 @@ def _flag_error(err: ValidationError) -> UserError:
     if not name and ": " in message:  # model validators name their field as the message's prefix
         name, message = message.split(": ", 1)
     name = name.rsplit(".", 1)[-1]
-    return UserError(message, field=FIELD_TO_FLAG.get(name, "--" + name.replace("_", "-")))
+    return UserError(message, field=FIELD_TO_FLAG.get(name, "--" + name.replace("_", "-")),
+                     hint="see `automodel recommend --help`")
 
 
 def profile_from_args(args: argparse.Namespace, hardware: Hardware) -> Profile:
