@@ -59,3 +59,24 @@ def test_two_process_fsdp2_matches_one_process(tiny_config, tmp_path: Path) -> N
     assert (tmp_path / "two/merged/model.safetensors").is_file()
     assert {p.name for p in (tmp_path / "two/checkpoints/step_00000004").iterdir()} >= {"rng_rank0.pt",
                                                                                           "rng_rank1.pt"}
+
+
+def test_one_process_checkpoint_resumes_in_two_processes(tiny_config, tmp_path: Path) -> None:
+    """Checkpoints hold full tensors and the data order does not depend on the world size. (Dropout masks
+    do: each rank draws its own, so this holds for dropout 0.)"""
+    from automodel.trainer.config import dump_yaml
+    from automodel.trainer.recipe import run
+
+    args = ("schedule.max_steps=4", "schedule.global_batch_size=8", "schedule.micro_batch_size=2",
+            "schedule.checkpoint_every=2", "checkpoint.keep_last=3")
+    run(tiny_config(*args, output_dir=tmp_path / "one"))
+    step2 = tmp_path / "one/checkpoints/step_00000002"
+    config_file = tmp_path / "two.yaml"
+    config_file.write_text(dump_yaml(tiny_config(*args, f"checkpoint.resume={step2}", output_dir=tmp_path / "two")))
+    proc = _run_torchrun(config_file, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming from" in proc.stdout
+    one, two = read_metrics(tmp_path / "one/metrics.jsonl"), read_metrics(tmp_path / "two/metrics.jsonl")
+    assert [r["step"] for r in two] == [3, 4]
+    for a, b in zip(one[2:], two, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
