@@ -33,6 +33,14 @@ _DEFAULT_ACT = {"phi": "gelu_new", "gpt2": "gelu_new", "gpt_neox": "gelu", "gemm
                 "gemma3": "gelu_pytorch_tanh", "gemma3_text": "gelu_pytorch_tanh", "bloom": "gelu"}
 
 
+# Config integers that are sizes or divisors; every other count read here may be 0 but never negative.
+_POSITIVE_KEYS = frozenset({
+    "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim", "num_hidden_layers", "vocab_size",
+    "intermediate_size", "d_model", "decoder_layers", "decoder_attention_heads", "decoder_ffn_dim",
+    "decoder_sparse_step", "sliding_window_pattern",
+})
+
+
 @dataclass(frozen=True)
 class LinearLayer:
     """One kind of nn.Linear: its leaf name (what peft target names match), shape and how many exist."""
@@ -161,6 +169,10 @@ class _Cfg:
         value = self.raw(key, default)
         if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
             raise UserError(f"expected an integer, got {value!r}", field=f"{self.where}{key}")
+        least = 1 if key in _POSITIVE_KEYS else 0  # sizes and divisors: 0 heads would divide by zero
+        if value < least:
+            raise UserError(f"must be at least {least}, got {value!r}", field=f"{self.where}{key}",
+                            hint="pass the model's config.json as published on the Hub")
         return int(value)
 
     def bool(self, key: str, default: object = ...) -> bool:
@@ -207,6 +219,10 @@ def _attn_shape(c: _Cfg) -> tuple[int, int, int, int]:
     hidden = c.int("hidden_size", c.raw(alias) if alias else ...)
     heads = c.int("num_attention_heads", c.raw("n_head", ...) if c.has("n_head") else ...)
     kv_heads = c.int("num_key_value_heads", heads)
+    if not c.has("head_dim") and not c.has("kv_channels") and hidden % heads:
+        # transformers refuses to build it; `hidden // heads` would quietly estimate another model
+        raise UserError(f"hidden_size {hidden} is not a multiple of num_attention_heads {heads}",
+                        field=f"{c.where}num_attention_heads", hint="pass the model's config.json as published on the Hub")
     head_dim = c.int("head_dim", c.raw("kv_channels", hidden // heads))
     return hidden, heads, kv_heads, head_dim
 

@@ -17,6 +17,7 @@ import copy
 from typing import Any
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -64,7 +65,14 @@ def hf_config_from_dict(config: dict[str, Any]) -> PretrainedConfig:
     model_type = _model_type(config)
     _require_known(model_type)
     rest = {k: copy.deepcopy(v) for k, v in config.items() if k != "model_type"}
-    return AutoConfig.for_model(model_type, **rest)
+    try:
+        return AutoConfig.for_model(model_type, **rest)
+    except (TypeError, ValueError, ArithmeticError, StrictDataclassError) as exc:
+        # transformers 5 validates config fields (strict dataclasses) and derives head_dim in __post_init__:
+        # a wrong type or a zero is the user's file, not a crash.
+        problem = " ".join(str(exc).split())  # pydantic-style multi-line messages on one line
+        raise UserError(f"transformers rejects this {model_type} config: {problem}", field="config.json",
+                        hint="pass the model's config.json as published on the Hub") from None
 
 
 def _preferred_class(model_type: str, arch: str, has_vision: bool) -> type:

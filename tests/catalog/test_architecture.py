@@ -135,3 +135,21 @@ def test_unknown_targets_names_only_the_misses() -> None:
     assert dims.unknown_targets("all-linear") == ()
     assert dims.unknown_targets(("q_proj", "v_proj")) == ()
     assert dims.unknown_targets(("q_proj", "qkv_proj", "lm_head")) == ("qkv_proj", "lm_head")
+
+
+@pytest.mark.parametrize(("change", "field", "words"), [
+    ({"num_attention_heads": 0}, "config.num_attention_heads", "must be at least 1, got 0"),  # was ZeroDivisionError
+    ({"num_hidden_layers": -2}, "config.num_hidden_layers", "must be at least 1"),
+    ({"num_attention_heads": 3}, "config.num_attention_heads", "not a multiple"),
+    ({"hidden_size": "big"}, "config.hidden_size", "expected an integer"),
+])
+def test_impossible_dimensions_name_the_key(change: dict[str, object], field: str, words: str) -> None:
+    config = {
+        "model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100, **change,
+    }
+    if change.get("num_attention_heads") == 3:
+        config["num_key_value_heads"] = 3
+    with pytest.raises(UserError) as info:
+        dims_from_config(config)
+    assert info.value.field == field and words in info.value.message

@@ -150,3 +150,14 @@ def test_architectures_outside_the_preferred_classes_still_count() -> None:
     assert model_class_for(t5_small).__name__ == "AutoModelForSeq2SeqLM"
     assert exact_param_count(t5_small) == 60_506_624  # t5-small, shared embedding counted once
     assert model_class_for({"model_type": "clip"}).__name__ == "AutoModel"
+
+
+@pytest.mark.parametrize(("change", "words"), [({"hidden_size": "big"}, "hidden_size"),
+                                               ({"num_attention_heads": 0}, "division"),
+                                               ({"num_attention_heads": 3}, "not a multiple")])
+def test_configs_transformers_rejects_are_user_errors(change: dict[str, object], words: str) -> None:
+    config = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+              "num_attention_heads": 4, "num_key_value_heads": 1, "vocab_size": 100, **change}
+    with pytest.raises(UserError) as info:
+        hf_config_from_dict(config)
+    assert info.value.field == "config.json" and words in info.value.message and "\n" not in info.value.message
