@@ -10,10 +10,11 @@ cheapest strategy that fits one GPU of the stated size, using the analytic memor
 - headroom policy: a plan fits when its estimated peak *reserved* memory (what nvidia-smi shows,
   allocator reserve and CUDA context included) is at most `HEADROOM` (90 %) of one GPU's memory.
 
-Fitting models are scored (0-100) from use-case fit, quality (size, family strengths), latency
-(smaller is faster) and the method (full > LoRA > QLoRA); the weights depend on the priority, so
-`quality` moves the answer to bigger models and `latency` to smaller ones. Every pick and every
-exclusion says why, with numbers.
+Fitting models are scored (0-100, `scoring.py`) from use-case fit (without --use-case: general
+assistants ahead of specialists), quality (size), latency (smaller is faster), the method (full > LoRA >
+QLoRA) and recency (a newer checkpoint of comparable size ranks higher); the weights depend on the
+priority, so `quality` moves the answer to bigger models and `latency` to smaller ones. Every pick and
+every exclusion says why, with numbers.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from automodel.advisor.profile import Profile
-from automodel.advisor.scoring import MFU, ideal_params, score, train_seconds
+from automodel.advisor.scoring import MFU, general_fit, ideal_params, newest_release, score, train_seconds
 from automodel.catalog.errors import UserError
 from automodel.catalog.memory.estimate import estimate
 from automodel.catalog.memory.plan import MemoryEstimate, Plan
@@ -319,6 +320,9 @@ def _reasons(
     title = family.title if family else model.family
     if use_case and use_case in strengths:
         reasons.append(f"{title} is strong at {use_case}.")
+    if use_case is None and general_fit(model) < 1.0:
+        reasons.append(f"A specialist (catalog use cases: {', '.join(model.use_cases)}): without --use-case, "
+                       "general assistants rank ahead of it.")
     size = f"{model.params / 1e9:.1f}B"
     if priority == "quality":
         reasons.append(f"{size} params: quality priority favours the biggest model that fits.")
@@ -377,7 +381,8 @@ def recommend(profile: Profile) -> Recommendations:
     if profile.task.use_case is not None:
         # A use case the schema allows but no model of this modality offers: a user error, not "nothing fits".
         catalog.check_use_case(profile.task.modality, profile.task.use_case)
-    scored: list[tuple[float, int, Recommendation]] = []
+    newest = newest_release(profile.task.modality)
+    scored: list[tuple[float, int, int, Recommendation]] = []
     excluded: list[Exclusion] = []
     for model in catalog.models:
         if model.modality != profile.task.modality:
@@ -401,7 +406,7 @@ def recommend(profile: Profile) -> Recommendations:
             gpus_per_node=gpn,
             nodes=math.ceil(plan.gpus / gpn),
             gpu_mem_bytes=hw.memory_bytes,
-            score=score(profile, model, family, plan.method),
+            score=score(profile, model, family, plan.method, newest),
             reasons=_reasons(profile, model, family, plan, est, found.misses),
             summary=_summary(profile, family, plan, found.misses),
             train_seconds=(
@@ -410,10 +415,10 @@ def recommend(profile: Profile) -> Recommendations:
                 else None
             ),
         )
-        scored.append((rec.score, model.params, rec))
-    # Best score first; ties go to the bigger model, then to the later name (qwen2.5 after qwen2,
-    # -instruct after the base), which in the catalog's naming is the newer or tuned checkpoint.
-    scored.sort(key=lambda item: (item[0], item[1], item[2].model.name), reverse=True)
+        scored.append((rec.score, model.released_month, model.params, rec))
+    # Best score first; ties go to the newer checkpoint, then the bigger model, then the later name
+    # (-instruct after the base), which in the catalog's naming is the tuned checkpoint.
+    scored.sort(key=lambda item: (item[0], item[1], item[2], item[3].model.name), reverse=True)
     ranked = tuple(
         Recommendation(**{**rec.__dict__, "rank": i + 1}) for i, (*_, rec) in enumerate(scored)
     )

@@ -1,15 +1,26 @@
 """How a fitting model is scored (0-100) and how long its training takes.
 
 Pure arithmetic over the catalog's facts and the profile, kept apart from the strategy search in
-`rank.py` so the weights can be read (and argued about) in one place:
+`rank.py` so the weights can be read (and argued about) in one place. The score is
+
+    100 * (wq*quality + wl*latency + wb*band + wf*fit + wm*method + wr*recency)
+
+with the weights per priority in `WEIGHTS` (each row sums to 1) and every term in 0..1:
 
 - quality: log of the parameter count (0.3B -> 0, 100B -> 1); an MoE counts as the geometric mean of
   its total and active sizes;
 - latency: the same scale on the active parameters, reversed (smaller is faster);
 - balanced size band: a Gaussian in log2(size) around the model whose bf16 weights fill half of all
   the GPU memory given (sigma 1.5 doublings);
-- use-case fit: 1.0 when the family lists the use case as a strength, 0.5 otherwise;
-- method: full > LoRA > QLoRA, with QLoRA only a fallback unless quality is the priority.
+- fit: with --use-case, 1.0 when the family lists the use case as a strength, 0.5 otherwise; without
+  one, the "general" fit from the checkpoint's own tags: 1.0 for a general assistant (tagged `chat`; for
+  speech, `transcription`), 0.5 for a specialist (e.g. tagged only `code` and `reasoning`, or `code` and
+  `instruction`: a code-instruct model follows instructions about code, it is no general assistant);
+- method: full > LoRA > QLoRA, with QLoRA only a fallback unless quality is the priority;
+- recency: 1 - (months between the checkpoint's release and the newest release of its modality in the
+  catalog) / 48, floored at 0. With wr = 0.10, a year newer is worth 2.5 points: about a third of a size
+  doubling under the quality priority (a doubling is 0.12 quality, 7 points), so a newer generation wins
+  at comparable size and fit, while a clearly bigger or better-fitting model still wins over a newer one.
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ import math
 
 from automodel.advisor.profile import Profile
 from automodel.catalog.memory.plan import Plan
+from automodel.catalog.registry import load_catalog
 from automodel.catalog.schema import FamilySpec, ModelSpec
 
 # Model FLOP utilisation assumed for time estimates: 40 % of the dense bf16 peak for bf16 training;
@@ -31,12 +43,26 @@ METHOD_SCORE: dict[str, dict[str, float]] = {
     "balanced": {"full": 1.0, "lora": 0.8, "qlora": 0.1},
     "latency": {"full": 1.0, "lora": 0.8, "qlora": 0.1},
 }
-# Score weights per priority: (quality, latency, balanced-size band, use-case fit, method).
-WEIGHTS: dict[str, tuple[float, float, float, float, float]] = {
+# Score weights per priority before recency: (quality, latency, balanced-size band, use-case fit, method).
+BASE_WEIGHTS: dict[str, tuple[float, float, float, float, float]] = {
     "balanced": (0.15, 0.0, 0.40, 0.15, 0.30),
     "quality": (0.65, 0.0, 0.0, 0.20, 0.15),
     "latency": (0.0, 0.60, 0.0, 0.20, 0.20),
 }
+# Recency takes a tenth of every priority; the other terms keep their proportions (x0.9), so the
+# priorities still trade size, speed and method exactly as before.
+RECENCY_WEIGHT = 0.10
+RECENCY_HORIZON_MONTHS = 48
+WEIGHTS: dict[str, tuple[float, float, float, float, float, float]] = {
+    priority: (*(w * (1 - RECENCY_WEIGHT) for w in base), RECENCY_WEIGHT)  # type: ignore[misc]
+    for priority, base in BASE_WEIGHTS.items()
+}
+# Fit without --use-case, from the checkpoint's tags: general assistants (chat; for speech, transcription)
+# score full fit, specialists the same 0.5 a model gets for a stated use case outside its strengths.
+GENERAL_USE_CASES = frozenset({"chat", "transcription"})
+SPECIALIST_FIT = 0.5
+
+
 # A balanced pick aims at the model whose bf16 weights fill about half of all the GPU memory given
 # (2 bytes per parameter): big enough to use the hardware, small enough to train without quantising.
 BALANCED_WEIGHT_SHARE = 0.5
@@ -64,22 +90,44 @@ def ideal_params(profile: Profile) -> float:
 
 
 def use_case_fit(profile: Profile, family: FamilySpec | None) -> float:
+    """Fit for the stated --use-case (0.5, neutral, without one: `general_fit` covers that case)."""
     use_case = profile.task.use_case
     if use_case is None or family is None:
         return 0.5
     return 1.0 if use_case in family.strengths else 0.5
 
 
-def score(profile: Profile, model: ModelSpec, family: FamilySpec | None, method: str) -> float:
+def general_fit(model: ModelSpec) -> float:
+    """Fit for a request without --use-case: general assistants first, specialists after."""
+    return 1.0 if GENERAL_USE_CASES.intersection(model.use_cases) else SPECIALIST_FIT
+
+
+def newest_release(modality: str) -> int:
+    """The latest `released_month` among the catalog's models of this modality."""
+    return max(m.released_month for m in load_catalog().models if m.modality == modality)
+
+
+def recency(model: ModelSpec, newest: int) -> float:
+    """1.0 for the newest checkpoint of the modality, 0.25 less per year older, at least 0."""
+    return max(0.0, 1.0 - (newest - model.released_month) / RECENCY_HORIZON_MONTHS)
+
+
+def score(
+    profile: Profile, model: ModelSpec, family: FamilySpec | None, method: str, newest: int | None = None
+) -> float:
+    """The 0-100 score; `newest` is the newest release month of the modality (from the catalog if None)."""
     priority = profile.requirements.priority
-    wq, wl, wb, wf, wm = WEIGHTS[priority]
+    wq, wl, wb, wf, wm, wr = WEIGHTS[priority]
     quality, latency, band = size_terms(model, ideal_params(profile))
+    fit = use_case_fit(profile, family) if profile.task.use_case else general_fit(model)
+    latest = newest_release(model.modality) if newest is None else newest
     total = (
         wq * quality
         + wl * latency
         + wb * band
-        + wf * use_case_fit(profile, family)
+        + wf * fit
         + wm * METHOD_SCORE[priority][method]
+        + wr * recency(model, latest)
     )
     return round(100 * total, 1)
 

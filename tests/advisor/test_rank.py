@@ -72,9 +72,13 @@ def test_priorities_move_the_size_the_way_a_user_expects() -> None:
 
 def test_balanced_follows_the_seed_tiers() -> None:
     small = run("llm", 12).recommendations[0].model.params
-    mid = run("llm", 24).recommendations[0].model.params
+    mid = run("llm", 24, seq_len=1024).recommendations[0]
     assert small <= 4.5e9  # 8-16 GB: the 1-4B class
-    assert 6e9 <= mid <= 10e9  # 24 GB: the 7-9B class with LoRA
+    assert 6e9 <= mid.model.params <= 10e9 and mid.plan.method == "lora"  # 24 GB: the 7-9B class with LoRA
+    # At 2048 tokens only Code Llama 7B (32K vocabulary) of that class fits LoRA in 24 GB; a general request
+    # then gets the best general model that fits LoRA (3-4B) rather than a 2023 code specialist.
+    top = run("llm", 24).recommendations[0]
+    assert small <= top.model.params <= 10e9 and "chat" in top.model.use_cases and top.plan.method == "lora"
 
 
 def test_more_memory_never_shrinks_the_quality_pick() -> None:
@@ -274,3 +278,43 @@ def test_seq_len_beyond_context_excludes_with_the_reason() -> None:
     result = run("llm", 80, seq_len=200_000)
     reasons = {e.model: e for e in result.excluded}
     assert reasons["llama-3.1-8b"].kind == "requirement" and "131072" in reasons["llama-3.1-8b"].reason
+
+
+def _names(result: Recommendations) -> list[str]:
+    return [r.model.name for r in result.recommendations]
+
+
+def test_general_request_ranks_general_models_ahead_of_specialists() -> None:
+    result = run("llm", 24, commercial_only=True, allow_gated=False)
+    names = _names(result)
+    assert "chat" in result.recommendations[0].model.use_cases and names[0] != "codellama-7b-instruct"
+    assert names.index("qwen3-4b") < names.index("codellama-7b-instruct")
+    assert names.index("phi-4-mini-instruct") < names.index("codellama-7b-instruct")
+    code = next(r for r in result.recommendations if r.model.name == "codellama-7b-instruct")
+    assert any("specialist" in reason and "--use-case" in reason for reason in code.reasons)
+
+
+def test_code_use_case_still_surfaces_code_models() -> None:
+    names = _names(run("llm", 24, use_case="code"))
+    assert names[0] == "codellama-7b-instruct" and names.index("qwen2.5-3b-instruct") < 5
+
+
+@pytest.mark.parametrize(
+    ("newer", "older", "mem"),
+    [("qwen3-8b", "qwen2-7b-instruct", 24), ("qwen2.5-7b-instruct", "qwen2-7b-instruct", 24),
+     ("phi-4-mini-instruct", "phi-3-mini-4k-instruct", 24), ("phi-3-mini-4k-instruct", "phi-2", 24),
+     ("phi-4", "phi-3-medium-4k-instruct", 80), ("qwen3-14b", "qwen2.5-14b-instruct", 80),
+     ("llama-3.1-8b-instruct", "codellama-7b-instruct", 48)],
+)
+def test_newer_generation_ranks_ahead_at_comparable_size(newer, older, mem) -> None:
+    names = _names(run("llm", mem))
+    assert names.index(newer) < names.index(older)
+
+
+def test_newer_generation_ranks_ahead_for_vision_and_speech() -> None:
+    vlm = _names(run("vlm", 48))
+    assert vlm.index("qwen2.5-vl-7b-instruct") < vlm.index("qwen2-vl-7b-instruct")
+    assert vlm.index("qwen2.5-vl-3b-instruct") < vlm.index("qwen2-vl-2b-instruct")
+    asr = _names(run("asr", 16))
+    assert asr[0] in ("whisper-large-v3", "whisper-large-v3-turbo")
+    assert asr.index("whisper-large-v3-turbo") < asr.index("whisper-medium") < asr.index("whisper-small")

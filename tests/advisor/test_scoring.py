@@ -5,7 +5,17 @@ from __future__ import annotations
 import pytest
 
 from automodel.advisor.profile import Hardware, Profile, Requirements, Task
-from automodel.advisor.scoring import ideal_params, score, size_terms, use_case_fit
+from automodel.advisor.scoring import (
+    RECENCY_WEIGHT,
+    WEIGHTS,
+    general_fit,
+    ideal_params,
+    newest_release,
+    recency,
+    score,
+    size_terms,
+    use_case_fit,
+)
 from automodel.catalog.registry import find_model, load_catalog
 
 GIB = 2**30
@@ -48,3 +58,43 @@ def test_priority_orders_two_sizes_the_expected_way() -> None:
 def test_use_case_fit_from_family_strengths(use_case, expected) -> None:
     family = next(f for f in load_catalog().families if f.name == "qwen3")
     assert use_case_fit(profile(use_case=use_case), family) == expected
+
+
+def test_weights_sum_to_one_and_recency_is_a_tenth() -> None:
+    for priority, weights in WEIGHTS.items():
+        assert sum(weights) == pytest.approx(1.0), priority
+        assert weights[-1] == RECENCY_WEIGHT == 0.10
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("qwen3-4b", 1.0), ("gemma-2-9b-it", 1.0), ("whisper-small", 1.0), ("wav2vec2-base-960h", 1.0),
+     ("codellama-7b-instruct", 0.5), ("phi-2", 0.5)],
+)
+def test_general_fit_from_the_checkpoint_tags(name, expected) -> None:
+    assert general_fit(find_model(name)) == expected
+
+
+def test_recency_is_linear_in_months_and_floored() -> None:
+    newest = newest_release("llm")
+    assert newest == find_model("qwen3-8b").released_month  # Qwen3 (2025-04) is the newest text model here
+    assert recency(find_model("qwen3-8b"), newest) == 1.0
+    assert recency(find_model("qwen2.5-7b-instruct"), newest) == pytest.approx(1 - 7 / 48)
+    assert recency(find_model("codellama-7b-instruct"), newest) == pytest.approx(1 - 20 / 48)
+    assert recency(find_model("codellama-7b-instruct"), newest + 60) == 0.0
+
+
+def test_a_year_newer_is_worth_two_and_a_half_points() -> None:
+    model, newest = find_model("qwen2.5-7b-instruct"), newest_release("llm")
+    for priority in WEIGHTS:
+        now, year_later = (score(profile(priority), model, None, "lora", n) for n in (newest, newest + 12))
+        assert now - year_later == pytest.approx(2.5, abs=0.11), priority
+
+
+def test_no_use_case_scores_a_general_model_above_a_specialist_of_the_same_size() -> None:
+    general, code = find_model("qwen2.5-7b-instruct"), find_model("codellama-7b-instruct")
+    newest = general.released_month  # same recency for both: only the fit differs
+    p = profile()
+    gap = score(p, general, None, "lora", newest) - score(p, code.model_copy(update={"released": general.released}),
+                                                          None, "lora", newest)
+    assert gap > 5  # the fit term alone: 0.5 x 0.135 = 6.75 points, the size terms differ by under one
