@@ -105,6 +105,8 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
     if not (sharded and cfg.distributed.cpu_offload):
         model.to(d.device)
     model.train()
+    # Weights are initialised identically on every rank (above); dropout draws differ per rank from here on.
+    torch.manual_seed(cfg.seed + d.rank)
     params = trainable_parameters(model)
     lora = cfg.peft.method == "lora"
 
