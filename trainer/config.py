@@ -210,8 +210,12 @@ class PeftConfig(Section):
     @classmethod
     def _targets_from_csv(cls, value: object) -> object:
         if isinstance(value, str) and value != "all-linear":
-            return tuple(p.strip() for p in value.split(",") if p.strip()) or value
-        return tuple(value) if isinstance(value, list) else value
+            value = value.split(",")
+        if isinstance(value, list | tuple):
+            value = tuple(v.strip() if isinstance(v, str) else v for v in value if not (isinstance(v, str) and not v.strip()))
+        if value is None or value == ():  # peft would find nothing to adapt, at load time instead of here
+            raise ValueError("give `all-linear` or a list of module names (e.g. [q_proj, v_proj])")
+        return value
 
 
 class DistributedConfig(Section):
@@ -389,7 +393,8 @@ class TrainConfig(Section):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Checkpoints, resume, export.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Metrics and progress output.")
     seed: int = Field(42, ge=0, description="Seed for model init (init=random), data order, dropout.")
-    output_dir: str = Field("outputs/run", description="Checkpoints, metrics, exports and the resolved config go here.")
+    output_dir: str = Field("outputs/run", min_length=1,
+                            description="Checkpoints, metrics, exports and the resolved config go here.")
 
     # dotted path -> unresolved `${NAME}` text, for values interpolated from secret-looking variables
     _secret_templates: dict[str, str] = PrivateAttr(default_factory=dict)

@@ -80,7 +80,15 @@ INVALID = [
     (["lr_schedule.warmup_steps=21"], None, "lr_schedule.warmup_steps"),
     (["lr_schedule.min_lr_ratio=2"], None, "lr_schedule.min_lr_ratio"),
     (["model.attn_implementation=flash"], None, "model.attn_implementation"),
+    (["output_dir="], None, "output_dir"),  # '' would write checkpoints into the working directory
+    (["peft.target_modules=[]"], None, "peft.target_modules"),  # peft would adapt nothing
+    (['peft.target_modules=" , "'], None, "peft.target_modules"),
 ]
+
+
+def test_target_modules_from_a_comma_list() -> None:
+    assert make("peft.target_modules=q_proj, v_proj").peft.target_modules == ("q_proj", "v_proj")
+    assert make("peft.target_modules=[k_proj, ' o_proj']").peft.target_modules == ("k_proj", "o_proj")
 
 
 @pytest.mark.parametrize(("overrides", "data_patch", "path"), INVALID, ids=[case[2] for case in INVALID])
