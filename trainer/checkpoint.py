@@ -113,7 +113,7 @@ def save(output_dir: str | Path, step: int, *, model: nn.Module, optimizer: torc
         os.replace(tmp, final)
         _fsync_dir(root)
         _point_latest(root, final.name)
-        _prune(root, keep_last)
+        _prune(root, keep_last, final.name)
     barrier(d)
     return final
 
@@ -128,10 +128,14 @@ def _point_latest(root: Path, name: str) -> None:
     _fsync_dir(root)
 
 
-def _prune(root: Path, keep_last: int) -> None:
+def _prune(root: Path, keep_last: int, newest: str) -> None:
+    """Keep the `keep_last` newest up to `newest`; later steps belong to a run this one replaced
+    (resume=never, or resumed from an older checkpoint) and go too."""
     done = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(_PREFIX))
-    for old in done[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+    kept = [p for p in done if p.name <= newest][-keep_last:]
+    for old in done:
+        if old not in kept:
+            shutil.rmtree(old, ignore_errors=True)
     for stale in root.glob(".tmp-*"):  # leftovers of a crash mid-write
         shutil.rmtree(stale, ignore_errors=True)
 

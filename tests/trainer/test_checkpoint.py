@@ -21,6 +21,10 @@ def test_keep_last_and_latest_pointer(tiny_config, tmp_path: Path) -> None:
     assert checkpoint.find_latest(tmp_path / "run") == root / "step_00000006"
     step = root / "step_00000006"
     assert {p.name for p in step.iterdir()} == {"model.pt", "optimizer.pt", "state.json", "rng_rank0.pt"}
+    # Starting over (resume=never) replaces the old run's checkpoints, including later steps.
+    run(tiny_config("schedule.max_steps=2", "checkpoint.resume=never"))
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["step_00000002"]
+    assert checkpoint.find_latest(tmp_path / "run") == root / "step_00000002"
 
 
 def test_crash_during_write_keeps_previous_latest(tiny_config, tmp_path: Path, monkeypatch) -> None:
