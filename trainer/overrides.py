@@ -248,10 +248,32 @@ def _dotted(loc: Sequence[Any]) -> str:
     return ".".join(str(part) for part in loc)
 
 
+def _union_tag(part: Any) -> bool:
+    """pydantic names the branch of a union it tried in the error path (`literal['all-linear']`,
+    `tuple[str, ...]`); YAML paths never contain brackets."""
+    return isinstance(part, str) and "[" in part
+
+
+def _without_union_noise(errors: list[Any]) -> list[Any]:
+    """A value no union branch accepts fails once per branch; a literal branch (`all-linear`) says less
+    than the structured one, so it is dropped when another branch failed at the same field."""
+    def field(err: Any) -> tuple[Any, ...]:  # the path up to the first union branch tag
+        loc = err["loc"]
+        return tuple(loc[: next((i for i, p in enumerate(loc) if _union_tag(p)), len(loc))])
+
+    tagged = [e for e in errors if any(_union_tag(p) for p in e["loc"])]
+    structured = {field(e) for e in tagged if e["type"] != "literal_error"}
+    return [
+        {**err, "loc": tuple(p for p in err["loc"] if not _union_tag(p))}
+        for err in errors
+        if not (err in tagged and err["type"] == "literal_error" and field(err) in structured)
+    ]
+
+
 def validation_error(exc: ValidationError) -> UserError:
     """Pydantic's errors as one UserError: one line per problem, each naming its dotted YAML path."""
     lines = []
-    for err in exc.errors():
+    for err in _without_union_noise(exc.errors()):
         ctx = err.get("ctx") or {}
         if err["type"] == "config_rule":
             path = _dotted([*err["loc"], ctx["path"]])
@@ -263,7 +285,7 @@ def validation_error(exc: ValidationError) -> UserError:
                 message += f" (got {err.get('input')!r})"
         lines.append((path, message))
     if len(lines) == 1:  # a cross-field rule's message already says what to change
-        rule_only = exc.errors()[0]["type"] == "config_rule"
+        rule_only = _without_union_noise(exc.errors())[0]["type"] == "config_rule"
         return UserError(lines[0][1], field=lines[0][0],
                          hint=None if rule_only else "see `automodel config schema` for every field")
     body = "\n".join(f"  {path}: {message}" for path, message in lines)

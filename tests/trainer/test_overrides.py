@@ -132,3 +132,12 @@ def test_secret_names_and_text_redaction() -> None:
     assert not is_secret_name("HF_HOME")
     env = {"HF_TOKEN": "hf_abcdef", "HOME": "/home/u"}
     assert redact_text("a hf_abcdef b /home/u", env) == f"a {REDACTED} b /home/u"
+
+
+def test_union_failures_report_the_informative_branch_without_type_tags() -> None:
+    with pytest.raises(UserError) as info:  # all-linear | list of names: the list branch says what is wrong
+        config_from_data(BASE, ["peft.target_modules=[q_proj, 3]"])
+    assert info.value.field == "peft.target_modules.1" and "valid string" in info.value.message
+    with pytest.raises(UserError) as info:
+        config_from_data(BASE, ["peft.target_modules=5"])
+    assert info.value.field == "peft.target_modules" and "[" not in info.value.render().split("\n")[0]
