@@ -360,7 +360,9 @@ def _data_parallel_note(profile: Profile, model: ModelSpec, plan: Plan) -> str |
             f"`--nproc-per-node {gpn}` with schedule.global_batch_size a multiple of {gpn * plan.micro_batch}.")
 
 
-def _summary(profile: Profile, family: FamilySpec | None, plan: Plan, misses: tuple[Miss, ...]) -> str:
+def _summary(
+    profile: Profile, model: ModelSpec, family: FamilySpec | None, plan: Plan, misses: tuple[Miss, ...]
+) -> str:
     """`full FT needs 148 GiB; strong at chat; ~9.6 h` for the table."""
     parts = []
     for miss in misses:
@@ -369,6 +371,8 @@ def _summary(profile: Profile, family: FamilySpec | None, plan: Plan, misses: tu
     use_case = profile.task.use_case
     if use_case and family and use_case in family.strengths:
         parts.append(f"strong at {use_case}")
+    if use_case is None and general_fit(model) < 1.0:
+        parts.append(f"specialist ({', '.join(model.use_cases)})")
     if plan.method == "qlora":
         parts.append("needs CUDA + bitsandbytes")
     return "; ".join(parts) or f"{METHOD_SHORT[plan.method]} fits"
@@ -408,7 +412,7 @@ def recommend(profile: Profile) -> Recommendations:
             gpu_mem_bytes=hw.memory_bytes,
             score=score(profile, model, family, plan.method, newest),
             reasons=_reasons(profile, model, family, plan, est, found.misses),
-            summary=_summary(profile, family, plan, found.misses),
+            summary=_summary(profile, model, family, plan, found.misses),
             train_seconds=(
                 train_seconds(model, plan, profile.requirements.dataset_tokens, hw.bf16_tflops)
                 if profile.requirements.dataset_tokens

@@ -292,6 +292,8 @@ def test_general_request_ranks_general_models_ahead_of_specialists() -> None:
     assert names.index("phi-4-mini-instruct") < names.index("codellama-7b-instruct")
     code = next(r for r in result.recommendations if r.model.name == "codellama-7b-instruct")
     assert any("specialist" in reason and "--use-case" in reason for reason in code.reasons)
+    assert "specialist (code, instruction)" in code.summary
+    assert not any("specialist" in r.summary for r in run("llm", 24, use_case="code").recommendations)
 
 
 def test_code_use_case_still_surfaces_code_models() -> None:
