@@ -17,9 +17,6 @@ from automodel.catalog.registry import ResolvedModel, load_catalog, resolve
 from automodel.catalog.schema import USE_CASES, ModelSpec, format_params
 from automodel.catalog.units import parse_count
 
-# transformers' tie_word_embeddings default where a published config leaves it out.
-_TIED_BY_DEFAULT = frozenset({"gemma", "gemma2", "gemma3", "gemma3_text", "phi3small", "whisper"})
-
 
 def parse_params(text: str) -> int:
     """`8B`, `500M`, `1.5b`, `8e9`, `8000000000` -> a parameter count."""
@@ -93,7 +90,9 @@ def tied_embeddings(config: dict[str, Any]) -> bool | None:
     for where in (config, _text_part(config)):
         if "tie_word_embeddings" in where:
             return bool(where["tie_word_embeddings"])
-    return model_type in _TIED_BY_DEFAULT or _text_part(config).get("model_type") in _TIED_BY_DEFAULT
+    from automodel.catalog.architecture import TIED_BY_DEFAULT  # the estimator's table, one copy
+
+    return model_type in TIED_BY_DEFAULT or _text_part(config).get("model_type") in TIED_BY_DEFAULT
 
 
 def architecture_summary(config: dict[str, Any]) -> dict[str, Any]:

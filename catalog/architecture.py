@@ -21,7 +21,7 @@ from automodel.catalog.towers import AudioDims, VisionDims, audio_dims, vision_d
 Component = Literal["text", "vision", "audio"]
 
 # transformers' `tie_word_embeddings` default per model_type (PretrainedConfig's own default is True).
-_TIED_DEFAULT = {"bloom": True, "gpt2": True, "gemma": True, "gemma2": True, "gemma3": True, "gemma3_text": True, "phi3small": True, "whisper": True}
+TIED_BY_DEFAULT = frozenset({"bloom", "gpt2", "gemma", "gemma2", "gemma3", "gemma3_text", "phi3small", "whisper"})
 # Gemma3TextConfig defaults the published multimodal configs rely on.
 _GEMMA3_TEXT_DEFAULTS: dict[str, object] = {
     "vocab_size": 262208, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
@@ -197,7 +197,7 @@ def _text_cfg(config: dict[str, object]) -> tuple[_Cfg, str]:
         defaults = dict(_GEMMA3_TEXT_DEFAULTS)
     if model_type == "gemma3" and "tie_word_embeddings" in config:
         data["tie_word_embeddings"] = config["tie_word_embeddings"]
-    defaults.setdefault("tie_word_embeddings", _TIED_DEFAULT.get(model_type, False))
+    defaults.setdefault("tie_word_embeddings", model_type in TIED_BY_DEFAULT)
     where = "config.text_config." if isinstance(nested, dict) else "config."
     return _Cfg(data, where, defaults), model_type
 
