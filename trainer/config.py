@@ -32,7 +32,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from automodel.catalog.errors import UserError
-from automodel.catalog.memory.plan import Plan
+from automodel.catalog.memory.plan import Plan, lora_targets_from
 from automodel.trainer.overrides import build_config_data, redact_text, set_path, validate
 
 LOCAL_DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
@@ -209,13 +209,7 @@ class PeftConfig(Section):
     @field_validator("target_modules", mode="before")
     @classmethod
     def _targets_from_csv(cls, value: object) -> object:
-        if isinstance(value, str) and value != "all-linear":
-            value = value.split(",")
-        if isinstance(value, list | tuple):
-            value = tuple(v.strip() if isinstance(v, str) else v for v in value if not (isinstance(v, str) and not v.strip()))
-        if value is None or value == ():  # peft would find nothing to adapt, at load time instead of here
-            raise ValueError("give `all-linear` or a list of module names (e.g. [q_proj, v_proj])")
-        return value
+        return lora_targets_from(value)  # the estimator's Plan reads --lora-targets the same way
 
 
 class DistributedConfig(Section):

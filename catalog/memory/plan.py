@@ -58,15 +58,20 @@ class Plan(BaseModel):
     @field_validator("lora_targets", mode="before")
     @classmethod
     def _targets_from_csv(cls, value: object) -> object:
-        """Accept `q_proj,v_proj` from a flag as well as a list from YAML."""
-        if isinstance(value, str) and value != "all-linear":
-            parts = tuple(p.strip() for p in value.split(",") if p.strip())
-            if not parts:
-                raise ValueError("give `all-linear` or a comma-separated list of module names")
-            return parts
-        if isinstance(value, list):
-            return tuple(value)
-        return value
+        return lora_targets_from(value)
+
+
+def lora_targets_from(value: object) -> object:
+    """`q_proj,v_proj` from a flag or `[q_proj, v_proj]` from YAML -> a tuple of names (blanks dropped);
+    `all-linear` as is. Empty is a ValueError: LoRA would adapt nothing. (Plan and the trainer's
+    PeftConfig both read targets through this, so the flag and the YAML accept the same things.)"""
+    if isinstance(value, str) and value != "all-linear":
+        value = value.split(",")
+    if isinstance(value, list | tuple):
+        value = tuple(v.strip() if isinstance(v, str) else v for v in value if not (isinstance(v, str) and not v.strip()))
+    if value is None or value == ():
+        raise ValueError("give `all-linear` or a list of module names (e.g. q_proj,v_proj)")
+    return value
 
 
 # The terms of a breakdown, in the order they are rendered. Each one is a per-GPU byte count.

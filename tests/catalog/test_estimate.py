@@ -68,3 +68,14 @@ def test_parse_count(text: str, value: int) -> None:
 def test_parse_count_rejects_with_a_reason(text: str, words: str) -> None:
     with pytest.raises(ValueError, match=words):
         parse_count(text)
+
+
+def test_lora_targets_read_the_same_from_a_flag_or_yaml() -> None:
+    from automodel.catalog.memory.plan import lora_targets_from
+
+    assert Plan(lora_targets="q_proj, v_proj").lora_targets == ("q_proj", "v_proj")
+    assert lora_targets_from(["q_proj", " ", " v_proj"]) == ("q_proj", "v_proj")
+    assert lora_targets_from("all-linear") == "all-linear"
+    for empty in ("", " , ", [], None):
+        with pytest.raises(ValueError, match="all-linear"):
+            lora_targets_from(empty)
