@@ -92,8 +92,11 @@ def check_flags(args: argparse.Namespace, plan: Plan, config: dict[str, Any], co
                        f"drop {flag}, or add --method lora")
     if plan.mode == "train" and args.new_tokens is not None:
         reject("--new-tokens", "applies to --mode inference only", "add --mode inference, or drop --new-tokens")
-    if plan.mode == "inference" and args.grad_accum is not None:
-        reject("--grad-accum", "applies to training only", "drop --grad-accum, or drop --mode inference")
+    if plan.mode == "inference":
+        for flag, value in (("--grad-accum", args.grad_accum), ("--grad-ckpt", args.grad_ckpt),
+                            ("--optimizer", args.optimizer)):
+            if value is not None:
+                reject(flag, "applies to training only", f"drop {flag}, or drop --mode inference")
     dims = dims_from_config(config)
     if plan.images and dims.vision is None:
         reject("--images", f"{args.model} has no vision tower (images apply to VLMs only)", "drop --images")

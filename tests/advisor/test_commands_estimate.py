@@ -52,7 +52,8 @@ def test_fit_json_and_table(config_path: str, capsys: pytest.CaptureFixture[str]
     # flags that cannot apply to the plan or the model: answering anyway would answer another question
     (["--method", "full", "--lora-rank", "8"], "--lora-rank"), (["--method", "full", "--lora-targets", "q_proj"],
     "--lora-targets"), (["--new-tokens", "5"], "--new-tokens"), (["--mode", "inference", "--grad-accum", "4"],
-    "--grad-accum"), (["--images", "2"], "--images"), (["--lora-targets", "q_proj,qproj"], "--lora-targets"),
+    "--grad-accum"), (["--mode", "inference", "--no-grad-ckpt"], "--grad-ckpt"),
+    (["--mode", "inference", "--optimizer", "sgd"], "--optimizer"), (["--images", "2"], "--images"), (["--lora-targets", "q_proj,qproj"], "--lora-targets"),
 ])
 def test_nonsense_exits_2_naming_the_flag(config_path: str, argv: list[str], flag: str,
                                           capsys: pytest.CaptureFixture[str]) -> None:
