@@ -242,6 +242,11 @@ def run_command(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.dry_run:
         print(dry_run(cfg, topo.world_size))
         return 0
+    # The same checks as `validate` before anything heavy loads: a typo in peft.target_modules must stop
+    # the run here, not train fewer layers in silence.
+    for line in check_run(cfg, topo.world_size):
+        if line.startswith("warning"):
+            print(line, file=sys.stderr)
     return launch(cfg, topo)
 
 

@@ -76,6 +76,10 @@ def test_validate_ok(tiny_config: Path, capsys: pytest.CaptureFixture[str]) -> N
         (["finetune", "llm", "-c", "{cfg}", "--nnodes", "2"], "--master-addr", "multi-node"),
         (["validate", "-c", "{cfg}", "peft.target_modules=q_proj,qproj"], "peft.target_modules",
          "qproj matches no linear layer"),
+        # finetune runs validate's checks before loading anything: the typo stops it, not a silent partial LoRA
+        (["finetune", "llm", "-c", "{cfg}", "peft.target_modules=q_proj,qproj"], "peft.target_modules",
+         "qproj matches no linear layer"),
+        (["finetune", "llm", "-c", "{cfg}", "data.source=/no/such.jsonl"], "data.source", "no such file"),
         (["validate", "-c", "{cfg}", "--nproc-per-node", "two"], "--nproc-per-node", "'two' is not a whole number"),
         (["finetune", "llm"], "--config", "is required"),
         (["validate", "-c", "{cfg}", "--nnodes", "0"], "--nnodes", "must be at least 1, got 0"),  # was a traceback
