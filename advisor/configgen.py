@@ -36,7 +36,12 @@ def trainer_methods() -> tuple[str, ...]:
 
 
 def trainer_runs(rec: Recommendation) -> bool:
-    return PEFT_NAME[rec.plan.method] in trainer_methods()
+    """The trainer's schema takes the method and the trainer runs it on the plan's GPU count (qlora: one)."""
+    try:
+        _peft_method(rec.plan.method, rec.plan.gpus)
+    except UserError:
+        return False
+    return True
 
 
 def first_runnable(recs: Sequence[Recommendation]) -> Recommendation | None:
@@ -44,8 +49,10 @@ def first_runnable(recs: Sequence[Recommendation]) -> Recommendation | None:
     return next((rec for rec in recs if trainer_runs(rec)), None)
 
 
-def _peft_method(method: str) -> str:
+def _peft_method(method: str, gpus: int) -> str:
     """The trainer's name for the recommended method; refuse what the trainer cannot run."""
+    from automodel.trainer.config import PeftConfig
+
     allowed = trainer_methods()
     if PEFT_NAME[method] not in allowed:
         raise UserError(
@@ -53,6 +60,11 @@ def _peft_method(method: str) -> str:
             field="--write-config",
             hint="force a method the trainer runs, e.g. --method lora, and pick a model that fits with it",
         )
+    try:
+        PeftConfig(method=PEFT_NAME[method]).check_world_size(gpus)  # type: ignore[arg-type]
+    except UserError as err:
+        raise UserError(f"the trainer cannot run this pick: {err.message}", field="--write-config",
+                        hint="force --gpus 1 or --method lora") from None
     return PEFT_NAME[method]
 
 
@@ -60,7 +72,7 @@ def build_config(rec: Recommendation, *, dataset: str | None = None, output_dir:
     """The training config for one recommendation, validated by the trainer's own schema."""
     plan = rec.plan
     name = rec.model.name
-    peft_method = _peft_method(plan.method)
+    peft_method = _peft_method(plan.method, plan.gpus)
     data: dict[str, object] = {
         "task": rec.model.modality,
         "model": {"name": name},

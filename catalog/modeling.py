@@ -12,6 +12,9 @@ Engine choices made here (the analytic estimator models the same ones):
   in bf16 (they are never updated, so a fp32 master copy would only cost memory);
 - LoRA: peft `LoraConfig` on the language model's linears (never the output head; on VLMs never the
   vision tower), base frozen, adapters A (r x in) and B (out x r) without bias;
+- QLoRA: the pretrained base loads through bitsandbytes as 4-bit NF4 with double quantisation and bf16
+  compute (`qlora_quantization_config`), `prepare_for_kbit_training` freezes it and upcasts the
+  non-quantised parameters (norms, embeddings, head) to fp32, then LoRA as above;
 - gradient checkpointing: transformers' `activation_checkpointing_enable` with `use_reentrant=False`
   (every decoder block is recomputed in backward);
 - sharding: FSDP2 `fully_shard` on every decoder block, then on the root, with more than one rank
@@ -151,6 +154,36 @@ def apply_lora(
         r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=names, bias="none"
     )
     return get_peft_model(model, lora_config)
+
+
+def qlora_quantization_kwargs() -> dict[str, Any]:
+    """The bitsandbytes settings of QLoRA (Dettmers et al. 2023): NF4, double quantisation, bf16 compute."""
+    import torch
+
+    return {
+        "load_in_4bit": True,
+        "bnb_4bit_quant_type": "nf4",
+        "bnb_4bit_use_double_quant": True,
+        "bnb_4bit_compute_dtype": torch.bfloat16,
+    }
+
+
+def qlora_quantization_config() -> Any:
+    """transformers' `BitsAndBytesConfig` for `from_pretrained(..., quantization_config=...)` (building it
+    needs no bitsandbytes; loading with it does)."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(**qlora_quantization_kwargs())
+
+
+def prepare_for_kbit_training(model: nn.Module, *, grad_ckpt: bool) -> nn.Module:
+    """peft's preparation of a 4-bit model: base frozen, non-quantised parameters in fp32, and (with
+    `grad_ckpt`) non-reentrant gradient checkpointing, as `enable_grad_ckpt` sets it."""
+    from peft import prepare_model_for_kbit_training
+
+    return prepare_model_for_kbit_training(
+        model, use_gradient_checkpointing=grad_ckpt, gradient_checkpointing_kwargs={"use_reentrant": False}
+    )
 
 
 def cast_for_training(model: nn.Module, precision: PrecisionName) -> nn.Module:

@@ -128,8 +128,9 @@ def check_run(cfg: TrainConfig, world_size: int) -> list[str]:
     if cfg.checkpoint.resume not in ("auto", "never") and not Path(cfg.checkpoint.resume).is_dir():
         raise UserError(f"no such checkpoint directory: {cfg.checkpoint.resume}", field="checkpoint.resume",
                         hint="use auto, never, or an existing checkpoint directory")
+    cfg.peft.check_world_size(world_size)  # qlora: one process
     resolved = resolve_model(cfg)
-    if cfg.peft.method == "lora" and cfg.peft.target_modules != "all-linear":
+    if cfg.peft.adapters and cfg.peft.target_modules != "all-linear":
         from automodel.catalog.architecture import dims_from_config
 
         dims = dims_from_config(resolved.config)

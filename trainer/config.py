@@ -198,7 +198,10 @@ class ModelConfig(Section):
 
 
 class PeftConfig(Section):
-    method: Literal["none", "lora"] = Field("lora", description="none: full fine-tuning; lora: LoRA adapters (peft).")
+    method: Literal["none", "lora", "qlora"] = Field(
+        "lora", description="none: full fine-tuning; lora: LoRA adapters (peft); qlora: LoRA on a 4-bit NF4 base "
+        "(bitsandbytes, double quantisation, bf16 compute; needs CUDA and the bitsandbytes package, one process).",
+    )
     rank: int = Field(16, ge=1, description="LoRA rank r.")
     alpha: float = Field(32.0, gt=0, description="LoRA alpha; the update is scaled by alpha / rank.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
@@ -210,6 +213,18 @@ class PeftConfig(Section):
     @classmethod
     def _targets_from_csv(cls, value: object) -> object:
         return lora_targets_from(value)  # the estimator's Plan reads --lora-targets the same way
+
+    @property
+    def adapters(self) -> bool:
+        """LoRA adapters train on a frozen base (lora and qlora)."""
+        return self.method in ("lora", "qlora")
+
+    def check_world_size(self, world_size: int) -> None:
+        """QLoRA runs in one process: FSDP2 over 4-bit parameters needs bnb_4bit_quant_storage and is untested."""
+        if self.method == "qlora" and world_size > 1:
+            raise UserError(f"qlora runs in one process, not {world_size}", field="peft.method",
+                            hint="use one process (--nproc-per-node 1 --nnodes 1), or peft.method=lora to shard "
+                            "with FSDP2")
 
 
 class DistributedConfig(Section):
@@ -357,7 +372,7 @@ class CheckpointConfig(Section):
                         "fresh; or a checkpoint directory path.")
     export: Literal["adapter", "merged", "both", "none"] = Field(
         "adapter", description="At the end write the LoRA adapter (PEFT format), the merged/full model (HF "
-        "safetensors), both, or nothing.",
+        "safetensors; not with qlora), both, or nothing.",
     )
 
 
@@ -395,9 +410,25 @@ class TrainConfig(Section):
 
     @model_validator(mode="after")
     def _export_matches_peft(self) -> TrainConfig:
-        if self.checkpoint.export in ("adapter", "both") and self.peft.method != "lora":
-            raise rule("checkpoint.export", f"`{self.checkpoint.export}` needs peft.method=lora; for full "
+        if self.checkpoint.export in ("adapter", "both") and not self.peft.adapters:
+            raise rule("checkpoint.export", f"`{self.checkpoint.export}` needs peft.method=lora or qlora; for full "
                        "fine-tuning use checkpoint.export=merged (the full model) or none")
+        return self
+
+    @model_validator(mode="after")
+    def _qlora_exports_the_adapter(self) -> TrainConfig:
+        # Merging into NF4 weights would round the update away; a dequantised merge would not be the model
+        # that trained (its base was the 4-bit one). The adapter loads onto the bf16 base with peft instead.
+        if self.peft.method == "qlora" and self.checkpoint.export in ("merged", "both"):
+            raise rule("checkpoint.export", "qlora cannot export a merged model (its base is 4-bit); use "
+                       "checkpoint.export=adapter and merge it into the bf16 base with peft's merge_and_unload")
+        return self
+
+    @model_validator(mode="after")
+    def _qlora_loads_weights(self) -> TrainConfig:
+        if self.peft.method == "qlora" and self.model.init == "random":
+            raise rule("model.init", "qlora quantises pretrained weights as it loads them; a random init has none. "
+                       "Use model.init=pretrained, or peft.method=lora for a random model")
         return self
 
     @model_validator(mode="after")
@@ -411,7 +442,7 @@ class TrainConfig(Section):
         """The estimator's view of this run on `world_size` data-parallel ranks."""
         return Plan(
             mode="train",
-            method="lora" if self.peft.method == "lora" else "full",
+            method="full" if self.peft.method == "none" else self.peft.method,
             lora_rank=self.peft.rank,
             lora_targets=self.peft.target_modules,
             precision=self.distributed.mixed_precision,

@@ -1,7 +1,9 @@
-"""LoRA for the recipe: a thin layer over `catalog.modeling.apply_lora` (the one the simulator uses)."""
+"""LoRA and QLoRA for the recipe: a thin layer over `catalog.modeling.apply_lora` (the one the simulator
+uses), plus the checks QLoRA needs before a run loads anything (one process, CUDA, bitsandbytes)."""
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 from typing import TYPE_CHECKING
 
@@ -27,6 +29,32 @@ def adapt(model: nn.Module, peft: PeftConfig) -> nn.Module:
                               targets=peft.target_modules)
     except UserError as err:  # name the config path, not the estimator's flag
         raise UserError(err.message, field="peft.target_modules", hint=err.hint) from None
+
+
+def check_runtime(peft: PeftConfig, *, world_size: int, cuda: bool) -> None:
+    """What a qlora run needs from this machine; one UserError naming peft.method for the first gap.
+    `validate` and `--dry-run` skip this (they run anywhere); the run checks it before loading anything."""
+    if peft.method != "qlora":
+        return
+    from automodel.catalog.errors import UserError
+
+    peft.check_world_size(world_size)
+    if not cuda:
+        raise UserError("qlora needs a CUDA GPU (bitsandbytes' 4-bit NF4 kernels); this process has none",
+                        field="peft.method", hint="run on a machine with an NVIDIA GPU, or use peft.method=lora")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise UserError("qlora needs the bitsandbytes package, which is not installed", field="peft.method",
+                        hint="pip install bitsandbytes, or use peft.method=lora")
+
+
+def prepare_quantized(model: nn.Module, peft: PeftConfig, *, grad_ckpt: bool) -> nn.Module:
+    """A 4-bit base ready for LoRA (frozen, fp32 norms/embeddings/head, checkpointing as the engine chose);
+    any other model as it is."""
+    if peft.method != "qlora":
+        return model
+    from automodel.catalog.modeling import prepare_for_kbit_training
+
+    return prepare_for_kbit_training(model, grad_ckpt=grad_ckpt)
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -27,7 +27,7 @@ from automodel.catalog.errors import UserError
 from automodel.trainer import checkpoint, distributed, metrics
 from automodel.trainer.config import ModelConfig, TrainConfig, dump_yaml
 from automodel.trainer.data import epoch_batches, rank_micro_batches, steps_per_epoch
-from automodel.trainer.peft import adapt, trainable_parameters
+from automodel.trainer.peft import adapt, check_runtime, prepare_quantized, trainable_parameters
 
 if TYPE_CHECKING:
     import torch
@@ -62,6 +62,8 @@ def run(cfg: TrainConfig) -> RunResult:
 def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
     import torch
 
+    # qlora's needs (one process, CUDA, bitsandbytes) stop the run before it writes or loads anything
+    check_runtime(cfg.peft, world_size=d.world, cuda=d.device.type == "cuda")
     # 1. setup: seeds, output dir, resolved config
     _seed_everything(cfg.seed)
     out = Path(cfg.output_dir)
@@ -86,16 +88,20 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
                         field="schedule.global_batch_size", hint=f"use at most {len(train_samples)}")
     total_steps = cfg.schedule.max_steps or per_epoch * (cfg.schedule.epochs or 1)
 
-    # 3. model: weights, LoRA or full, gradient checkpointing, precision, FSDP2 when world > 1
+    # 3. model: weights (qlora: 4-bit on the GPU), LoRA or full, gradient checkpointing, precision, FSDP2 when world > 1
+    grad_ckpt = cfg.distributed.activation_checkpointing
+
     def build(device: str) -> nn.Module:
-        return adapt(load_model(cfg, source, model_config, device=device, cuda=on_cuda), cfg.peft)
+        base = load_model(cfg, source, model_config, device=device, cuda=on_cuda)
+        return adapt(prepare_quantized(base, cfg.peft, grad_ckpt=grad_ckpt), cfg.peft)
 
     model = build("cpu")
-    if cfg.distributed.activation_checkpointing:
+    quantized = cfg.peft.method == "qlora"  # placed, frozen and cast by bitsandbytes + peft already
+    if grad_ckpt and not quantized:
         from automodel.catalog.modeling import enable_grad_ckpt
 
         enable_grad_ckpt(model)
-    if on_cuda:
+    if on_cuda and not quantized:
         from automodel.catalog.modeling import cast_for_training
 
         cast_for_training(model, precision)
@@ -106,13 +112,13 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
         from automodel.catalog.modeling import shard_model
 
         shard_model(model, d.mesh, precision=precision, cpu_offload=cfg.distributed.cpu_offload)
-    if not (sharded and cfg.distributed.cpu_offload):
+    if not (sharded and cfg.distributed.cpu_offload) and not quantized:
         model.to(d.device)
     model.train()
     # Weights are initialised identically on every rank (above); dropout draws differ per rank from here on.
     torch.manual_seed(cfg.seed + d.rank)
     params = trainable_parameters(model)
-    lora = cfg.peft.method == "lora"
+    lora = cfg.peft.adapters
 
     # 4. optimizer and schedule (foreach AdamW, as catalog.modeling.build_optimizer: the step the simulator measures)
     optimizer = torch.optim.AdamW(params, lr=cfg.optimizer.lr, betas=cfg.optimizer.betas, eps=cfg.optimizer.eps,
@@ -311,10 +317,18 @@ def resolve_model(model: ModelConfig) -> tuple[str, dict[str, Any]]:
 
 
 def load_model(cfg: TrainConfig, source: str, config: dict[str, Any], *, device: str, cuda: bool) -> nn.Module:
-    """Pretrained weights through transformers, or a random init from the config with `cfg.seed`."""
+    """Pretrained weights through transformers (qlora: quantised to NF4 as they load), or a random init from
+    the config with `cfg.seed`."""
     import torch
 
     dtype = torch.bfloat16 if cuda and cfg.model.dtype in ("bf16", "auto") else torch.float32
+    quantize: dict[str, Any] = {}
+    if cfg.peft.method == "qlora":  # NF4 weights straight onto this process's GPU; the rest in bf16
+        from automodel.catalog.modeling import qlora_quantization_config
+
+        dtype = torch.bfloat16
+        quantize = {"quantization_config": qlora_quantization_config(),
+                    "device_map": {"": torch.cuda.current_device()}}
     if cfg.model.init == "random":
         from automodel.catalog.modeling import build_model
 
@@ -324,7 +338,7 @@ def load_model(cfg: TrainConfig, source: str, config: dict[str, Any], *, device:
         try:
             model = task_module.model_class().from_pretrained(
                 source, dtype=dtype, attn_implementation=cfg.model.attn_implementation,
-                trust_remote_code=cfg.model.trust_remote_code)
+                trust_remote_code=cfg.model.trust_remote_code, **quantize)
         except Exception as err:
             raise UserError(f"cannot load weights of {source!r}: {str(err).splitlines()[0]}", field="model.name",
                             hint="go online once to cache them (gated models need `huggingface-cli login`), "
