@@ -166,9 +166,12 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
                                   dtype=torch.float64).to(d.device, non_blocking=True)
             distributed.all_reduce_sum(counts, d)  # every rank's targets, before the first backward
             scale = d.world / counts[0].clamp(min=1.0)  # FSDP2 averages gradients over ranks; undo that
-            for j, batch in enumerate(batches):
-                if sharded:  # reduce-scatter gradients once, after the last micro batch
-                    model.set_requires_gradient_sync(j == accum - 1)
+            # Under FSDP2 every micro batch's gradients are reduce-scattered (FSDP2's default, never turned
+            # off here), so accumulated gradients stay sharded: T x 4 / N bytes per GPU (fp32). Skipping the sync
+            # until the last micro batch would save communication but hold them unsharded, T x 4 on every GPU
+            # (32 GB for a full 8B run), and memory is what this engine's users run out of. LoRA gradients are
+            # tiny either way and one process has nothing to sync, so one rule covers every run.
+            for batch in batches:
                 batch = {k: v.to(d.device, non_blocking=True) for k, v in batch.items()}
                 with autocast:
                     micro_loss = task.forward_loss(model, batch)
