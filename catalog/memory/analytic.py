@@ -3,7 +3,7 @@
 `estimate_analytic(config, plan)` models what this repo's engine does (catalog/modeling.py): transformers
 5 with SDPA attention, peft LoRA on the language model's linears, the `cast_for_training` dtypes, FSDP2
 `fully_shard` per block + root, non-reentrant activation checkpointing per block, foreach AdamW, and an
-fp32 cross-entropy over every position. Pure arithmetic, no torch: milliseconds. Every term, formula and
+fp32 cross-entropy counted over every position. Pure arithmetic, no torch: milliseconds. Every term, formula and
 source is in docs/memory.md; the short version is in `estimate_analytic`'s docstring.
 """
 
@@ -94,6 +94,8 @@ def estimate_analytic(config: dict[str, object], plan: Plan, *, params: int | No
       block inputs (c x h per token per layer) + one recomputed block (grad ckpt); plus ViT/encoder parts.
     - logits: 12 x vocab x tokens: at the log-softmax backward, its saved fp32 output, the fp32 incoming
       gradient and the fp32 input gradient (the engine does not hold the c-byte logits or the fp32 upcast).
+      Every position counts: exact when every token is a target, an upper bound with answer-only loss
+      (the engine computes logits at target positions only).
     - kv_cache (inference): 2 x layers x kv_heads x head_dim x (prompt + new) x batch x c (sliding-window
       layers keep the window); generate keeps only the last position's logits.
     - comm_buffers (N > 1, FSDP2): unsharded compute copies of the root (embeddings, head, norms) through
@@ -193,26 +195,25 @@ def estimate_analytic(config: dict[str, object], plan: Plan, *, params: int | No
     # One GPU, bf16-mixed, full: autocast caches a bf16 copy of every linear weight through the forward
     # (and, without checkpointing, autograd keeps them for backward).
     weight_casts = 2 * _quantised_params(d) * scale if autocast_1gpu and full else 0.0
-    fwd_end = kept + (c + 8) * d.vocab * tokens + root + weight_casts  # logits, fp32 copy, log-softmax
+    # Gradient accumulation: the earlier micro batches' gradients are live through the next forward and
+    # backward. Under FSDP2 the trainer reduce-scatters every micro batch (trainer/recipe.py), so they are
+    # the sharded gradients, T x (param dtype) / N, the gradients term (one GPU: the same, unsharded).
+    # Backward adds each block's new gradient into them as it comes (a per-block transient, in in_block),
+    # so the gradients made in this backward are already inside `held`.
+    held = gradients if plan.grad_accum > 1 else 0.0
+    made = max(grads_blocks, held)
+    fwd_end = held + kept + (c + 8) * d.vocab * tokens + root + weight_casts  # logits, fp32 copy, log-softmax
     # every saved tensor at the loss's backward; FSDP2 blocks are not gathered yet
-    start_bwd = kept + logits + root + (0.0 if plan.grad_ckpt else weight_casts)
+    start_bwd = held + kept + logits + root + (0.0 if plan.grad_ckpt else weight_casts)
     in_block = bwd_work + root + blocks + block_grad + head_grad  # a block's backward
     if weight_casts and plan.grad_ckpt:  # the recomputed block casts its weights again
         in_block += 2 * d.params_per_layer * scale
     if plan.grad_ckpt:  # bound the block inputs still saved and the gradients made by their totals
-        end_bwd = grads_blocks + kept + recompute + in_block
+        end_bwd = made + kept + recompute + in_block
     else:  # top block: every activation still saved; bottom block: every block's gradient made
-        end_bwd = max(kept + in_block, grads_blocks + block + in_block)
-    root_bwd = grads_blocks + root + root_grad * (1 + (4 / c if plan.precision == "bf16-mixed" else 0))
+        end_bwd = max(held + kept + in_block, made + block + in_block)
+    root_bwd = made + root + root_grad * (1 + (4 / c if plan.precision == "bf16-mixed" else 0))
     end_bwd = max(end_bwd, root_bwd)  # the root's unsharded gradients and their fp32 reduce copy
-    if plan.grad_accum > 1:
-        # Gradients of the earlier micro batches are live through the next forward and backward. With
-        # FSDP2 the trainer skips gradient sync until the last micro batch, so they stay unsharded and
-        # accumulate in the reduce dtype: trainable x (4 for bf16-mixed, else c) on every GPU.
-        held = gradients if n == 1 else trainable * (4 if plan.precision == "bf16-mixed" else c)
-        fwd_end, start_bwd, end_bwd = fwd_end + held, start_bwd + held, end_bwd + held
-        if n > 1:
-            comm += held
     step = gradients + step_tmp
     peak_alloc = resident + max(fwd_end, start_bwd, end_bwd, step)
     overhead = CUDA_CONTEXT_BYTES + (NCCL_BYTES if n > 1 else 0)
@@ -342,8 +343,10 @@ def _assumptions(plan: Plan, d: ArchDims) -> list[str]:
     out.append("Activations: Korthikanti et al. 2022 recounted for SwiGLU, GQA, RMSNorm fp32 upcasts and SDPA; "
                + ("gradient checkpointing keeps block inputs and recomputes one block at a time."
                   if plan.grad_ckpt else "no checkpointing: every block's saved tensors live until backward."))
-    out.append("Logits: all positions, fp32 cross-entropy (c-byte logits + fp32 log-softmax + two fp32 "
-               "gradients); chunked/fused cross-entropy (Liger, torchtune) removes most of this term.")
+    out.append("Logits: counted at every position, fp32 cross-entropy (c-byte logits + fp32 log-softmax + two "
+               "fp32 gradients): exact for completion or packed data, where every token is a target; an upper "
+               "bound with answer-only loss (the engine computes logits only at target tokens). Chunked/fused "
+               "cross-entropy (Liger, torchtune) removes most of this term.")
     if d.vision is not None:
         out.append(f"Vision: {plan.images} image(s) of {plan.image_size}px per sequence add "
                    f"{d.vision.lm_tokens(plan.image_size) * plan.images} tokens; the frozen tower saves no "
@@ -353,8 +356,8 @@ def _assumptions(plan: Plan, d: ArchDims) -> list[str]:
                    + ("; decoder tokens capped at max_target_positions." if d.model_type == "whisper" else "."))
     if plan.grad_accum > 1:
         out.append(f"Gradient accumulation over {plan.grad_accum} micro batches: gradients live through every "
-                   "forward and backward" + (" unsharded (FSDP2 without gradient sync until the last micro "
-                   "batch)." if plan.gpus > 1 else "."))
+                   "forward and backward" + (", sharded (FSDP2 reduce-scatters every micro batch: communication "
+                   "grows with accumulation, memory does not)." if plan.gpus > 1 else "."))
     out.append("Not modelled: torch.compile, DeepSpeed, optimizer-in-backward, activation offloading, "
                "packed-sequence masks.")
     return out

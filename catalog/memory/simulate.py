@@ -34,8 +34,8 @@ Tracker categories -> our terms:
   their gradients), tracked by this module because the tracker files them under Activation/Temp;
 - kv_cache (inference) = the returned cache's tensors; activations = Activation + Temp + Inputs - logits
   - kv_cache.
-With gradient accumulation under FSDP2 the tracker files the unsynced, unsharded accumulated gradients
-as Activation/Temp, so they show under activations (the peak is unaffected).
+With gradient accumulation the engine reduce-scatters every micro batch (trainer/recipe.py), so the
+accumulated gradients are the sharded ones and show under gradients (Sharded Grad).
 Terms are the composition at the peak, so a term that is not alive then (gradients at the start of
 backward) reads 0; peak_allocated is their sum.
 
@@ -203,8 +203,8 @@ def _assumptions(
     ]
     if plan.grad_accum > 1:
         notes.append(
-            f"gradient accumulation over {plan.grad_accum} micro batches: two are simulated (the first "
-            "without gradient sync), the rest repeat the second"
+            f"gradient accumulation over {plan.grad_accum} micro batches: two are simulated (each "
+            "reduce-scatters its gradients, as the trainer does), the rest repeat the second"
         )
     if plan.method == "lora":
         notes.append(f"LoRA r={plan.lora_rank}, alpha=2r, dropout 0, targets {_targets(plan)}")
@@ -361,14 +361,10 @@ def _tracker_for(model, optimizer, *, vocab: int, tokens: int, inputs: tuple) ->
 
 def _train_step(model, optimizer, plan: Plan, input_ids, labels, tracker: _RegionPeaks | None) -> None:  # noqa: ANN001
     """One optimizer step as the trainer runs it. With gradient accumulation two micro batches stand
-    for all of them: the first leaves (unsharded, unsynced under FSDP2) gradients alive, the second
-    adds to them and synchronises; a third would repeat the second."""
-    from torch.distributed.fsdp import FSDPModule
-
+    for all of them: the first leaves its gradients alive (reduce-scattered to their shards under FSDP2,
+    as the trainer syncs every micro batch), the second adds to them; a third would repeat the second."""
     micro_batches = min(plan.grad_accum, 2)
     for j in range(micro_batches):
-        if isinstance(model, FSDPModule):
-            model.set_requires_gradient_sync(j == micro_batches - 1)
         if tracker:
             if j:
                 tracker.reset_mod_stats()  # the trackers refuse a module's second forward otherwise
