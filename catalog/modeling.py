@@ -179,11 +179,15 @@ def qlora_quantization_config() -> Any:
 def prepare_for_kbit_training(model: nn.Module, *, grad_ckpt: bool) -> nn.Module:
     """peft's preparation of a 4-bit model: base frozen, non-quantised parameters in fp32, and (with
     `grad_ckpt`) non-reentrant gradient checkpointing, as `enable_grad_ckpt` sets it."""
+    import warnings
+
     from peft import prepare_model_for_kbit_training
 
-    return prepare_model_for_kbit_training(
-        model, use_gradient_checkpointing=grad_ckpt, gradient_checkpointing_kwargs={"use_reentrant": False}
-    )
+    with warnings.catch_warnings():  # peft 0.21 calls transformers-5-deprecated aliases; not the user's concern
+        warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*", category=FutureWarning)
+        return prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=grad_ckpt, gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
 
 
 def cast_for_training(model: nn.Module, precision: PrecisionName) -> nn.Module:

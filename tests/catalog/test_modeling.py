@@ -278,3 +278,14 @@ def test_forward_loss_under_autocast_matches_the_plain_loss():
         bf16_loss = modeling.forward_loss(model, ids, labels)
     assert bf16_loss.dtype == torch.float32
     torch.testing.assert_close(bf16_loss, expected, rtol=0.05, atol=0.0)
+
+
+def test_qlora_quantization_config_is_nf4_double_quant_bf16_compute():
+    config = modeling.qlora_quantization_config()  # transformers builds it without bitsandbytes installed
+    assert config.load_in_4bit and not config.load_in_8bit
+    assert config.bnb_4bit_quant_type == "nf4" and config.bnb_4bit_use_double_quant
+    assert config.bnb_4bit_compute_dtype == torch.bfloat16
+    assert modeling.qlora_quantization_kwargs() == {
+        "load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
+        "bnb_4bit_compute_dtype": torch.bfloat16,
+    }

@@ -152,3 +152,37 @@ def test_docs_carry_the_current_schema_tables(capsys: pytest.CaptureFixture[str]
     sections = {p for p in schema_paths(TrainConfig) if f"### `{p}`" in tables}
     leaves = set(schema_paths(TrainConfig)) - sections
     assert all(f"| `{p}` |" in tables for p in leaves)
+
+
+QLORA = ["peft.method=qlora", "model.init=pretrained"]  # the weights are only read once the run starts
+
+
+def test_qlora_validates_and_dry_runs_anywhere(tiny_config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert automodel(["validate", "-c", str(tiny_config), *QLORA]) == 0
+    assert "config ok" in capsys.readouterr().out
+    assert automodel(["finetune", "llm", "-c", str(tiny_config), "--dry-run", *QLORA]) == 0
+    out = capsys.readouterr().out
+    assert yaml.safe_load(out.split("\n---\n")[0])["peft"]["method"] == "qlora"
+    assert "memory estimate per GPU" in out and "assumes: QLoRA: bitsandbytes NF4" in out
+
+
+@pytest.mark.parametrize("argv", [["validate", "-c", "{cfg}", "--nproc-per-node", "2"],
+                                  ["finetune", "llm", "-c", "{cfg}", "--dry-run", "--nproc-per-node", "2"],
+                                  ["finetune", "llm", "-c", "{cfg}", "--nnodes", "2", "--master-addr", "h",
+                                   "--master-port", "29500"]])
+def test_qlora_on_more_than_one_process_exits_2(tiny_config: Path, capsys: pytest.CaptureFixture[str],
+                                                argv: list[str]) -> None:
+    assert automodel([a.replace("{cfg}", str(tiny_config)) for a in argv] + QLORA) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: peft.method: qlora runs in one process, not 2") and "peft.method=lora" in err
+
+
+def test_qlora_run_without_cuda_exits_2_before_writing(tiny_config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this check is about a machine without CUDA")
+    assert automodel(["finetune", "llm", "-c", str(tiny_config), *QLORA]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: peft.method: qlora needs a CUDA GPU") and "Traceback" not in err
+    assert not (tiny_config.parent / "out-secret").exists()  # stopped before the output dir was made

@@ -83,6 +83,9 @@ INVALID = [
     (["output_dir="], None, "output_dir"),  # '' would write checkpoints into the working directory
     (["peft.target_modules=[]"], None, "peft.target_modules"),  # peft would adapt nothing
     (['peft.target_modules=" , "'], None, "peft.target_modules"),
+    (["peft.method=qlora", "checkpoint.export=merged"], None, "checkpoint.export"),  # no merge into a 4-bit base
+    (["peft.method=qlora", "checkpoint.export=both"], None, "checkpoint.export"),
+    (["peft.method=qlora", "model.init=random"], None, "model.init"),  # nothing pretrained to quantise
 ]
 
 
@@ -122,6 +125,17 @@ def test_to_plan_maps_every_field() -> None:
 SQUAD_ROW = {"context": "Paris is in France.", "question": "Where is Paris?",
              "answers": {"text": ["France", "in France"], "answer_start": [12, 9]}}
 HELLASWAG_ROW = {"ctx": "A man sits down and", "endings": ["flies.", "eats.", "sings.", "runs."], "label": "1"}
+
+
+def test_qlora_maps_to_the_qlora_plan_and_runs_in_one_process() -> None:
+    cfg = make("peft.method=qlora", "peft.rank=8")
+    assert cfg.peft.adapters and cfg.checkpoint.export == "adapter"
+    assert cfg.to_plan(1) == make("peft.rank=8").to_plan(1).model_copy(update={"method": "qlora"})
+    cfg.peft.check_world_size(1)
+    with pytest.raises(UserError) as err:
+        cfg.peft.check_world_size(2)
+    assert err.value.field == "peft.method" and "one process" in err.value.message
+    make("peft.rank=8").peft.check_world_size(8)  # lora shards with FSDP2
 
 
 def test_instruction_mapping_renders_squad() -> None:

@@ -179,3 +179,33 @@ def test_committed_tiny_example_trains_and_exports(tmp_path: Path, monkeypatch) 
     records = read_metrics(tmp_path / "tiny/metrics.jsonl")
     assert records[-1]["loss"] < records[0]["loss"] - 1.0
     assert PeftConfig.from_pretrained(result.exports["adapter"]).r == cfg.peft.rank
+
+
+def test_qlora_loads_the_base_as_nf4_on_this_process_gpu(tiny_config, monkeypatch) -> None:
+    """The engine's from_pretrained call for qlora (bitsandbytes itself needs CUDA: not run here)."""
+    import torch
+
+    from automodel.catalog.modeling import build_model
+    from automodel.trainer import recipe
+    from automodel.trainer.tasks import llm
+
+    cfg = tiny_config("peft.method=qlora", "model.init=pretrained", "checkpoint.export=adapter")
+    source, config = recipe.resolve_model(cfg.model)
+    seen: dict = {}
+
+    class Loader:
+        @staticmethod
+        def from_pretrained(path, **kwargs):
+            seen.update(kwargs, path=path)
+            return build_model(config, device="cpu", dtype=kwargs["dtype"], seed=0)
+
+    monkeypatch.setattr(llm, "model_class", lambda: Loader)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    model = recipe.load_model(cfg, source, config, device="cpu", cuda=True)
+    quant = seen["quantization_config"]
+    assert (quant.load_in_4bit, quant.bnb_4bit_quant_type, quant.bnb_4bit_use_double_quant) == (True, "nf4", True)
+    assert quant.bnb_4bit_compute_dtype == torch.bfloat16 and seen["dtype"] == torch.bfloat16
+    assert seen["device_map"] == {"": 3} and seen["path"] == source and model.config.use_cache is False
+    seen.clear()
+    recipe.load_model(tiny_config("model.init=pretrained"), source, config, device="cpu", cuda=True)
+    assert "quantization_config" not in seen and "device_map" not in seen  # lora loads as before
