@@ -115,18 +115,17 @@ def test_write_config_validates_against_the_trainer_schema(capsys, tmp_path) -> 
     assert cfg.distributed.activation_checkpointing == top["strategy"]["grad_ckpt"]
 
 
-def test_write_config_skips_methods_the_trainer_cannot_run(capsys, tmp_path) -> None:
+def test_write_config_writes_a_qlora_top_pick_that_validates(capsys, tmp_path) -> None:
     path = tmp_path / "q.yaml"
-    assert main(["recommend", "--task", "llm", "--gpu-mem", "12", "--priority", "quality", "--json",
+    assert main(["recommend", "--task", "llm", "--gpu-mem", "24", "--priority", "quality", "--json",
                  "--write-config", str(path)]) == 0
     captured = capsys.readouterr()
-    doc = json.loads(captured.out)
-    first = doc["recommendations"][0]
+    first = json.loads(captured.out)["recommendations"][0]
+    assert first["strategy"]["method"] == "qlora"  # bf16 LoRA of the best model does not fit in 24 GiB
+    assert "does not run yet" not in captured.err
     cfg = load_config(path)
-    if first["strategy"]["method"] == "qlora":
-        assert "does not run yet" in captured.err and cfg.model.name != first["model"]
-    runnable = next(r for r in doc["recommendations"] if r["strategy"]["method"] != "qlora")
-    assert cfg.model.name == runnable["model"]
+    assert (cfg.model.name, cfg.peft.method, cfg.peft.rank) == (first["model"], "qlora", first["strategy"]["lora_rank"])
+    assert main(["validate", "-c", str(path)]) == 0 and "config ok" in capsys.readouterr().out
 
 
 GRID = [

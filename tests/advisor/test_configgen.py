@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from automodel.advisor.cli import main
 from automodel.advisor.configgen import (
     PLACEHOLDER_DATASET,
     build_config,
+    first_runnable,
     global_batch,
     trainer_methods,
+    trainer_runs,
     write_config,
 )
 from automodel.advisor.profile import Hardware, Profile, Requirements, StrategyPreference, Task
@@ -28,10 +32,11 @@ def picks(task: str, mem: int, method: str = "auto", gpus: int = 1, **req):
 
 
 @pytest.mark.parametrize(("task", "mem", "method", "gpus"),
-                         [("llm", 24, "lora", 1), ("llm", 80, "full", 8), ("asr", 16, "auto", 1)])
+                         [("llm", 24, "lora", 1), ("llm", 80, "full", 8), ("asr", 16, "auto", 1),
+                          ("llm", 12, "qlora", 1)])
 def test_config_gives_the_recommendation_s_plan_back(task, mem, method, gpus) -> None:
     for rec in picks(task, mem, method, gpus)[:3]:
-        if rec.plan.method not in ("full", "lora"):
+        if not trainer_runs(rec):
             continue
         cfg = build_config(rec)
         assert cfg.task == task and cfg.model.name == rec.model.name
@@ -67,14 +72,17 @@ def test_yaml_round_trip_with_placeholder_and_with_a_real_dataset(tmp_path) -> N
     assert "FILL IN" not in real.read_text() and load_config(real).data.source == "rajpurkar/squad"
 
 
-def test_methods_the_trainer_lacks_are_refused_with_the_flag() -> None:
+def test_qlora_on_one_gpu_is_written_and_on_several_refused_with_the_flag() -> None:
     rec = picks("llm", 12, "qlora")[0]
-    if "qlora" in trainer_methods():
-        assert build_config(rec).peft.method == "qlora"
-        return
+    assert "qlora" in trainer_methods() and rec.plan.gpus == 1 and trainer_runs(rec)
+    cfg = build_config(rec)
+    assert cfg.peft.method == "qlora" and cfg.checkpoint.export == "adapter" and cfg.optimizer.lr == 2e-4
+    wide = replace(rec, plan=rec.plan.model_copy(update={"gpus": 2, "grad_accum": 4}))
+    assert not trainer_runs(wide) and first_runnable([wide, rec]) is rec
     with pytest.raises(UserError) as err:
-        build_config(rec)
-    assert err.value.field == "--write-config" and "--method lora" in (err.value.hint or "")
+        build_config(wide)
+    assert err.value.field == "--write-config" and "one process" in err.value.message
+    assert "--method lora" in (err.value.hint or "")
 
 
 def test_unwritable_path_is_a_user_error(tmp_path) -> None:
