@@ -11,10 +11,19 @@ import pytest
 from automodel.trainer.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
+# The engine reduce-scatters every micro batch, so accumulated gradients stay sharded (trainer/recipe.py):
+# a worker that sees gradient sync turned off fails the run.
 WORKER = """
 import sys
+from torch.distributed.fsdp import FSDPModule
 from automodel.trainer.config import load_config
 from automodel.trainer.recipe import run
+
+_set_sync = FSDPModule.set_requires_gradient_sync
+def _always_sync(self, requires_gradient_sync, *args, **kwargs):
+    assert requires_gradient_sync, "gradient sync turned off: accumulated gradients would stay unsharded"
+    return _set_sync(self, requires_gradient_sync, *args, **kwargs)
+FSDPModule.set_requires_gradient_sync = _always_sync
 run(load_config(sys.argv[1]))
 """
 
