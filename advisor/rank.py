@@ -285,16 +285,21 @@ def _search(profile: Profile, model: ModelSpec) -> Search:
     ckpts = {"auto": [False, True], "on": [True], "off": [False]}[pref.grad_ckpt]
     misses: list[Miss] = []
     for method in _methods(profile):
+        # QLoRA runs in one process (the trainer does not shard 4-bit weights with FSDP2), so it is only
+        # ever planned on one GPU; the estimator models it that way too.
+        method_degrees = [d for d in degrees if d == 1] if method == "qlora" else degrees
+        if not method_degrees:
+            continue
         # The smallest footprint first: if that does not fit, no plan of this method does.
-        smallest = _plan(profile, method, degrees[-1], ckpts[-1])
+        smallest = _plan(profile, method, method_degrees[-1], ckpts[-1])
         est = _estimate(model, smallest)
         if isinstance(est, str) or est.peak_reserved > limit:
             shorter = None if isinstance(est, str) else _max_seq_len(model, smallest, limit)
             misses.append(Miss(smallest, est, shorter))
             continue
-        for gpus in degrees:
+        for gpus in method_degrees:
             for ckpt in ckpts:
-                last = (gpus, ckpt) == (degrees[-1], ckpts[-1])
+                last = (gpus, ckpt) == (method_degrees[-1], ckpts[-1])
                 plan = smallest if last else _plan(profile, method, gpus, ckpt)
                 found = est if last else _estimate(model, plan)
                 if isinstance(found, MemoryEstimate) and found.peak_reserved <= limit:

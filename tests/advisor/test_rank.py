@@ -320,3 +320,12 @@ def test_newer_generation_ranks_ahead_for_vision_and_speech() -> None:
     asr = _names(run("asr", 16))
     assert asr[0] in ("whisper-large-v3", "whisper-large-v3-turbo")
     assert asr.index("whisper-large-v3-turbo") < asr.index("whisper-medium") < asr.index("whisper-small")
+
+
+def test_qlora_is_only_planned_on_one_gpu() -> None:
+    # 8 x 16 GiB: the trainer runs QLoRA in one process, so a QLoRA pick never asks for FSDP2 over 8 GPUs.
+    result = run("llm", 16, gpus=8, method="qlora")
+    assert result.recommendations
+    assert {r.plan.gpus for r in result.recommendations} == {1}
+    # A 72B model needs more than one 16 GiB GPU even in 4 bits: excluded, not sharded.
+    assert any(e.model == "qwen2.5-72b-instruct" for e in result.excluded)
