@@ -26,6 +26,7 @@ Engine choices made here (the analytic estimator models the same ones):
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
@@ -153,7 +154,9 @@ def apply_lora(
     lora_config = LoraConfig(
         r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=names, bias="none"
     )
-    return get_peft_model(model, lora_config)
+    with warnings.catch_warnings():  # peft 0.21 calls a transformers-5-deprecated alias; not the user's concern
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, lora_config)
 
 
 def qlora_quantization_kwargs() -> dict[str, Any]:
@@ -179,8 +182,6 @@ def qlora_quantization_config() -> Any:
 def prepare_for_kbit_training(model: nn.Module, *, grad_ckpt: bool) -> nn.Module:
     """peft's preparation of a 4-bit model: base frozen, non-quantised parameters in fp32, and (with
     `grad_ckpt`) non-reentrant gradient checkpointing, as `enable_grad_ckpt` sets it."""
-    import warnings
-
     from peft import prepare_model_for_kbit_training
 
     with warnings.catch_warnings():  # peft 0.21 calls transformers-5-deprecated aliases; not the user's concern

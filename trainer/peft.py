@@ -4,7 +4,6 @@ uses), plus the checks QLoRA needs before a run loads anything (one process, CUD
 from __future__ import annotations
 
 import importlib.util
-import warnings
 from typing import TYPE_CHECKING
 
 from automodel.trainer.config import PeftConfig
@@ -23,10 +22,7 @@ def adapt(model: nn.Module, peft: PeftConfig) -> nn.Module:
     from automodel.catalog.modeling import apply_lora
 
     try:
-        with warnings.catch_warnings():  # peft 0.21 calls a transformers-5-deprecated alias; not the user's concern
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            return apply_lora(model, rank=peft.rank, alpha=peft.alpha, dropout=peft.dropout,
-                              targets=peft.target_modules)
+        return apply_lora(model, rank=peft.rank, alpha=peft.alpha, dropout=peft.dropout, targets=peft.target_modules)
     except UserError as err:  # name the config path, not the estimator's flag
         raise UserError(err.message, field="peft.target_modules", hint=err.hint) from None
 
