@@ -15,20 +15,6 @@ from automodel.catalog.schema import USE_CASES as CATALOG_USE_CASES
 from automodel.catalog.schema import USE_CASES_BY_MODALITY as CATALOG_BY_MODALITY
 from automodel.catalog.schema import Modality
 
-# The catalog's tags minus `safety` (the --safety filter); tests/advisor/test_profile.py keeps them in step.
-UseCase = Literal[
-    "chat",
-    "code",
-    "instruction",
-    "summarization",
-    "reasoning",
-    "multilingual",
-    "vqa",
-    "captioning",
-    "document",
-    "transcription",
-    "translation",
-]
 Priority = Literal["balanced", "quality", "latency"]
 MethodChoice = Literal["auto", "full", "lora", "qlora"]
 Switch = Literal["auto", "on", "off"]
@@ -37,6 +23,7 @@ HardwareSource = Literal["flags", "nvidia-smi", "torch.cuda"]
 # The use cases `--use-case` takes (the catalog's tags minus `safety`, which is the --safety filter),
 # and the ones that make sense per modality (the catalog's own table): a VLM is not asked about transcription.
 USE_CASES: tuple[str, ...] = tuple(u for u in CATALOG_USE_CASES if u != "safety")
+UseCase = Literal[USE_CASES]  # type: ignore[valid-type]  # derived, so the two lists cannot drift
 USE_CASES_BY_MODALITY: dict[str, tuple[str, ...]] = {
     modality: tuple(u for u in USE_CASES if u in allowed) for modality, allowed in CATALOG_BY_MODALITY.items()
 }
