@@ -236,13 +236,13 @@ def run_command(args: argparse.Namespace, overrides: list[str]) -> int:
         cfg = load(args.config, overrides)
         print("\n".join(["config ok", *check_run(cfg, world)]))
         return 0
-    check_task_implemented(args.task)
     cfg = load(args.config, overrides, args.task)
     topo = Topology(args.nproc_per_node, args.nnodes, args.node_rank, args.master_addr, args.master_port)
     topo.check()
-    if args.dry_run:
+    if args.dry_run:  # validation and the estimate work for every task, trained or not yet
         print(dry_run(cfg, topo.world_size))
         return 0
+    check_task_implemented(args.task)
     # The same checks as `validate` before anything heavy loads: a typo in peft.target_modules must stop
     # the run here, not train fewer layers in silence.
     for line in check_run(cfg, topo.world_size):

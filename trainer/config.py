@@ -450,6 +450,8 @@ class TrainConfig(Section):
             seq_len=self.data.max_seq_len,
             micro_batch=self.schedule.micro_batch_size,
             grad_accum=self.schedule.accumulation_steps(world_size),
+            # One image per VLM sample, as the advisor plans it, until the vlm data section says how many.
+            images=1 if self.task == "vlm" else 0,
             grad_ckpt=self.distributed.activation_checkpointing,
             gpus=world_size,
             cpu_offload=self.distributed.cpu_offload,
