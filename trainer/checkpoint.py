@@ -62,8 +62,27 @@ def _full_options(*, trainable_only: bool, to_cpu: bool) -> Any:
 def model_state(model: nn.Module, *, trainable_only: bool) -> dict[str, torch.Tensor]:
     """Full tensors on rank 0 (empty elsewhere); every rank must call it (it gathers)."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
+    from torch.distributed.tensor import DTensor
 
+    if not any(isinstance(p, DTensor) for p in model.parameters()):
+        return _local_state(model, trainable_only=trainable_only)
     return get_model_state_dict(model, options=_full_options(trainable_only=trainable_only, to_cpu=True))
+
+
+def _local_state(model: nn.Module, *, trainable_only: bool) -> dict[str, torch.Tensor]:
+    """What `get_model_state_dict` returns for an unsharded model (buffers kept, frozen weights dropped
+    with `trainable_only`), on the CPU. Built directly because torch resolves every state-dict key as an
+    attribute path, and a QLoRA base's keys (bitsandbytes' `...weight.absmax`, `weight.quant_state.*`)
+    are not attributes before bitsandbytes PR #1866: the first checkpoint of a QLoRA run would crash."""
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad} if trainable_only else set()
+    state = {}
+    for key, value in model.state_dict().items():
+        # a frozen weight's own key, and the quantisation state stored under it
+        parts = key.split(".")
+        if any(".".join(parts[:n]) in frozen for n in range(1, len(parts) + 1)):
+            continue
+        state[key] = value.detach().to("cpu") if hasattr(value, "detach") else value
+    return state
 
 
 def rng_state() -> dict[str, Any]:

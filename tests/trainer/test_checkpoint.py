@@ -72,3 +72,56 @@ def test_resume_settings(tmp_path: Path) -> None:
     assert checkpoint.resolve_resume(str(step), tmp_path / "elsewhere") == step
     assert checkpoint.resolve_resume(str(tmp_path), tmp_path / "elsewhere") == step
     assert checkpoint.resolve_resume("never", tmp_path) is None
+
+
+def _quantised_like_model():
+    """A frozen linear whose state dict carries bitsandbytes-style quantisation keys (`weight.absmax`,
+    `weight.quant_state.*`) that are no attributes, beside a trainable linear and a persistent buffer."""
+    import torch
+    from torch import nn
+
+    class FourBitLike(nn.Linear):
+        def _save_to_state_dict(self, destination, prefix, keep_vars):
+            super()._save_to_state_dict(destination, prefix, keep_vars)
+            destination[prefix + "weight.absmax"] = torch.ones(2)
+            destination[prefix + "weight.quant_state.bitsandbytes__nf4"] = torch.zeros(3, dtype=torch.uint8)
+
+    torch.manual_seed(0)
+    model = nn.Sequential(FourBitLike(4, 4), nn.Linear(4, 2))
+    model[0].requires_grad_(False)
+    model.register_buffer("scale", torch.full((2,), 3.0))
+    return model
+
+
+def test_one_process_state_skips_frozen_quantisation_keys() -> None:
+    """A QLoRA base's state dict has keys torch's state-dict API cannot resolve (before bitsandbytes PR #1866 the
+    first checkpoint crashed); one process reads the model directly."""
+    import torch
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    model = _quantised_like_model()
+    with pytest.raises(AttributeError, match="absmax"):  # what the torch path does with such a model
+        get_model_state_dict(model, options=checkpoint._full_options(trainable_only=True, to_cpu=True))
+    state = checkpoint.model_state(model, trainable_only=True)
+    assert sorted(state) == ["1.bias", "1.weight", "scale"]
+    assert torch.equal(state["1.weight"], model[1].weight) and not state["1.weight"].requires_grad
+    full = checkpoint.model_state(model, trainable_only=False)
+    assert "0.weight" in full and "0.weight.absmax" in full
+
+
+def test_one_process_state_matches_torch_api() -> None:
+    """Without quantisation keys the direct read equals torch's full, CPU state dict (same files as before)."""
+    import torch
+    from torch import nn
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 2))
+    model[0].requires_grad_(False)
+    model.register_buffer("scale", torch.full((2,), 3.0))
+    for trainable_only in (True, False):
+        ours = checkpoint.model_state(model, trainable_only=trainable_only)
+        ref = get_model_state_dict(model, options=checkpoint._full_options(trainable_only=trainable_only,
+                                                                             to_cpu=True))
+        assert list(ours) == list(ref)
+        assert all(torch.equal(ours[k], ref[k]) for k in ref)
