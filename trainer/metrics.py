@@ -44,6 +44,15 @@ def memory_now(device: torch.device) -> int | None:
     return torch.cuda.memory_allocated(device) if device.type == "cuda" else None
 
 
+def reset_peak(device: torch.device) -> None:
+    """Start the CUDA allocator's peak afresh (at the bytes allocated now), so the peak read after the loop
+    covers the training steps the estimate describes, not model loading or a resume's full-tensor copies."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
 def peak_memory(device: torch.device) -> tuple[int, str]:
     """(bytes, what they are): the CUDA allocator's peak, or on CPU the process's peak RSS."""
     import torch

@@ -156,6 +156,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
     window_loss = torch.zeros((), dtype=torch.float64, device=d.device)
     window_counts = torch.zeros(2, dtype=torch.float64, device=d.device)  # target tokens, tokens
     run_counts = torch.zeros(2, dtype=torch.float64, device=d.device)
+    metrics.reset_peak(d.device)  # weights, optimizer and resumed state are in place: measure the steps
     window_start = run_start = time.perf_counter()
 
     # 6. the loop: one iteration per optimizer step
@@ -222,8 +223,9 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
         if bar is not None:
             bar.stop()
     elapsed = time.perf_counter() - run_start
+    peak, peak_kind = metrics.peak_memory(d.device)  # before export, whose full-tensor gathers are no training step
 
-    # 7. export, measured peak beside the estimate, summary
+    # 7. export, the measured peak (of the loop) beside the estimate, summary
     exports: dict[str, str] = {}
     if cfg.checkpoint.export in ("adapter", "both"):
         from automodel.trainer.export import export_adapter
@@ -233,7 +235,6 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
         from automodel.trainer.export import export_merged
 
         exports["merged"] = str(export_merged(model, tokenizer, out / "merged", d, lambda: build("cpu")))
-    peak, peak_kind = metrics.peak_memory(d.device)
     result = RunResult(
         output_dir=str(out), steps=total_steps, resumed_from=start, final_loss=loss_value, val_loss=val_loss,
         tokens_per_s=run_counts[1].item() / max(elapsed, 1e-9),

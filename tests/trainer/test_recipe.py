@@ -209,3 +209,34 @@ def test_qlora_loads_the_base_as_nf4_on_this_process_gpu(tiny_config, monkeypatc
     seen.clear()
     recipe.load_model(tiny_config("model.init=pretrained"), source, config, device="cpu", cuda=True)
     assert "quantization_config" not in seen and "device_map" not in seen  # lora loads as before
+
+
+def test_peak_memory_covers_the_training_loop_only(tiny_config, monkeypatch) -> None:
+    """The measured peak (compared with the estimate) starts after the model, optimizer and a resume's
+    full-tensor copies are placed, and is read before export gathers full tensors."""
+    import torch
+
+    from automodel.trainer import checkpoint, export, metrics
+    from automodel.trainer.recipe import run
+
+    reset_on = []
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", reset_on.append)
+    metrics.reset_peak(torch.device("cuda", 1))
+    metrics.reset_peak(torch.device("cpu"))
+    assert reset_on == [torch.device("cuda", 1)]
+
+    run(tiny_config("schedule.max_steps=2"))
+    calls: list[str] = []
+
+    def record(name, fn):
+        def wrapped(*args, **kwargs):
+            calls.append(name)
+            return fn(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(checkpoint, "load", record("load", checkpoint.load))
+    monkeypatch.setattr(metrics, "reset_peak", record("reset", metrics.reset_peak))
+    monkeypatch.setattr(metrics, "peak_memory", record("peak", metrics.peak_memory))
+    monkeypatch.setattr(export, "export_adapter", record("export", export.export_adapter))
+    result = run(tiny_config("schedule.max_steps=3", "checkpoint.export=adapter"))
+    assert result.resumed_from == 2 and calls == ["load", "reset", "peak", "export"]
