@@ -35,6 +35,13 @@ def setup() -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = torch.cuda.is_available()
+    if cuda and local_rank >= torch.cuda.device_count():
+        # else set_device fails with CUDA's bare "invalid device ordinal"
+        from automodel.catalog.errors import UserError
+
+        raise UserError(f"process LOCAL_RANK={local_rank} needs GPU {local_rank}, but this process sees "
+                        f"{torch.cuda.device_count()} GPU(s)", field="--nproc-per-node",
+                        hint="launch at most one process per visible GPU (check CUDA_VISIBLE_DEVICES)")
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)

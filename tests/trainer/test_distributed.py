@@ -89,3 +89,48 @@ def test_one_process_checkpoint_resumes_in_two_processes(tiny_config, tmp_path: 
     assert [r["step"] for r in two] == [3, 4]
     for a, b in zip(one[2:], two, strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+
+
+def _fake_cuda(monkeypatch, gpus: int, calls: list) -> None:
+    """CUDA with `gpus` devices and a recording nccl process group, for setup()'s GPU branch on a CPU box."""
+    import torch
+    import torch.distributed as dist
+    import torch.distributed.device_mesh as device_mesh
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(("set_device", device)))
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda **kw: calls.append(("init", kw)))
+    monkeypatch.setattr(dist, "get_rank", lambda: 5)
+    monkeypatch.setattr(device_mesh, "init_device_mesh", lambda kind, shape: calls.append(("mesh", kind, shape)))
+
+
+def test_setup_binds_the_local_rank_gpu_before_nccl(monkeypatch) -> None:
+    """Second node of 2 x 4 GPUs: RANK 5 drives its own GPU 1 (LOCAL_RANK), bound before nccl starts."""
+    import torch
+
+    from automodel.trainer import distributed
+
+    calls: list = []
+    _fake_cuda(monkeypatch, 4, calls)
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("RANK", "5")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    d = distributed.setup()
+    gpu = torch.device("cuda", 1)
+    assert (d.rank, d.world, d.device) == (5, 8, gpu)
+    assert calls == [("set_device", gpu), ("init", {"backend": "nccl", "device_id": gpu}), ("mesh", "cuda", (8,))]
+
+
+def test_setup_rejects_more_processes_than_gpus(monkeypatch) -> None:
+    from automodel.catalog.errors import UserError
+    from automodel.trainer import distributed
+
+    calls: list = []
+    _fake_cuda(monkeypatch, 2, calls)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    with pytest.raises(UserError, match="LOCAL_RANK=3 needs GPU 3, but this process sees 2") as err:
+        distributed.setup()
+    assert err.value.field == "--nproc-per-node" and calls == []
