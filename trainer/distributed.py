@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
+
+
+COLLECTIVE_TIMEOUT = timedelta(minutes=60)
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,11 @@ def setup() -> Dist:
     from torch.distributed.device_mesh import init_device_mesh
 
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo", device_id=device if cuda else None)
+        # Other ranks wait in a collective while rank 0 alone writes a checkpoint or rebuilds and saves the
+        # merged model: minutes for a multi-GB model. nccl's default limit (10 min, gloo's is 30) would
+        # have its watchdog kill such a run; an hour still ends a real hang.
+        dist.init_process_group(backend="nccl" if cuda else "gloo", device_id=device if cuda else None,
+                                timeout=COLLECTIVE_TIMEOUT)
     mesh = init_device_mesh(device.type, (world,))
     return Dist(rank=dist.get_rank(), world=world, device=device, mesh=mesh)
 

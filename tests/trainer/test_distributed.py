@@ -107,7 +107,10 @@ def _fake_cuda(monkeypatch, gpus: int, calls: list) -> None:
 
 
 def test_setup_binds_the_local_rank_gpu_before_nccl(monkeypatch) -> None:
-    """Second node of 2 x 4 GPUs: RANK 5 drives its own GPU 1 (LOCAL_RANK), bound before nccl starts."""
+    """Second node of 2 x 4 GPUs: RANK 5 drives its own GPU 1 (LOCAL_RANK), bound before nccl starts; the
+    collective timeout outlasts rank 0 writing a big checkpoint (nccl's default is 10 minutes)."""
+    from datetime import timedelta
+
     import torch
 
     from automodel.trainer import distributed
@@ -120,7 +123,7 @@ def test_setup_binds_the_local_rank_gpu_before_nccl(monkeypatch) -> None:
     d = distributed.setup()
     gpu = torch.device("cuda", 1)
     assert (d.rank, d.world, d.device) == (5, 8, gpu)
-    assert calls == [("set_device", gpu), ("init", {"backend": "nccl", "device_id": gpu}), ("mesh", "cuda", (8,))]
+    assert calls == [("set_device", gpu), ("init", {"backend": "nccl", "device_id": gpu, "timeout": timedelta(minutes=60)}), ("mesh", "cuda", (8,))]
 
 
 def test_setup_rejects_more_processes_than_gpus(monkeypatch) -> None:
