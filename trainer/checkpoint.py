@@ -193,10 +193,11 @@ def load(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, sche
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
     state = json.loads((path / "state.json").read_text())
-    weights = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
+    # mmap: the N ranks of a node page in one shared copy instead of each holding the full file in memory
+    weights = torch.load(path / "model.pt", map_location="cpu", weights_only=True, mmap=True)
     options = _full_options(trainable_only=trainable_only, to_cpu=False)
     set_model_state_dict(model, weights, options=_strict(options, not trainable_only))
-    optim = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+    optim = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True, mmap=True)
     set_optimizer_state_dict(model, optimizer, optim, options=_full_options(trainable_only=False, to_cpu=False))
     scheduler.load_state_dict(state["scheduler"])
     rng_file = path / f"rng_rank{d.rank}.pt"

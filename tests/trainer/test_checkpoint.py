@@ -125,3 +125,22 @@ def test_one_process_state_matches_torch_api() -> None:
                                                                              to_cpu=True))
         assert list(ours) == list(ref)
         assert all(torch.equal(ours[k], ref[k]) for k in ref)
+
+
+def test_resume_maps_the_big_files(tiny_config, monkeypatch) -> None:
+    """Every rank reads the full model.pt and optimizer.pt; mmap lets the ranks of a node share one copy
+    in the page cache (a full 8B run's optimizer.pt is 64 GB)."""
+    import torch
+
+    from automodel.trainer.recipe import run
+
+    run(tiny_config("schedule.max_steps=2"))
+    real_load, mapped = torch.load, {}
+
+    def recording_load(f, *args, **kwargs):
+        mapped[Path(f).name] = kwargs.get("mmap", False)
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recording_load)
+    assert run(tiny_config("schedule.max_steps=3")).resumed_from == 2
+    assert mapped == {"model.pt": True, "optimizer.pt": True, "rng_rank0.pt": False}
