@@ -32,8 +32,11 @@ class Dist:
         return self.rank == 0
 
 
-def setup() -> Dist:
-    """Initialise the process group when launched with WORLD_SIZE > 1; pick the device."""
+def setup(*, cpu_collectives: bool = False) -> Dist:
+    """Initialise the process group when launched with WORLD_SIZE > 1; pick the device.
+
+    `cpu_collectives` (FSDP2 CPU offload): the shards and gradients live in host memory, so gradient
+    clipping and state-dict gathers run collectives on CPU tensors, which nccl cannot; gloo serves those."""
     import torch
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -58,8 +61,8 @@ def setup() -> Dist:
         # Other ranks wait in a collective while rank 0 alone writes a checkpoint or rebuilds and saves the
         # merged model: minutes for a multi-GB model. nccl's default limit (10 min, gloo's is 30) would
         # have its watchdog kill such a run; an hour still ends a real hang.
-        dist.init_process_group(backend="nccl" if cuda else "gloo", device_id=device if cuda else None,
-                                timeout=COLLECTIVE_TIMEOUT)
+        backend = ("cuda:nccl,cpu:gloo" if cpu_collectives else "nccl") if cuda else "gloo"
+        dist.init_process_group(backend=backend, device_id=device if cuda else None, timeout=COLLECTIVE_TIMEOUT)
     mesh = init_device_mesh(device.type, (world,))
     return Dist(rank=dist.get_rank(), world=world, device=device, mesh=mesh)
 

@@ -52,7 +52,7 @@ class RunResult:
 
 def run(cfg: TrainConfig) -> RunResult:
     """Train `cfg` in this process (one of `WORLD_SIZE` when launched by torchrun)."""
-    d = distributed.setup()
+    d = distributed.setup(cpu_collectives=cfg.distributed.cpu_offload)
     try:
         return _train(cfg, d)
     finally:

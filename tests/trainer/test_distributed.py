@@ -137,3 +137,28 @@ def test_setup_rejects_more_processes_than_gpus(monkeypatch) -> None:
     with pytest.raises(UserError, match="LOCAL_RANK=3 needs GPU 3, but this process sees 2") as err:
         distributed.setup()
     assert err.value.field == "--nproc-per-node" and calls == []
+
+
+def test_cpu_offload_adds_gloo_beside_nccl(tiny_config, monkeypatch) -> None:
+    """FSDP2 CPU offload keeps shards and gradients on the host: clip_grad_norm_ all-reduces CPU tensors,
+    which nccl alone rejects ("No backend type associated with device type cpu")."""
+    from automodel.trainer import distributed, recipe
+
+    calls: list = []
+    _fake_cuda(monkeypatch, 2, calls)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    distributed.setup(cpu_collectives=True)
+    assert calls[1][1]["backend"] == "cuda:nccl,cpu:gloo"
+
+    asked = []
+
+    def stop(**kwargs):
+        asked.append(kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(distributed, "setup", stop)
+    for offload in ("true", "false"):
+        with pytest.raises(KeyboardInterrupt):
+            recipe.run(tiny_config(f"distributed.cpu_offload={offload}"))
+    assert asked == [{"cpu_collectives": True}, {"cpu_collectives": False}]
