@@ -75,13 +75,20 @@ def _local_state(model: nn.Module, *, trainable_only: bool) -> dict[str, torch.T
     attribute path, and a QLoRA base's keys (bitsandbytes' `...weight.absmax`, `weight.quant_state.*`)
     are not attributes before bitsandbytes PR #1866: the first checkpoint of a QLoRA run would crash."""
     frozen = {name for name, p in model.named_parameters() if not p.requires_grad} if trainable_only else set()
-    state = {}
+    state, copies = {}, {}
     for key, value in model.state_dict().items():
         # a frozen weight's own key, and the quantisation state stored under it
         parts = key.split(".")
         if any(".".join(parts[:n]) in frozen for n in range(1, len(parts) + 1)):
             continue
-        state[key] = value.detach().to("cpu") if hasattr(value, "detach") else value
+        if not hasattr(value, "detach"):
+            state[key] = value
+            continue
+        # tied weights (embeddings and head) stay one host copy, saved once
+        alias = (value.device, value.data_ptr(), value.dtype, tuple(value.shape), value.stride())
+        if alias not in copies:
+            copies[alias] = value.detach().to("cpu")
+        state[key] = copies[alias]
     return state
 
 

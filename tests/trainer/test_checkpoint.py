@@ -125,6 +125,10 @@ def test_one_process_state_matches_torch_api() -> None:
                                                                              to_cpu=True))
         assert list(ours) == list(ref)
         assert all(torch.equal(ours[k], ref[k]) for k in ref)
+    tied = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    tied[1].weight = tied[0].weight
+    state = checkpoint.model_state(tied, trainable_only=False)
+    assert state["0.weight"] is state["1.weight"] and not torch.equal(state["0.bias"], state["1.bias"])
 
 
 def test_resume_maps_the_big_files(tiny_config, monkeypatch) -> None:
