@@ -240,3 +240,14 @@ def test_peak_memory_covers_the_training_loop_only(tiny_config, monkeypatch) -> 
     monkeypatch.setattr(export, "export_adapter", record("export", export.export_adapter))
     result = run(tiny_config("schedule.max_steps=3", "checkpoint.export=adapter"))
     assert result.resumed_from == 2 and calls == ["load", "reset", "peak", "export"]
+
+
+def test_cpu_offload_in_one_process_is_refused(tiny_config, tmp_path: Path) -> None:
+    """One process trains the plain model on its GPU; offload (an FSDP2 policy) would silently not happen
+    while the estimate counts weights, gradients and optimizer state in host memory."""
+    from automodel.catalog.errors import UserError
+    from automodel.trainer.recipe import run
+
+    with pytest.raises(UserError, match="CPU offload needs FSDP2") as err:
+        run(tiny_config("distributed.cpu_offload=true"))
+    assert err.value.field == "distributed.cpu_offload" and not (tmp_path / "run").exists()
