@@ -162,3 +162,12 @@ def test_cpu_offload_adds_gloo_beside_nccl(tiny_config, monkeypatch) -> None:
         with pytest.raises(KeyboardInterrupt):
             recipe.run(tiny_config(f"distributed.cpu_offload={offload}"))
     assert asked == [{"cpu_collectives": True}, {"cpu_collectives": False}]
+
+
+def test_the_engine_tests_see_no_gpu() -> None:
+    """tests/trainer/conftest.py: the pinned CPU figures hold on a GPU machine too."""
+    import os
+
+    import torch
+
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "" and not torch.cuda.is_available()
