@@ -129,6 +129,7 @@ def check_run(cfg: TrainConfig, world_size: int) -> list[str]:
         raise UserError(f"no such checkpoint directory: {cfg.checkpoint.resume}", field="checkpoint.resume",
                         hint="use auto, never, or an existing checkpoint directory")
     cfg.peft.check_world_size(world_size)  # qlora: one process
+    cfg.distributed.check_world_size(world_size)  # cpu offload: 2+ processes
     resolved = resolve_model(cfg)
     if cfg.peft.adapters and cfg.peft.target_modules != "all-linear":
         from automodel.catalog.architecture import dims_from_config

@@ -244,6 +244,15 @@ class DistributedConfig(Section):
             raise rule("cpu_offload", "CPU offload is an FSDP2 policy; set distributed.strategy=fsdp2")
         return self
 
+    def check_world_size(self, world_size: int) -> None:
+        """CPU offload is an FSDP2 policy, and one process trains the plain model on its GPU: offload would
+        silently not happen while the estimate counts weights, gradients and optimizer state on the host."""
+        if self.cpu_offload and world_size == 1:
+            raise UserError("CPU offload needs FSDP2, which shards over at least 2 processes; this run has 1",
+                            field="distributed.cpu_offload",
+                            hint="launch 2+ GPUs (--nproc-per-node), or set it to false and use lora/qlora to fit "
+                            "one GPU")
+
 
 class DataConfig(Section):
     source: str = Field(description="Local .jsonl/.json/.parquet/.csv file, or an HF dataset name (e.g. `rajpurkar/squad`).")

@@ -64,12 +64,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
 
     # qlora's needs (one process, CUDA, bitsandbytes) stop the run before it writes or loads anything
     check_runtime(cfg.peft, world_size=d.world, cuda=d.device.type == "cuda")
-    if cfg.distributed.cpu_offload and d.world == 1:
-        # Offload is an FSDP2 policy and one process trains the plain model on its GPU: the run would hold
-        # everything on the GPU while the estimate (and the user's plan) counts it in host memory.
-        raise UserError("CPU offload needs FSDP2, which shards over at least 2 processes; this run has 1",
-                        field="distributed.cpu_offload",
-                        hint="launch 2+ GPUs (--nproc-per-node), or set it to false and use lora/qlora to fit one GPU")
+    cfg.distributed.check_world_size(d.world)  # offload needs FSDP2, i.e. 2+ processes
     # 1. setup: seeds, output dir, resolved config
     _seed_everything(cfg.seed)
     out = Path(cfg.output_dir)

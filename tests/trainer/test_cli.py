@@ -189,3 +189,12 @@ def test_qlora_run_without_cuda_exits_2_before_writing(tiny_config: Path, capsys
     err = capsys.readouterr().err
     assert err.startswith("error: peft.method: qlora needs a CUDA GPU") and "Traceback" not in err
     assert not (tiny_config.parent / "out-secret").exists()  # stopped before the output dir was made
+
+
+def test_cpu_offload_in_one_process_exits_2(tiny_config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Offload is an FSDP2 policy; one process would train unsharded on its GPU, against the estimate."""
+    for argv in (["validate", "-c", str(tiny_config)], ["finetune", "llm", "-c", str(tiny_config), "--dry-run"]):
+        assert automodel([*argv, "distributed.cpu_offload=true"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: distributed.cpu_offload: CPU offload needs FSDP2") and "Traceback" not in err
+    assert automodel(["validate", "-c", str(tiny_config), "--nproc-per-node", "2", "distributed.cpu_offload=true"]) == 0
