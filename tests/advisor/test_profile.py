@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 import pytest
 from pydantic import ValidationError
 
+from automodel.advisor.cli import build_parser
 from automodel.advisor.profile import (
     DEFAULT_SEQ_LEN,
     USE_CASES,
@@ -14,8 +17,9 @@ from automodel.advisor.profile import (
     Requirements,
     StrategyPreference,
     Task,
-    UseCase,
 )
+from automodel.catalog.schema import USE_CASES_BY_MODALITY as CATALOG_BY_MODALITY
+from automodel.catalog.schema import UseCase as CatalogUseCase
 
 GIB = 2**30
 
@@ -27,8 +31,21 @@ def test_use_cases_are_the_issue_list_and_fit_their_modality() -> None:
     }
     assert "transcription" in USE_CASES_BY_MODALITY["asr"] and "transcription" not in USE_CASES_BY_MODALITY["llm"]
     assert "vqa" in USE_CASES_BY_MODALITY["vlm"] and "vqa" not in USE_CASES_BY_MODALITY["llm"]
-    # The Literal the flags validate against is the same list (it is spelled out for type checkers).
-    assert set(UseCase.__args__) == set(USE_CASES)  # type: ignore[attr-defined]
+
+
+def test_use_case_flag_and_field_take_the_catalog_tags_minus_safety() -> None:
+    # Derived here from catalog.schema on its own, not from profile.USE_CASES: the flag's choices and the
+    # Task field must both accept every catalog tag but `safety` (the --safety filter) and nothing else.
+    expected = set(get_args(CatalogUseCase)) - {"safety"}
+    parser = build_parser()
+    recommend = next(a for a in parser._subparsers._group_actions[0].choices["recommend"]._actions
+                     if "--use-case" in a.option_strings)
+    assert set(recommend.choices) == expected
+    for use_case in expected:
+        modality = next(m for m, allowed in CATALOG_BY_MODALITY.items() if use_case in allowed)
+        assert Task(modality=modality, use_case=use_case).use_case == use_case
+    with pytest.raises(ValidationError, match="use_case"):
+        Task(modality="llm", use_case="safety")
 
 
 def test_use_case_must_fit_modality() -> None:
