@@ -16,7 +16,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from automodel.catalog.errors import ArgumentParser, UserError
+from automodel.catalog.errors import ArgumentParser, run_cli
 
 # Command modules, imported at start-up to register their flags; each must be torch-free.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -80,22 +80,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    try:
+
+    def body() -> int:
         if args_list and args_list[0] in TRAINER_COMMANDS:
-            trainer_cli = importlib.import_module("automodel.trainer.cli")
-            return int(trainer_cli.main(args_list) or 0)
+            return int(importlib.import_module("automodel.trainer.cli").main(args_list) or 0)
         parser = build_parser()
         args = parser.parse_args(args_list)
         if not getattr(args, "func", None):
             parser.print_help(sys.stderr)
             return 2
         return int(args.func(args) or 0)
-    except UserError as err:
-        print(err.render(), file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

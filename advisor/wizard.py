@@ -313,17 +313,16 @@ def run(asker: Callable[[Question, Context], Any] = ask, detected: Hardware | No
 
 def main(argv: list[str] | None = None) -> int:
     """`automodel-advisor`: the wizard on its own (the same as `automodel advise`)."""
-    from automodel.catalog.errors import ArgumentParser
+    from automodel.catalog.errors import ArgumentParser, run_cli
 
     parser = ArgumentParser(prog="automodel-advisor", description="Interactive advisor: asks about the task, "
                             "hardware and requirements, ranks models, writes the config and offers to launch it. "
                             "For scripts use `automodel recommend`.")
-    try:
+    def body() -> int:
         parser.parse_args(sys.argv[1:] if argv is None else argv)
         return run()
-    except UserError as err:
-        print(err.render(), file=sys.stderr)
-        return 2
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

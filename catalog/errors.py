@@ -5,7 +5,9 @@ argparse parsers raise it too, so a bad flag reads like every other user error."
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import sys
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -55,6 +57,23 @@ def int_in(low: int, high: int | None = None) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def run_cli(body: Callable[[], int | None]) -> int:
+    """Run one command line the way every automodel entry point exits: 0 or the body's code; 2 with the
+    UserError's one message on stderr (never a traceback); 130 on Ctrl-C; 0 when the reader of our output
+    left (`automodel config schema | head`)."""
+    try:
+        return int(body() or 0)
+    except UserError as err:
+        print(err.render(), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        sys.stdout = open(os.devnull, "w")  # keeps the interpreter's final flush quiet
+        return 0
 
 
 _ARGUMENT = re.compile(r"^argument ([^:]+): (.*)$", re.DOTALL)

@@ -12,7 +12,6 @@ import argparse
 import importlib.util
 import io
 import json
-import os
 import sys
 import types
 import typing
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import AfterValidator, BaseModel
 from pydantic.fields import FieldInfo
 
-from automodel.catalog.errors import ArgumentParser, UserError, int_in
+from automodel.catalog.errors import ArgumentParser, UserError, int_in, run_cli
 from automodel.trainer.config import TrainConfig, config_from_data, dump_yaml, is_local_source, read_yaml
 from automodel.trainer.launch import Topology, launch
 from automodel.trainer.overrides import split_overrides
@@ -254,22 +253,15 @@ def run_command(args: argparse.Namespace, overrides: list[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    try:
-        args, extra = parser.parse_known_args(args_list)
+
+    def body() -> int:
+        args, extra = build_parser().parse_known_args(args_list)
         if args.command == "config" and extra:
             raise UserError(f"unexpected arguments: {' '.join(extra)}", field="config schema")
         split_overrides(extra)  # malformed tokens fail here with the token named
         return run_command(args, extra)
-    except UserError as err:
-        print(err.render(), file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # `automodel config schema | head`: the reader left, nothing to report
-        sys.stdout = open(os.devnull, "w")  # keeps the interpreter's final flush quiet
-        return 0
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

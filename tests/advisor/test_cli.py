@@ -50,3 +50,17 @@ def test_building_the_parser_does_not_import_torch() -> None:
     code = "import sys, automodel.advisor.cli as c; c.build_parser(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_every_entry_point_exits_the_same_way(capsys: pytest.CaptureFixture[str]) -> None:
+    from automodel.catalog.errors import UserError, run_cli
+
+    def interrupted() -> int:
+        raise KeyboardInterrupt
+
+    def user_error() -> int:
+        raise UserError("bad", field="--x")
+
+    assert run_cli(lambda: None) == 0 and run_cli(lambda: 3) == 3
+    assert run_cli(user_error) == 2 and "error: --x: bad" in capsys.readouterr().err
+    assert run_cli(interrupted) == 130 and "interrupted" in capsys.readouterr().err
