@@ -134,9 +134,8 @@ def count_unique_parameters(model: torch.nn.Module) -> int:
 
 def exact_param_count(config: dict[str, Any]) -> int:
     """Exact parameter count of the model `config` describes (see the module docstring)."""
-    model_type = _model_type(config)
-    if model_type == "phi3small":
-        return phi3small_param_count(config)
+    if params_method_for(config) == "analytic":
+        return phi3small_param_count(config)  # ANALYTIC_TYPES holds only phi3small
     return count_unique_parameters(build_meta_model(config))
 
 

@@ -182,7 +182,9 @@ class ResolvedModel:
     def params_method(self) -> str:
         if self.spec is not None:
             return self.spec.params_method
-        return "analytic" if self.config.get("model_type") == "phi3small" else "meta-build"
+        from automodel.catalog.params import params_method_for  # torch, as `.params` needs for such models
+
+        return params_method_for(self.config)
 
     @property
     def context_length(self) -> int | None:
