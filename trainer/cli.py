@@ -23,7 +23,8 @@ from pydantic import AfterValidator, BaseModel
 from pydantic.fields import FieldInfo
 
 from automodel.catalog.errors import ArgumentParser, UserError, int_in, run_cli
-from automodel.trainer.config import TrainConfig, config_from_data, dump_yaml, is_local_source, read_yaml
+from automodel.trainer.config import TrainConfig, config_from_data, dump_yaml, read_yaml
+from automodel.trainer.data import is_local_source
 from automodel.trainer.launch import Topology, launch
 from automodel.trainer.overrides import split_overrides
 

@@ -3,7 +3,8 @@
 `TrainConfig` is what `automodel finetune` reads from YAML, what the advisor writes, and what the engine
 (`trainer/recipe.py`) executes. Defaults live here and nowhere else. Every cross-field rule is one
 validator that names the dotted YAML path it checks. `to_plan()` maps the run onto the estimator's
-`Plan`, so dry-run, recommend and the finished run describe the same thing.
+`Plan`, so dry-run, recommend and the finished run describe the same thing. The data column mappings
+(`data.instruction|completion|chat`) live in trainer/data_formats.py.
 
 Secrets: values interpolated from environment variables whose names look secret (TOKEN, KEY, SECRET,
 PASSWORD) are remembered per path; `dump_yaml` writes the unresolved `${NAME}` back and scrubs any
@@ -14,155 +15,18 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 import yaml
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    field_validator,
-    model_validator,
-)
-from pydantic_core import PydanticCustomError
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from automodel.catalog.errors import UserError
 from automodel.catalog.memory.plan import Plan, lora_targets_from
+from automodel.trainer.data import is_local_source
+from automodel.trainer.data_formats import ChatFormat, CompletionFormat, InstructionFormat, Section, rule
 from automodel.trainer.overrides import build_config_data, redact_text, set_path, validate
-
-LOCAL_DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
-# A column path: a column name, then `.key` or `.0` steps into nested dicts/lists (e.g. `answers.text.0`).
-_COLUMN_PATH = re.compile(r"^[A-Za-z_][\w\-]*(\.[\w\-]+)*$")
-_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
-
-
-def rule(path: str, message: str) -> PydanticCustomError:
-    """A validation failure that carries the path (relative to the model that raised it)."""
-    return PydanticCustomError("config_rule", "{path}: {message}", {"path": path, "message": message})
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def column_value(row: Mapping[str, object], path: str) -> object:
-    """Follow a column path (`answers.text.0`) into one dataset row."""
-    value: object = row
-    for step in path.split("."):
-        if isinstance(value, Mapping) and step in value:
-            value = value[step]
-        elif isinstance(value, Sequence) and not isinstance(value, str) and step.lstrip("-").isdigit():
-            value = value[int(step)]
-        else:
-            raise UserError(f"column path `{path}` has no `{step}` in this row", field="data",
-                            hint=f"the row's columns are {sorted(row)}")
-    return value
-
-
-def _check_column(value: str) -> str:
-    if not _COLUMN_PATH.match(value):
-        raise ValueError(f"`{value}` is not a column path (a column name, then `.key` or `.0` steps)")
-    return value
-
-
-ColumnPath = Annotated[str, AfterValidator(_check_column)]
-
-
-def _pick(row: Mapping[str, object], column: str, index_column: str | None) -> str:
-    value = column_value(row, column)
-    if index_column is not None:
-        index = column_value(row, index_column)
-        if not isinstance(value, Sequence) or isinstance(value, str):
-            raise UserError(f"`{column}` is not a list, so `{index_column}` cannot index it", field="data")
-        value = value[int(index)]  # type: ignore[call-overload]
-    return str(value)
-
-
-class InstructionFormat(Section):
-    """Prompt from a template over columns, answer from one column."""
-
-    prompt_template: str = Field(
-        description="Prompt text with `{column}` placeholders (column paths such as `{answers.text.0}` allowed), "
-        "e.g. `Context: {context}\\nQuestion: {question}\\nAnswer: `.",
-    )
-    answer_column: ColumnPath = Field(description="Column path holding the answer, e.g. `answers.text.0` for SQuAD.")
-    answer_index_column: ColumnPath | None = Field(
-        None, description="When set, `answer_column` is a list and this column holds the index of the answer in it."
-    )
-
-    @field_validator("prompt_template")
-    @classmethod
-    def _placeholders_are_columns(cls, value: str) -> str:
-        for name in _PLACEHOLDER.findall(value):
-            if not _COLUMN_PATH.match(name):
-                raise ValueError(f"placeholder `{{{name}}}` is not a column path (no format specs or expressions)")
-        return value
-
-    def placeholders(self) -> list[str]:
-        return _PLACEHOLDER.findall(self.prompt_template)
-
-    def prompt(self, row: Mapping[str, object]) -> str:
-        return _PLACEHOLDER.sub(lambda m: str(column_value(row, m.group(1))), self.prompt_template)
-
-    def answer(self, row: Mapping[str, object]) -> str:
-        return _pick(row, self.answer_column, self.answer_index_column)
-
-
-class CompletionFormat(Section):
-    """Either one `text_column` (loss on all of it) or a prompt and a completion column."""
-
-    text_column: ColumnPath | None = Field(None, description="Column with the whole training text (no prompt/answer split).")
-    prompt_column: ColumnPath | None = Field(None, description="Column path with the prompt.")
-    completion_column: ColumnPath | None = Field(None, description="Column path with the completion (or a list of them).")
-    completion_index_column: ColumnPath | None = Field(
-        None, description="When set, `completion_column` is a list and this column holds the index to train on "
-        "(HellaSwag: `endings` indexed by `label`).",
-    )
-    separator: str = Field("", description="Text put between prompt and completion (e.g. a space).")
-
-    @model_validator(mode="after")
-    def _not_both_layouts(self) -> CompletionFormat:
-        if self.text_column is not None and (self.prompt_column or self.completion_column):
-            raise rule("text_column", "give either text_column or prompt_column + completion_column, not both")
-        return self
-
-    @model_validator(mode="after")
-    def _a_whole_layout(self) -> CompletionFormat:
-        if self.text_column is None and not (self.prompt_column and self.completion_column):
-            raise rule("prompt_column", "give prompt_column and completion_column (or text_column alone)")
-        return self
-
-    @model_validator(mode="after")
-    def _index_needs_list(self) -> CompletionFormat:
-        if self.completion_index_column is not None and self.completion_column is None:
-            raise rule("completion_index_column", "needs completion_column (the list it indexes)")
-        return self
-
-    def prompt(self, row: Mapping[str, object]) -> str:
-        """The un-trained part ('' for text_column)."""
-        return "" if self.prompt_column is None else str(column_value(row, self.prompt_column)) + self.separator
-
-    def completion(self, row: Mapping[str, object]) -> str:
-        if self.text_column is not None:
-            return str(column_value(row, self.text_column))
-        assert self.completion_column is not None  # guaranteed by _a_whole_layout
-        return _pick(row, self.completion_column, self.completion_index_column)
-
-
-class ChatFormat(Section):
-    """A list of {role, content} messages, rendered with the tokenizer's chat template."""
-
-    messages_column: ColumnPath = Field("messages", description="Column with the list of {role, content} messages.")
-
-
-def is_local_source(source: str) -> bool:
-    """A local data file (by suffix) rather than an HF dataset name."""
-    return source.lower().endswith(LOCAL_DATA_SUFFIXES)
 
 
 class ValidationData(Section):

@@ -29,6 +29,11 @@ LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 BUCKET_BATCHES = 16
 
 
+def is_local_source(source: str) -> bool:
+    """A local data file (by suffix) rather than an HF dataset name."""
+    return source.lower().endswith(LOCAL_SUFFIXES)
+
+
 @dataclass(frozen=True)
 class Sample:
     """One training row. `labels` is aligned with `input_ids` (the loss shifts it); -100 is ignored.
@@ -48,7 +53,7 @@ class Sample:
 def read_rows(source: str, *, split: str | None, field: str, subset: str | None = None) -> list[dict[str, Any]]:
     """Rows of a local jsonl/json/parquet/csv file, or of a Hugging Face dataset `name` (+ subset) + `split`."""
     path = Path(source).expanduser()
-    if path.suffix.lower() in LOCAL_SUFFIXES or path.exists():
+    if is_local_source(source) or path.exists():
         if not path.is_file():
             raise UserError(f"data file {source} does not exist", field=field,
                             hint="give the path of a local .jsonl/.json/.parquet/.csv file")

@@ -10,13 +10,8 @@ import yaml
 
 from automodel.catalog.errors import UserError
 from automodel.catalog.memory.plan import Plan
-from automodel.trainer.config import (
-    TrainConfig,
-    column_value,
-    config_from_data,
-    dump_yaml,
-    load_config,
-)
+from automodel.trainer.config import TrainConfig, config_from_data, dump_yaml, load_config
+from automodel.trainer.data_formats import column_value
 
 BASE = {
     "model": {"name": "tiny"},

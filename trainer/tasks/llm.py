@@ -11,9 +11,10 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from automodel.catalog.errors import UserError
-from automodel.trainer.config import ChatFormat, CompletionFormat, DataConfig, InstructionFormat, column_value
+from automodel.trainer.config import DataConfig
 from automodel.trainer.data import IGNORE_INDEX, Sample, finish_sample, pack, read_rows
 from automodel.trainer.data import collate as collate_samples
+from automodel.trainer.data_formats import ChatFormat, CompletionFormat, InstructionFormat, column_value
 
 if TYPE_CHECKING:
     import torch
