@@ -166,18 +166,10 @@ def run_recommend(args: argparse.Namespace) -> int:
 
 
 def _write_top(recs: tuple[Recommendation, ...], path: str) -> tuple[str, Recommendation]:
-    """The top pick's config; when the trainer cannot run the top pick's method (QLoRA today), the best
-    pick it can run, with a note on stderr (stdout stays JSON-only)."""
-    from automodel.advisor.configgen import first_runnable, write_config
+    """The top pick's config (the trainer runs every method `rank` plans: full, LoRA, QLoRA on one GPU)."""
+    from automodel.advisor.configgen import write_config
 
-    rec = first_runnable(recs) or recs[0]  # nothing runnable: write_config raises the UserError that says why
-    if rec is not recs[0]:
-        print(
-            f"note: #1 {recs[0].model.name} uses {recs[0].plan.method}, which the trainer does not run yet; "
-            f"wrote the config of #{rec.rank} {rec.model.name} ({rec.plan.method}) instead",
-            file=sys.stderr,
-        )
-    return str(write_config(rec, path)), rec
+    return str(write_config(recs[0], path)), recs[0]
 
 
 def run_advise(args: argparse.Namespace) -> int:

@@ -7,7 +7,6 @@ recommendation's `Plan` back. The dataset is a clearly marked placeholder unless
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 from automodel.advisor.rank import Recommendation
@@ -28,38 +27,11 @@ def global_batch(plan: Plan) -> int:
     return plan.micro_batch * plan.gpus * plan.grad_accum
 
 
-def trainer_methods() -> tuple[str, ...]:
-    """The peft methods the trainer's schema accepts (`none` is full fine-tuning)."""
-    from automodel.trainer.config import PeftConfig
-
-    return tuple(PeftConfig.model_fields["method"].annotation.__args__)  # type: ignore[union-attr]
-
-
-def trainer_runs(rec: Recommendation) -> bool:
-    """The trainer's schema takes the method and the trainer runs it on the plan's GPU count (qlora: one)."""
-    try:
-        _peft_method(rec.plan.method, rec.plan.gpus)
-    except UserError:
-        return False
-    return True
-
-
-def first_runnable(recs: Sequence[Recommendation]) -> Recommendation | None:
-    """The best-ranked recommendation whose method the trainer can run."""
-    return next((rec for rec in recs if trainer_runs(rec)), None)
-
-
 def _peft_method(method: str, gpus: int) -> str:
-    """The trainer's name for the recommended method; refuse what the trainer cannot run."""
+    """The trainer's name for the recommended method. `rank` plans QLoRA on one GPU only, so the
+    world-size check refuses only a hand-edited plan; it stays so no config says what the trainer refuses."""
     from automodel.trainer.config import PeftConfig
 
-    allowed = trainer_methods()
-    if PEFT_NAME[method] not in allowed:
-        raise UserError(
-            f"the trainer cannot run {method} yet (peft.method takes {', '.join(allowed)})",
-            field="--write-config",
-            hint="force a method the trainer runs, e.g. --method lora, and pick a model that fits with it",
-        )
     try:
         PeftConfig(method=PEFT_NAME[method]).check_world_size(gpus)  # type: ignore[arg-type]
     except UserError as err:

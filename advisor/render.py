@@ -93,9 +93,7 @@ def next_step(result: Recommendations, argv: Sequence[str], written: tuple[str, 
     """One line: the command that writes the top pick's config and launches it."""
     if written is not None:
         return f"next: {launch_command(written[1], written[0])}"
-    from automodel.advisor.configgen import first_runnable
-
-    rec = first_runnable(result.recommendations) or result.recommendations[0]  # what --write-config writes
+    rec = result.recommendations[0]  # what --write-config writes
     path = f"{rec.model.name}.yaml"
     again = " ".join(shlex.quote(a) for a in ["automodel", *argv, "--write-config", path])
     return f"next: {again} && {launch_command(rec, path)}"
@@ -127,14 +125,4 @@ def print_human(
     console.print(recommendations_table(result, top))
     if result.excluded:
         console.print(f"{len(result.excluded)} model(s) excluded (--json lists why).", style="dim")
-    from automodel.advisor.configgen import first_runnable
-
-    target = written[1] if written is not None else first_runnable(result.recommendations)
-    top_rec = result.recommendations[0]
-    if target is not None and target is not top_rec:
-        console.print(
-            f"#{top_rec.rank} {top_rec.model.name} uses {top_rec.plan.method}, which the trainer does not run yet; "
-            f"the config is for #{target.rank} {target.model.name} ({METHOD_LABEL[target.plan.method]}).",
-            style="yellow",
-        )
     console.print(next_step(result, argv, written), soft_wrap=True)

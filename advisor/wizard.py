@@ -259,7 +259,7 @@ def run(asker: Callable[[Question, Context], Any] = ask, detected: Hardware | No
     """The whole wizard: questions, ranking, a pick, its breakdown, the config, the launch offer."""
     from rich.console import Console
 
-    from automodel.advisor.configgen import first_runnable, trainer_runs, write_config
+    from automodel.advisor.configgen import write_config
     from automodel.advisor.hardware import detect
     from automodel.advisor.rank import recommend
     from automodel.advisor.render import (
@@ -282,16 +282,7 @@ def run(asker: Callable[[Question, Context], Any] = ask, detected: Hardware | No
             return 0
         console.print(recommendations_table(result, TOP))
         ctx.result = result
-        if first_runnable(result.top(TOP)) is None:
-            console.print("None of these can be trained by this trainer yet (QLoRA needs bitsandbytes support in "
-                          "the trainer); rerun and choose the LoRA or full fine-tuning method.")
-            return 0
-        while True:
-            rec = ctx.pick = result.recommendations[asker(PICK, ctx) - 1]
-            if trainer_runs(rec):
-                break
-            console.print(f"{rec.model.name} uses {rec.plan.method}, which the trainer does not run yet; "
-                          "pick a LoRA or full fine-tuning row.")
+        rec = ctx.pick = result.recommendations[asker(PICK, ctx) - 1]
         console.print(breakdown_table(rec.estimate, rec.gpu_mem_bytes))
         for reason in rec.reasons:
             console.print(f"- {reason}")

@@ -10,10 +10,7 @@ from automodel.advisor.cli import main
 from automodel.advisor.configgen import (
     PLACEHOLDER_DATASET,
     build_config,
-    first_runnable,
     global_batch,
-    trainer_methods,
-    trainer_runs,
     write_config,
 )
 from automodel.advisor.profile import Hardware, Profile, Requirements, StrategyPreference, Task
@@ -35,9 +32,7 @@ def picks(task: str, mem: int, method: str = "auto", gpus: int = 1, **req):
                          [("llm", 24, "lora", 1), ("llm", 80, "full", 8), ("asr", 16, "auto", 1),
                           ("llm", 12, "qlora", 1)])
 def test_config_gives_the_recommendation_s_plan_back(task, mem, method, gpus) -> None:
-    for rec in picks(task, mem, method, gpus)[:3]:
-        if not trainer_runs(rec):
-            continue
+    for rec in picks(task, mem, method, gpus)[:3]:  # the trainer runs every plan rank makes
         cfg = build_config(rec)
         assert cfg.task == task and cfg.model.name == rec.model.name
         assert cfg.to_plan(rec.plan.gpus) == rec.plan
@@ -74,11 +69,10 @@ def test_yaml_round_trip_with_placeholder_and_with_a_real_dataset(tmp_path) -> N
 
 def test_qlora_on_one_gpu_is_written_and_on_several_refused_with_the_flag() -> None:
     rec = picks("llm", 12, "qlora")[0]
-    assert "qlora" in trainer_methods() and rec.plan.gpus == 1 and trainer_runs(rec)
+    assert rec.plan.gpus == 1
     cfg = build_config(rec)
     assert cfg.peft.method == "qlora" and cfg.checkpoint.export == "adapter" and cfg.optimizer.lr == 2e-4
     wide = replace(rec, plan=rec.plan.model_copy(update={"gpus": 2, "grad_accum": 4}))
-    assert not trainer_runs(wide) and first_runnable([wide, rec]) is rec
     with pytest.raises(UserError) as err:
         build_config(wide)
     assert err.value.field == "--write-config" and "one process" in err.value.message
