@@ -4,11 +4,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import huggingface_hub
 import pytest
-from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, RepositoryNotFoundError
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    GatedRepoError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+)
 
 from automodel.catalog.errors import UserError
 from automodel.catalog.registry import find_gpu, find_model, load_catalog, resolve
@@ -159,26 +165,23 @@ def test_unknown_hub_repo_suggests_catalog_names(monkeypatch: pytest.MonkeyPatch
         resolve("acme/weights-only")
 
 
-def test_network_failure_is_a_user_error(monkeypatch: pytest.MonkeyPatch) -> None:
+# A plain network failure, and the Hub client's "no connection, no cached copy" (a subclass of the
+# missing-file error, so it must not be reported as "has no config.json").
+@pytest.mark.parametrize(
+    "error",
+    [
+        lambda: OSError("connection refused"),
+        lambda: LocalEntryNotFoundError("cannot reach the Hub and the file is not cached"),
+    ],
+    ids=["network-failure", "no-connection-not-missing-config"],
+)
+def test_network_failure_is_a_user_error(monkeypatch: pytest.MonkeyPatch, error: Callable[[], Exception]) -> None:
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
 
     def down(repo_id: str, filename: str, **_: object) -> str:
-        raise OSError("connection refused")
+        raise error()
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", down)
-    with pytest.raises(UserError, match="could not fetch config.json of acme/x"):
-        resolve("acme/x")
-
-
-def test_no_connection_is_not_reported_as_a_missing_config(monkeypatch: pytest.MonkeyPatch) -> None:
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-
-    def unreachable(repo_id: str, filename: str, **_: object) -> str:
-        raise LocalEntryNotFoundError("cannot reach the Hub and the file is not cached")
-
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
     with pytest.raises(UserError, match="could not fetch config.json of acme/x from the Hub") as info:
         resolve("acme/x")
     assert "network" in (info.value.hint or "")
