@@ -144,16 +144,12 @@ def fsdp_degrees(gpus_per_node: int, nodes: int) -> list[int]:
     return sorted(degrees)
 
 
-def _families() -> dict[str, FamilySpec]:
-    return {f.name: f for f in load_catalog().families}
-
-
-def _traits(model: ModelSpec, family: FamilySpec | None) -> set[str]:
+def _traits(model: ModelSpec, family: FamilySpec) -> set[str]:
     """The use cases the catalog gives a model: its own tags plus its family's strengths."""
-    return set(model.use_cases) | set(family.strengths if family else ())
+    return set(model.use_cases) | set(family.strengths)
 
 
-def _filter(profile: Profile, model: ModelSpec, family: FamilySpec | None) -> str | None:
+def _filter(profile: Profile, model: ModelSpec, family: FamilySpec) -> str | None:
     """Why a model is excluded before any estimate, or None."""
     req = profile.requirements
     if model.params_method == "analytic":
@@ -308,7 +304,13 @@ def _search(profile: Profile, model: ModelSpec) -> Search:
 
 
 def _reasons(
-    profile: Profile, model: ModelSpec, family: FamilySpec | None, plan: Plan, est: MemoryEstimate, misses: tuple[Miss, ...]
+    profile: Profile,
+    model: ModelSpec,
+    family: FamilySpec,
+    plan: Plan,
+    est: MemoryEstimate,
+    misses: tuple[Miss, ...],
+    seconds: float | None,
 ) -> tuple[str, ...]:
     """The pick in a sentence or two: what fits and how, why this method, what speaks for the model."""
     hw = profile.hardware
@@ -321,10 +323,8 @@ def _reasons(
     if spare:
         reasons.append(spare)
     use_case, priority = profile.task.use_case, profile.requirements.priority
-    strengths = set(family.strengths if family else ())
-    title = family.title if family else model.family
-    if use_case and use_case in strengths:
-        reasons.append(f"{title} is strong at {use_case}.")
+    if use_case and use_case in family.strengths:
+        reasons.append(f"{family.title} is strong at {use_case}.")
     if use_case is None and general_fit(model) < 1.0:
         reasons.append(f"A specialist (catalog use cases: {', '.join(model.use_cases)}): without --use-case, "
                        "general assistants rank ahead of it.")
@@ -339,7 +339,6 @@ def _reasons(
         reasons.append(QLORA_NOTE)
     tokens = profile.requirements.dataset_tokens
     if tokens:
-        seconds = train_seconds(model, plan, tokens, hw.bf16_tflops)
         if seconds is None and hw.gpu is not None:
             reasons.append(f"No training-time estimate: the catalog has no bf16 peak for {hw.gpu} (no native bf16).")
         elif seconds is None:
@@ -365,16 +364,14 @@ def _data_parallel_note(profile: Profile, model: ModelSpec, plan: Plan) -> str |
             f"`--nproc-per-node {gpn}` with schedule.global_batch_size a multiple of {gpn * plan.micro_batch}.")
 
 
-def _summary(
-    profile: Profile, model: ModelSpec, family: FamilySpec | None, plan: Plan, misses: tuple[Miss, ...]
-) -> str:
+def _summary(profile: Profile, model: ModelSpec, family: FamilySpec, plan: Plan, misses: tuple[Miss, ...]) -> str:
     """`full FT needs 148 GiB; strong at chat; ~9.6 h` for the table."""
     parts = []
     for miss in misses:
         if isinstance(miss.need, MemoryEstimate):
             parts.append(f"{METHOD_SHORT[miss.plan.method]} needs {miss.need.peak_reserved / GIB:.0f} GiB")
     use_case = profile.task.use_case
-    if use_case and family and use_case in family.strengths:
+    if use_case and use_case in family.strengths:
         parts.append(f"strong at {use_case}")
     if use_case is None and general_fit(model) < 1.0:
         parts.append(f"specialist ({', '.join(model.use_cases)})")
@@ -385,7 +382,7 @@ def _summary(
 
 def recommend(profile: Profile) -> Recommendations:
     """Rank every catalog model of the task's modality for this profile (all fitting ones, best first)."""
-    catalog, families = load_catalog(), _families()
+    catalog = load_catalog()
     hw = profile.hardware
     if profile.task.use_case is not None:
         # A use case the schema allows but no model of this modality offers: a user error, not "nothing fits".
@@ -393,10 +390,10 @@ def recommend(profile: Profile) -> Recommendations:
     newest = newest_release(profile.task.modality)
     scored: list[tuple[float, int, int, Recommendation]] = []
     excluded: list[Exclusion] = []
-    for model in catalog.models:
+    # Every model sits in its family (the schema checks `model.family == family.name`), so walk them together.
+    for family, model in ((f, m) for f in catalog.families for m in f.models):
         if model.modality != profile.task.modality:
             continue
-        family = families.get(model.family)
         why = _filter(profile, model, family)
         if why is not None:
             excluded.append(Exclusion(model.name, why, kind="requirement"))
@@ -406,6 +403,8 @@ def recommend(profile: Profile) -> Recommendations:
             excluded.append(Exclusion(model.name, _too_big(profile, found.misses)))
             continue
         plan, est = found.plan, found.estimate
+        tokens = profile.requirements.dataset_tokens
+        seconds = train_seconds(model, plan, tokens, hw.bf16_tflops) if tokens else None
         gpn = min(plan.gpus, hw.gpus_per_node)
         rec = Recommendation(
             rank=0,
@@ -416,13 +415,9 @@ def recommend(profile: Profile) -> Recommendations:
             nodes=math.ceil(plan.gpus / gpn),
             gpu_mem_bytes=hw.memory_bytes,
             score=score(profile, model, family, plan.method, newest),
-            reasons=_reasons(profile, model, family, plan, est, found.misses),
+            reasons=_reasons(profile, model, family, plan, est, found.misses, seconds),
             summary=_summary(profile, model, family, plan, found.misses),
-            train_seconds=(
-                train_seconds(model, plan, profile.requirements.dataset_tokens, hw.bf16_tflops)
-                if profile.requirements.dataset_tokens
-                else None
-            ),
+            train_seconds=seconds,
         )
         scored.append((rec.score, model.released_month, model.params, rec))
     # Best score first; ties go to the newer checkpoint, then the bigger model, then the later name
