@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from automodel.catalog.errors import UserError
+from automodel.catalog.modeling import IGNORE_INDEX  # the label the loss skips, shared with the simulator
 
 if TYPE_CHECKING:
     import torch
 
-IGNORE_INDEX = -100
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 # Global batches sorted together by length before they are shuffled again: large enough that a micro
 # batch holds near-equal lengths, small enough that the order stays random at the scale of an epoch.

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from automodel.catalog.errors import UserError
 from automodel.trainer import checkpoint, distributed, metrics
 from automodel.trainer.config import ModelConfig, TrainConfig, dump_yaml
-from automodel.trainer.data import epoch_batches, rank_micro_batches, steps_per_epoch
+from automodel.trainer.data import IGNORE_INDEX, epoch_batches, rank_micro_batches, steps_per_epoch
 from automodel.trainer.peft import adapt, check_runtime, prepare_quantized, trainable_parameters
 
 if TYPE_CHECKING:
@@ -151,7 +151,9 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
         chosen = [[train_samples[i] for i in ids] for ids in mine]
         return [task.collate(group, tokenizer) for group in chosen], sum(len(s.input_ids) for g in chosen for s in g)
 
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_cuda and precision != "fp32")
+    from automodel.catalog.modeling import compute_autocast
+
+    autocast = compute_autocast(precision, d.device.type)  # the simulator's forward region; off on CPU (fp32)
     # Logged figures cover the window since the last log line: loss per target token, tokens/s.
     # Kept on the device and read only when a line is logged: no host sync per step on a GPU.
     window_loss = torch.zeros((), dtype=torch.float64, device=d.device)
@@ -164,7 +166,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
     try:
         for step in range(start, total_steps):
             batches, local_tokens = micro_batches(step)
-            counts = torch.tensor([sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches), local_tokens],
+            counts = torch.tensor([sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches), local_tokens],
                                   dtype=torch.float64).to(d.device, non_blocking=True)
             distributed.all_reduce_sum(counts, d)  # every rank's targets, before the first backward
             scale = d.world / counts[0].clamp(min=1.0)  # FSDP2 averages gradients over ranks; undo that
@@ -271,7 +273,7 @@ def evaluate(model: nn.Module, task: Any, tokenizer: Any, samples: list[Any], mi
             with autocast:
                 loss = task.forward_loss(model, batch)
             totals[0] += weight * loss.double()
-            totals[1] += weight * (batch["labels"][:, 1:] != -100).sum()
+            totals[1] += weight * (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
     model.train()
     distributed.all_reduce_sum(totals, d)
     return (totals[0] / totals[1].clamp(min=1)).item()
