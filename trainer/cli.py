@@ -117,6 +117,11 @@ def resolve_model(cfg: TrainConfig) -> ResolvedModel:
 
 def check_run(cfg: TrainConfig, world_size: int) -> list[str]:
     """What `validate` checks beyond the schema; returns a summary, raises UserError on the first problem."""
+    return _check_and_resolve(cfg, world_size)[0]
+
+
+def _check_and_resolve(cfg: TrainConfig, world_size: int) -> tuple[list[str], ResolvedModel]:
+    """`check_run`'s summary, and model.name's catalog resolution it made (dry-run estimates from it)."""
     lines = []
     files = [("data.source", cfg.data.source)]
     if cfg.data.validation is not None and cfg.data.validation.source is not None:
@@ -152,7 +157,7 @@ def check_run(cfg: TrainConfig, world_size: int) -> list[str]:
         # learned-position models (GPT-2, Whisper's decoder) fail at the first sample that long.
         lines.append(f"warning    data.max_seq_len {cfg.data.max_seq_len} is beyond {cfg.model.name}'s context "
                      f"length of {context}; samples longer than {context} tokens train positions the model never saw")
-    return lines
+    return lines, resolved
 
 
 def _type_name(annotation: Any) -> str:
@@ -222,8 +227,8 @@ def dry_run(cfg: TrainConfig, world_size: int) -> str:
     """Resolved YAML, checks and the memory estimate of this run."""
     from automodel.catalog.memory.estimate import estimate
 
-    summary = check_run(cfg, world_size)
-    result = estimate(resolve_model(cfg).config, cfg.to_plan(world_size))
+    summary, resolved = _check_and_resolve(cfg, world_size)
+    result = estimate(resolved.config, cfg.to_plan(world_size))
     return "\n".join([dump_yaml(cfg).rstrip(), "---", *summary, render_estimate(result, world_size)])
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from automodel.trainer.checkpoint import model_state
 from automodel.trainer.distributed import Dist, barrier
+from automodel.trainer.peft import is_lora
 
 if TYPE_CHECKING:
     from torch import nn
@@ -51,7 +52,7 @@ def export_merged(model: nn.Module, tokenizer: Any, out: Path, d: Dist,
     if d.is_main:
         fresh = build_unsharded()
         fresh.load_state_dict(state, strict=True)
-        if callable(getattr(fresh, "merge_and_unload", None)):
+        if is_lora(fresh):
             fresh = fresh.merge_and_unload()
         fresh.config.use_cache = True  # training turned the KV cache off; generation wants it back
         tmp = out.with_name(f".tmp-{out.name}")
