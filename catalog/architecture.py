@@ -272,7 +272,6 @@ def _decoder(c: _Cfg, model_type: str, config: dict[str, object]) -> ArchDims:
             moe_layers = sum(1 for i in range(layers) if i not in dense_only and (i + 1) % step == 0)
             dense_layers = layers - moe_layers
             # Experts are 3-D nn.Parameters in transformers 5 (not nn.Linear): all-linear skips them.
-            per_layer_extra += 0
             if dense_layers:
                 for name, i, o in (("gate_proj", h, inter), ("up_proj", h, inter), ("down_proj", inter, h)):
                     add(name, i, o, mlp_bias, dense_layers)
