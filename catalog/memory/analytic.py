@@ -52,6 +52,12 @@ def fragmentation(plan: Plan) -> float:
     return FRAGMENTATION if plan.mode == "train" else FRAGMENTATION_INFERENCE
 
 
+def reserve_model(plan: Plan) -> tuple[float, int]:
+    """(allocator factor, overhead bytes) turning peak_allocated into peak_reserved: CUDA context, plus NCCL
+    with more than one rank. Both engines (and their training and inference paths) use it."""
+    return fragmentation(plan), CUDA_CONTEXT_BYTES + (NCCL_BYTES if plan.gpus > 1 else 0)
+
+
 def _compute_bytes(plan: Plan) -> int:
     return 4 if plan.precision == "fp32" else 2
 
@@ -66,6 +72,12 @@ def _adapter_params(d: ArchDims, plan: Plan) -> int:
 def _quantised_params(d: ArchDims) -> int:
     """Parameters bitsandbytes stores in NF4: every nn.Linear except the output head."""
     return sum(lin.params for lin in d.linears if lin.name != "lm_head")
+
+
+def _qlora_weights(d: ArchDims, total: int, scale: float) -> float:
+    """QLoRA base weights on one rank before sharding: the linears in NF4, everything else in bf16."""
+    quant = _quantised_params(d) * scale
+    return quant * NF4_BYTES + (total - quant) * 2
 
 
 def _tokens(d: ArchDims, plan: Plan) -> tuple[int, int]:
@@ -129,8 +141,7 @@ def estimate_analytic(config: dict[str, object], plan: Plan, *, params: int | No
     elif plan.method == "lora":
         weights = total * c
     else:
-        quant = _quantised_params(d) * scale
-        weights = quant * NF4_BYTES + (total - quant) * 2
+        weights = _qlora_weights(d, total, scale)
     weights /= n
     adapter_weights = adapters * param_bytes / n
     gradients = trainable * param_bytes / n
@@ -216,13 +227,12 @@ def estimate_analytic(config: dict[str, object], plan: Plan, *, params: int | No
     end_bwd = max(end_bwd, root_bwd)  # the root's unsharded gradients and their fp32 reduce copy
     step = gradients + step_tmp
     peak_alloc = resident + max(fwd_end, start_bwd, end_bwd, step)
-    overhead = CUDA_CONTEXT_BYTES + (NCCL_BYTES if n > 1 else 0)
+    factor, overhead = reserve_model(plan)
     return MemoryEstimate(
         engine="analytic", params=int(total), trainable_params=int(trainable), weights=int(weights),
         adapter_weights=int(adapter_weights), gradients=int(gradients), optimizer=int(optimizer),
         activations=int(activations), logits=int(logits), kv_cache=0, comm_buffers=int(comm),
-        overhead=overhead, peak_allocated=int(peak_alloc),
-        peak_reserved=int(math.ceil(peak_alloc * FRAGMENTATION)) + overhead,  # training
+        overhead=overhead, peak_allocated=int(peak_alloc), peak_reserved=int(math.ceil(peak_alloc * factor)) + overhead,
         assumptions=tuple(assumptions),
     )
 
@@ -263,12 +273,7 @@ def _inference(d: ArchDims, plan: Plan, total: int, scale: float, c: int, seq: i
                assumptions: list[str], config: dict[str, object]) -> MemoryEstimate:
     """Weights + KV cache + the prefill's largest transient + the last position's fp32 logits."""
     b = plan.micro_batch
-    if plan.method == "qlora":
-        quant = _quantised_params(d) * scale
-        weights = quant * NF4_BYTES + (total - quant) * 2
-    else:
-        weights = total * c
-    weights /= plan.gpus
+    weights = (_qlora_weights(d, total, scale) if plan.method == "qlora" else total * c) / plan.gpus
     adapters = _adapter_params(d, plan) * c / plan.gpus
     length = seq + plan.new_tokens
     kv_per_layer = 2 * d.kv_heads * d.head_dim * c * b
@@ -294,12 +299,12 @@ def _inference(d: ArchDims, plan: Plan, total: int, scale: float, c: int, seq: i
         root, blocks, _, _ = _fsdp_buffers(d, plan, False, scale, c)
         comm = root + blocks
     peak = weights + adapters + kv + prefill + logits + comm
-    overhead = CUDA_CONTEXT_BYTES + (NCCL_BYTES if plan.gpus > 1 else 0)
+    factor, overhead = reserve_model(plan)
     return MemoryEstimate(
         engine="analytic", params=int(total), trainable_params=0, weights=int(weights),
         adapter_weights=int(adapters), gradients=0, optimizer=0, activations=int(prefill), logits=int(logits),
         kv_cache=int(kv), comm_buffers=int(comm), overhead=overhead, peak_allocated=int(peak),
-        peak_reserved=int(math.ceil(peak * FRAGMENTATION_INFERENCE)) + overhead, assumptions=tuple(assumptions),
+        peak_reserved=int(math.ceil(peak * factor)) + overhead, assumptions=tuple(assumptions),
     )
 
 

@@ -60,6 +60,7 @@ from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType
 
 from automodel.catalog import modeling
 from automodel.catalog.errors import UserError
+from automodel.catalog.memory.analytic import reserve_model  # both engines turn allocated into reserved alike
 from automodel.catalog.memory.plan import MemoryEstimate, Plan
 
 SIM_DEPTHS = (2, 3)
@@ -114,14 +115,6 @@ def estimate_simulated(config: dict[str, Any], plan: Plan) -> MemoryEstimate:
         assumptions=_assumptions(config, plan, depth, depths, peak_phase, fragmentation, overhead),
         **terms,
     )
-
-
-def reserve_model(plan: Plan) -> tuple[float, int]:
-    """(allocator factor, overhead bytes) turning peak_allocated into peak_reserved: the analytic
-    engine's constants (CUDA context, NCCL with more than one rank), so both engines agree on them."""
-    from automodel.catalog.memory.analytic import CUDA_CONTEXT_BYTES, NCCL_BYTES, fragmentation
-
-    return fragmentation(plan), CUDA_CONTEXT_BYTES + (NCCL_BYTES if plan.gpus > 1 else 0)
 
 
 def _terms(snap: dict[str, int], adapter_bytes: int, plan: Plan, region: str) -> dict[str, int]:
