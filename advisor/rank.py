@@ -14,7 +14,7 @@ Fitting models are scored (0-100, `scoring.py`) from use-case fit (without --use
 assistants ahead of specialists), quality (size), latency (smaller is faster), the method (full > LoRA >
 QLoRA) and recency (a newer checkpoint of comparable size ranks higher); the weights depend on the
 priority, so `quality` moves the answer to bigger models and `latency` to smaller ones. Every pick and
-every exclusion says why, with numbers.
+every exclusion says why, with numbers (the sentences are written by `explain.py`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from automodel.advisor.explain import Miss, gib, reasons, summary, too_big
 from automodel.advisor.profile import Profile
-from automodel.advisor.scoring import MFU, general_fit, ideal_params, newest_release, score, train_seconds
+from automodel.advisor.scoring import MFU, newest_release, score, train_seconds
 from automodel.catalog.errors import UserError
 from automodel.catalog.memory.estimate import estimate
 from automodel.catalog.memory.plan import MemoryEstimate, Plan
@@ -34,11 +35,7 @@ from automodel.catalog.schema import FamilySpec, ModelSpec
 
 __all__ = ["MFU", "Recommendation", "Recommendations", "recommend", "train_seconds"]
 
-GIB = 2**30
 HEADROOM = 0.90
-METHOD_LABEL = {"full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA"}
-METHOD_SHORT = {"full": "full FT", "lora": "LoRA", "qlora": "QLoRA"}
-QLORA_NOTE = "QLoRA needs a CUDA GPU and the bitsandbytes package (pip install bitsandbytes)."
 ASSUMPTIONS: tuple[str, ...] = (
     f"a plan fits when its estimated peak reserved memory is at most {HEADROOM:.0%} of one GPU's memory",
     "gradient checkpointing and extra GPUs (FSDP2 sharding) are switched on only when needed",
@@ -133,10 +130,6 @@ class Recommendations:
         )
 
 
-def gib(n: int | float) -> str:
-    return f"{n / GIB:.1f}"
-
-
 def fsdp_degrees(gpus_per_node: int, nodes: int) -> list[int]:
     """GPU counts to try, smallest first: powers of two within a node, a full node, then whole nodes."""
     degrees = {d for d in (2**i for i in range(12)) if d <= gpus_per_node} | {gpus_per_node}
@@ -216,14 +209,6 @@ def _estimate(model: ModelSpec, plan: Plan) -> MemoryEstimate | str:
         return err.message
 
 
-def _describe(plan: Plan) -> str:
-    """`LoRA r16 at 2048 tokens x 1 (grad ckpt, 1 GPU)`."""
-    method = METHOD_LABEL[plan.method] + (f" r{plan.lora_rank}" if plan.method != "full" else "")
-    where = f"FSDP2 over {plan.gpus} GPUs" if plan.gpus > 1 else "1 GPU"
-    ckpt = "grad ckpt" if plan.grad_ckpt else "no grad ckpt"
-    return f"{method} at {plan.seq_len} tokens x {plan.micro_batch} ({ckpt}, {where})"
-
-
 @dataclass(frozen=True)
 class Search:
     """The cheapest fitting plan (or None) and, per method passed over, the numbers that rule it out."""
@@ -231,29 +216,6 @@ class Search:
     plan: Plan | None
     estimate: MemoryEstimate | None
     misses: tuple[Miss, ...]
-
-
-@dataclass(frozen=True)
-class Miss:
-    """A method ruled out: its smallest plan and what that needs (or why it cannot run)."""
-
-    plan: Plan
-    need: MemoryEstimate | str
-    max_seq_len: int | None = None  # the longest sequence this plan fits at, when that is still useful
-
-    def _shorter(self) -> str:
-        return f" (it fits at --seq-len {self.max_seq_len})" if self.max_seq_len else ""
-
-    def needs(self) -> str:
-        if isinstance(self.need, str):
-            return f"{METHOD_LABEL[self.plan.method]} cannot be estimated: {self.need}"
-        return f"needs {gib(self.need.peak_reserved)} GiB per GPU with {_describe(self.plan)}{self._shorter()}"
-
-    def passed_over(self) -> str:
-        if isinstance(self.need, str):
-            return self.needs() + "."
-        return (f"Not {METHOD_LABEL[self.plan.method]}: it would need {gib(self.need.peak_reserved)} GiB per GPU "
-                f"even {'with grad ckpt ' if self.plan.grad_ckpt else ''}on {self.plan.gpus} GPU(s){self._shorter()}.")
 
 
 MIN_USEFUL_SEQ_LEN = 256  # shorter sequences than this are not worth suggesting
@@ -303,54 +265,6 @@ def _search(profile: Profile, model: ModelSpec) -> Search:
     return Search(None, None, tuple(misses))
 
 
-def _reasons(
-    profile: Profile,
-    model: ModelSpec,
-    family: FamilySpec,
-    plan: Plan,
-    est: MemoryEstimate,
-    misses: tuple[Miss, ...],
-    seconds: float | None,
-) -> tuple[str, ...]:
-    """The pick in a sentence or two: what fits and how, why this method, what speaks for the model."""
-    hw = profile.hardware
-    reasons = [
-        f"Fits as {_describe(plan)}: {gib(est.peak_reserved)} of {gib(hw.memory_bytes)} GiB per GPU "
-        f"(limit {gib(HEADROOM * hw.memory_bytes)} at {HEADROOM:.0%})."
-    ]
-    reasons.extend(miss.passed_over() for miss in misses)
-    spare = _data_parallel_note(profile, model, plan)
-    if spare:
-        reasons.append(spare)
-    use_case, priority = profile.task.use_case, profile.requirements.priority
-    if use_case and use_case in family.strengths:
-        reasons.append(f"{family.title} is strong at {use_case}.")
-    if use_case is None and general_fit(model) < 1.0:
-        reasons.append(f"A specialist (catalog use cases: {', '.join(model.use_cases)}): without --use-case, "
-                       "general assistants rank ahead of it.")
-    size = f"{model.params / 1e9:.1f}B"
-    if priority == "quality":
-        reasons.append(f"{size} params: quality priority favours the biggest model that fits.")
-    elif priority == "latency":
-        reasons.append(f"{size} params: latency priority favours small, fast models.")
-    else:
-        reasons.append(f"{size} params: balanced priority aims at ~{ideal_params(profile) / 1e9:.0f}B for this hardware.")
-    if plan.method == "qlora":
-        reasons.append(QLORA_NOTE)
-    tokens = profile.requirements.dataset_tokens
-    if tokens:
-        if seconds is None and hw.gpu is not None:
-            reasons.append(f"No training-time estimate: the catalog has no bf16 peak for {hw.gpu} (no native bf16).")
-        elif seconds is None:
-            reasons.append("Give --gpu NAME for a training-time estimate (it needs the GPU's bf16 peak).")
-        else:
-            reasons.append(
-                f"~{seconds / 3600:.1f} h for {tokens / 1e6:,.0f}M tokens on {plan.gpus} GPU(s) "
-                f"at {MFU[plan.method]:.0%} MFU."
-            )
-    return tuple(reasons)
-
-
 def _data_parallel_note(profile: Profile, model: ModelSpec, plan: Plan) -> str | None:
     """When the plan leaves GPUs of its node idle: does the same run over all of them fit too?"""
     gpn = profile.hardware.gpus_per_node
@@ -364,26 +278,11 @@ def _data_parallel_note(profile: Profile, model: ModelSpec, plan: Plan) -> str |
             f"`--nproc-per-node {gpn}` with schedule.global_batch_size a multiple of {gpn * plan.micro_batch}.")
 
 
-def _summary(profile: Profile, model: ModelSpec, family: FamilySpec, plan: Plan, misses: tuple[Miss, ...]) -> str:
-    """`full FT needs 148 GiB; strong at chat; ~9.6 h` for the table."""
-    parts = []
-    for miss in misses:
-        if isinstance(miss.need, MemoryEstimate):
-            parts.append(f"{METHOD_SHORT[miss.plan.method]} needs {miss.need.peak_reserved / GIB:.0f} GiB")
-    use_case = profile.task.use_case
-    if use_case and use_case in family.strengths:
-        parts.append(f"strong at {use_case}")
-    if use_case is None and general_fit(model) < 1.0:
-        parts.append(f"specialist ({', '.join(model.use_cases)})")
-    if plan.method == "qlora":
-        parts.append("needs CUDA + bitsandbytes")
-    return "; ".join(parts) or f"{METHOD_SHORT[plan.method]} fits"
-
-
 def recommend(profile: Profile) -> Recommendations:
     """Rank every catalog model of the task's modality for this profile (all fitting ones, best first)."""
     catalog = load_catalog()
     hw = profile.hardware
+    limit = HEADROOM * hw.memory_bytes
     if profile.task.use_case is not None:
         # A use case the schema allows but no model of this modality offers: a user error, not "nothing fits".
         catalog.check_use_case(profile.task.modality, profile.task.use_case)
@@ -400,7 +299,7 @@ def recommend(profile: Profile) -> Recommendations:
             continue
         found = _search(profile, model)
         if found.plan is None or found.estimate is None:
-            excluded.append(Exclusion(model.name, _too_big(profile, found.misses)))
+            excluded.append(Exclusion(model.name, too_big(profile, found.misses, limit)))
             continue
         plan, est = found.plan, found.estimate
         tokens = profile.requirements.dataset_tokens
@@ -415,8 +314,9 @@ def recommend(profile: Profile) -> Recommendations:
             nodes=math.ceil(plan.gpus / gpn),
             gpu_mem_bytes=hw.memory_bytes,
             score=score(profile, model, family, plan.method, newest),
-            reasons=_reasons(profile, model, family, plan, est, found.misses, seconds),
-            summary=_summary(profile, model, family, plan, found.misses),
+            reasons=reasons(profile, model, family, plan, est, found.misses, seconds, limit,
+                            _data_parallel_note(profile, model, plan)),
+            summary=summary(profile, model, family, plan, found.misses),
             train_seconds=seconds,
         )
         scored.append((rec.score, model.released_month, model.params, rec))
@@ -427,10 +327,3 @@ def recommend(profile: Profile) -> Recommendations:
         Recommendation(**{**rec.__dict__, "rank": i + 1}) for i, (*_, rec) in enumerate(scored)
     )
     return Recommendations(profile=profile, recommendations=ranked, excluded=tuple(excluded))
-
-
-def _too_big(profile: Profile, misses: tuple[Miss, ...]) -> str:
-    """The smallest plan's need (the last method tried) against what the user has."""
-    hw = profile.hardware
-    have = f"you have {gib(hw.memory_bytes)} (limit {gib(HEADROOM * hw.memory_bytes)} at {HEADROOM:.0%})"
-    return f"{misses[-1].needs()}; {have}" if misses else f"no training method was tried; {have}"

@@ -12,13 +12,14 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from automodel.advisor.rank import HEADROOM, METHOD_LABEL, Recommendation, Recommendations, gib
+from automodel.advisor.explain import gib, method_text
+from automodel.advisor.rank import HEADROOM, Recommendation, Recommendations
 from automodel.catalog.memory.plan import MemoryEstimate
 
 
 def strategy_text(rec: Recommendation) -> str:
     plan = rec.plan
-    text = METHOD_LABEL[plan.method] + (f" r{plan.lora_rank}" if plan.method != "full" else "")
+    text = method_text(plan)
     extras = ["grad ckpt"] if plan.grad_ckpt else []
     if plan.gpus > 1:
         extras.append(f"FSDP2 x{plan.gpus}" + (f" ({rec.nodes} nodes)" if rec.nodes > 1 else ""))
