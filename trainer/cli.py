@@ -26,7 +26,7 @@ from automodel.catalog.errors import ArgumentParser, UserError, int_in, run_cli
 from automodel.trainer.config import TrainConfig, config_from_data, dump_yaml, read_yaml
 from automodel.trainer.data import is_local_source
 from automodel.trainer.launch import Topology, launch
-from automodel.trainer.overrides import split_overrides
+from automodel.trainer.overrides import section_of, split_overrides
 
 if TYPE_CHECKING:
     from automodel.catalog.memory.plan import MemoryEstimate
@@ -190,8 +190,7 @@ def schema_markdown(model: type[BaseModel] = TrainConfig, prefix: str = "") -> s
     """The schema as one markdown table per section (docs/training.md embeds this output)."""
     rows, sections = [], []
     for name, info in model.model_fields.items():
-        sub = next((a for a in (info.annotation, *typing.get_args(info.annotation))
-                    if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        sub = section_of(info.annotation)
         if sub is not None:
             sections.append(schema_markdown(sub, f"{prefix}{name}."))
         else:

@@ -57,7 +57,8 @@ def _unwrap(annotation: Any) -> list[Any]:
     return [annotation]
 
 
-def _section(annotation: Any) -> type[BaseModel] | None:
+def section_of(annotation: Any) -> type[BaseModel] | None:
+    """The config section (pydantic model) a field holds, or None for a leaf."""
     for member in _unwrap(annotation):
         if isinstance(member, type) and issubclass(member, BaseModel):
             return member
@@ -79,7 +80,7 @@ def schema_paths(model: type[BaseModel], prefix: str = "") -> Iterator[str]:
     for name, info in model.model_fields.items():
         path = f"{prefix}{name}"
         yield path
-        sub = _section(info.annotation)
+        sub = section_of(info.annotation)
         if sub is not None:
             yield from schema_paths(sub, f"{path}.")
 
@@ -92,7 +93,7 @@ def _field_at(model: type[BaseModel], path: str) -> Any:
         if current is None or part not in current.model_fields:
             raise unknown_key(model, ".".join(path.split(".")[: i + 1]))
         annotation = current.model_fields[part].annotation
-        current = _section(annotation)
+        current = section_of(annotation)
     return annotation
 
 
@@ -122,7 +123,7 @@ def check_keys(model: type[BaseModel], data: Mapping[str, Any], section: type[Ba
         path = f"{prefix}{key}"
         if not isinstance(key, str) or key not in section.model_fields:
             raise unknown_key(model, path)
-        sub = _section(section.model_fields[key].annotation)
+        sub = section_of(section.model_fields[key].annotation)
         if sub is not None and isinstance(value, Mapping):
             check_keys(model, value, sub, f"{path}.")
 
@@ -273,7 +274,8 @@ def _without_union_noise(errors: list[Any]) -> list[Any]:
 def validation_error(exc: ValidationError) -> UserError:
     """Pydantic's errors as one UserError: one line per problem, each naming its dotted YAML path."""
     lines = []
-    for err in _without_union_noise(exc.errors()):
+    errors = _without_union_noise(exc.errors())
+    for err in errors:
         ctx = err.get("ctx") or {}
         if err["type"] == "config_rule":
             path = _dotted([*err["loc"], ctx["path"]])
@@ -285,7 +287,7 @@ def validation_error(exc: ValidationError) -> UserError:
                 message += f" (got {err.get('input')!r})"
         lines.append((path, message))
     if len(lines) == 1:  # a cross-field rule's message already says what to change
-        rule_only = _without_union_noise(exc.errors())[0]["type"] == "config_rule"
+        rule_only = errors[0]["type"] == "config_rule"
         return UserError(lines[0][1], field=lines[0][0],
                          hint=None if rule_only else "see `automodel config schema` for every field")
     body = "\n".join(f"  {path}: {message}" for path, message in lines)
