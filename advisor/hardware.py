@@ -15,9 +15,13 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from automodel.advisor.profile import Hardware
 from automodel.catalog.errors import UserError
+
+if TYPE_CHECKING:
+    from automodel.catalog.schema import GPUSpec
 
 MIB = 2**20
 SMI_QUERY = ("nvidia-smi", "--query-gpu=index,uuid,name,memory.total", "--format=csv,noheader,nounits")
@@ -101,7 +105,7 @@ def _name_candidates(name: str) -> list[str]:
     return [name, text, text.replace(" ", "-"), text.replace(" ", "")]
 
 
-def _catalog_gpu(name: str) -> object | None:
+def _catalog_gpu(name: str) -> GPUSpec | None:
     """The catalog's GPUSpec for a name, alias or nvidia-smi name; None when the catalog does not know it."""
     from automodel.catalog.registry import find_gpu
 
@@ -132,11 +136,11 @@ def detect(
     smallest = min(gpus, key=lambda g: g.memory_bytes)
     spec = _catalog_gpu(smallest.name)
     return Hardware(
-        gpu=getattr(spec, "name", None),
+        gpu=spec.name if spec else None,
         memory_bytes=smallest.memory_bytes,
         gpus_per_node=len(gpus),
         nodes=1,
-        bf16_tflops=getattr(spec, "bf16_tflops", None),
+        bf16_tflops=spec.bf16_tflops if spec else None,
         source=source,
     )
 
@@ -165,12 +169,13 @@ def resolve_hardware(
     if gpu is not None:
         spec = _catalog_gpu(gpu)
         if spec is None:
-            from automodel.catalog.registry import load_catalog
+            from automodel.catalog.registry import find_gpu
 
-            known = ", ".join(g.name for g in load_catalog().gpus)
-            raise UserError(
-                f"unknown GPU {gpu!r}", field="--gpu", hint=f"one of: {known}; or give --gpu-mem GB instead"
-            )
+            try:  # no candidate matched: the catalog's own error says which entries come close or a stem matches
+                find_gpu(gpu)
+            except UserError as err:
+                hint = err.hint if "--gpu-mem" in (err.hint or "") else f"{err.hint}; or give --gpu-mem GB instead"
+                raise UserError(err.message, field="--gpu", hint=hint) from None
     memory = parse_gpu_mem(gpu_mem) if gpu_mem is not None else None
     if spec is None and memory is None:
         detected = (detect_fn or (lambda: detect(allow_torch=True)))()
@@ -187,10 +192,10 @@ def resolve_hardware(
             updates["nodes"] = nodes
         return detected.model_copy(update=updates) if updates else detected
     return Hardware(
-        gpu=getattr(spec, "name", None),
+        gpu=spec.name if spec else None,
         memory_bytes=memory if memory is not None else spec.memory_bytes,  # type: ignore[union-attr]
         gpus_per_node=gpus or 1,
         nodes=nodes or 1,
-        bf16_tflops=getattr(spec, "bf16_tflops", None),
+        bf16_tflops=spec.bf16_tflops if spec else None,
         source="flags",
     )

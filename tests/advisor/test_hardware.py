@@ -110,4 +110,12 @@ def test_gpu_flag_uses_catalog_and_mem_overrides() -> None:
     assert hardware.resolve_hardware(gpu="A100-80GB", gpu_mem="40").memory_bytes == 40 * 2**30
     with pytest.raises(UserError) as err:
         hardware.resolve_hardware(gpu="banana")
-    assert err.value.field == "--gpu"
+    assert err.value.field == "--gpu" and "--gpu-mem" in (err.value.hint or "")
+
+
+@pytest.mark.parametrize(("name", "says"), [("a100", "could be any of A100-40GB, A100-80GB"),
+                                            ("H100-SMX", "did you mean 'H100-SXM'")])
+def test_gpu_flag_passes_on_the_catalog_s_suggestions(name, says) -> None:
+    with pytest.raises(UserError) as err:
+        hardware.resolve_hardware(gpu=name)
+    assert err.value.field == "--gpu" and says in err.value.message and "--gpu-mem" in (err.value.hint or "")
