@@ -125,11 +125,10 @@ def _did_you_mean(name: str, candidates: list[str], canonical: dict[str, str] | 
 
 def find_model(name: str) -> ModelSpec:
     """A catalog model by short name or HF id, case-insensitive."""
+    model = _catalog_match(name)
+    if model is not None:
+        return model
     catalog = load_catalog()
-    key = name.strip().lower()
-    for model in catalog.models:
-        if key in (model.name.lower(), model.hf_id.lower()):
-            return model
     candidates = [m.name for m in catalog.models] + [m.hf_id for m in catalog.models]
     raise UserError(
         f"unknown model {name!r}{_did_you_mean(name, candidates)}",
