@@ -27,6 +27,7 @@ from typing import Literal
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never fetch: configs come from the catalog or bench/data
 
+from automodel.catalog.architecture import dims_from_config  # noqa: E402
 from automodel.catalog.errors import UserError  # noqa: E402
 from automodel.catalog.memory.analytic import FRAGMENTATION, FRAGMENTATION_INFERENCE  # noqa: E402
 from automodel.catalog.memory.estimate import estimate  # noqa: E402
@@ -199,7 +200,8 @@ def classify(row: dict[str, str]) -> Scoped | OutOfScope:
         if pixels:  # one image at the processor's pixel cap; max_length counts its tokens too
             side = int(int(pixels.group(1)) ** 0.5)
             plan.update(images=1, image_size=side)
-            image_tokens = (round(side / 28) ** 2)
+            vision = dims_from_config(config).vision
+            image_tokens = vision.lm_tokens(side) if vision is not None else 0  # the estimator's own count
             plan["seq_len"] = max(1, seq - image_tokens)
     ddp = bool(re.search(r"\bddp\b|distributeddataparallel", row["sharding"].lower()))
     if ddp:  # every rank holds the whole model: estimate one GPU (DDP's buckets are added in `run`)
