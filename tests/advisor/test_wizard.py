@@ -6,11 +6,12 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
 from automodel.advisor import wizard
-from automodel.advisor.profile import Hardware
+from automodel.advisor.profile import Hardware, Requirements, StrategyPreference, Task
 from automodel.trainer.config import load_config
 
 GIB = 2**30
@@ -75,6 +76,17 @@ def test_use_case_choices_follow_the_modality() -> None:
     values = [v for _, v in question.choices(ctx)]
     assert values[0] is None and "vqa" in values and "transcription" not in values
     assert "code" not in values  # the schema allows code for vlm, but no catalog vlm offers it
+
+
+@pytest.mark.parametrize(("key", "field"), [("modality", Task.model_fields["modality"]),
+                                            ("priority", Requirements.model_fields["priority"]),
+                                            ("method", StrategyPreference.model_fields["method"]),
+                                            ("grad_ckpt", StrategyPreference.model_fields["grad_ckpt"])])
+def test_select_choices_are_exactly_the_profile_s_values(key, field) -> None:
+    # The wizard spells its choices out with human titles; they must not drift from the schema's Literals.
+    question = next(q for q in wizard.QUESTIONS if q.key == key)
+    values = [v for _, v in question.choices(wizard.Context(detected=None))]
+    assert sorted(values) == sorted(get_args(field.annotation))
 
 
 def test_bad_text_answers_are_rejected_by_parse() -> None:
