@@ -53,10 +53,11 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _full_options(*, trainable_only: bool, to_cpu: bool) -> Any:
+def _full_options(*, trainable_only: bool, to_cpu: bool, strict: bool = True) -> Any:
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    return StateDictOptions(full_state_dict=True, cpu_offload=to_cpu, ignore_frozen_params=trainable_only)
+    return StateDictOptions(full_state_dict=True, cpu_offload=to_cpu, ignore_frozen_params=trainable_only,
+                            strict=strict)
 
 
 def model_state(model: nn.Module, *, trainable_only: bool) -> dict[str, torch.Tensor]:
@@ -202,8 +203,9 @@ def load(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, sche
     state = json.loads((path / "state.json").read_text())
     # mmap: the N ranks of a node page in one shared copy instead of each holding the full file in memory
     weights = torch.load(path / "model.pt", map_location="cpu", weights_only=True, mmap=True)
-    options = _full_options(trainable_only=trainable_only, to_cpu=False)
-    set_model_state_dict(model, weights, options=_strict(options, not trainable_only))
+    # an adapter-only checkpoint holds no frozen weights: those keys are missing on purpose
+    options = _full_options(trainable_only=trainable_only, to_cpu=False, strict=not trainable_only)
+    set_model_state_dict(model, weights, options=options)
     optim = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True, mmap=True)
     set_optimizer_state_dict(model, optimizer, optim, options=_full_options(trainable_only=False, to_cpu=False))
     scheduler.load_state_dict(state["scheduler"])
@@ -211,9 +213,3 @@ def load(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, sche
     if state["world"] == d.world and rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=False))
     return state
-
-
-def _strict(options: Any, strict: bool) -> Any:
-    from dataclasses import replace
-
-    return replace(options, strict=strict)
