@@ -84,9 +84,6 @@ class InstructionFormat(Section):
                 raise ValueError(f"placeholder `{{{name}}}` is not a column path (no format specs or expressions)")
         return value
 
-    def placeholders(self) -> list[str]:
-        return _PLACEHOLDER.findall(self.prompt_template)
-
     def prompt(self, row: Mapping[str, object]) -> str:
         return _PLACEHOLDER.sub(lambda m: str(column_value(row, m.group(1))), self.prompt_template)
 

@@ -89,14 +89,3 @@ def barrier(d: Dist) -> None:
         import torch.distributed as dist
 
         dist.barrier()
-
-
-def broadcast_object(obj: Any, d: Dist) -> Any:
-    """Rank 0's value of `obj` on every rank."""
-    if d.world == 1:
-        return obj
-    import torch.distributed as dist
-
-    holder = [obj]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
