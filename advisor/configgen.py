@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from automodel.advisor.explain import gib
 from automodel.advisor.rank import Recommendation
 from automodel.advisor.render import launch_command
 from automodel.catalog.errors import UserError
@@ -76,8 +77,8 @@ def header(rec: Recommendation, dataset: str | None) -> str:
     plan = rec.plan
     lines = [
         f"# Written by `automodel recommend` for {rec.model.hf_id} ({rec.model.display_params} params).",
-        f"# Estimated peak {rec.estimate.peak_reserved / 2**30:.1f} GiB reserved per GPU of "
-        f"{rec.gpu_mem_bytes / 2**30:.1f} GiB, on {plan.gpus} GPU(s) ({rec.gpus_per_node} per node x {rec.nodes} node(s)).",
+        f"# Estimated peak {gib(rec.estimate.peak_reserved)} GiB reserved per GPU of "
+        f"{gib(rec.gpu_mem_bytes)} GiB, on {plan.gpus} GPU(s) ({rec.gpus_per_node} per node x {rec.nodes} node(s)).",
     ]
     if dataset is None:
         lines += [

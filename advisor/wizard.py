@@ -156,9 +156,10 @@ QUESTIONS: tuple[Question, ...] = (
 
 
 def _pick_title(rec: Recommendation) -> str:
+    from automodel.advisor.explain import gib
     from automodel.advisor.render import strategy_text
 
-    used = f"{rec.estimate.peak_reserved / 2**30:.1f}/{rec.gpu_mem_bytes / 2**30:.1f} GiB"
+    used = f"{gib(rec.estimate.peak_reserved)}/{gib(rec.gpu_mem_bytes)} GiB"
     return f"{rec.rank}. {rec.model.name} ({rec.model.display_params}) - {strategy_text(rec)}, {used}"
 
 
