@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from automodel.trainer.cli import check_run, resolve_model
-from automodel.trainer.config import dump_yaml, load_config
+from automodel.trainer.config import config_from_data, dump_yaml, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("**/*.yaml"))
@@ -27,7 +28,9 @@ def test_example_validates(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_model(cfg).source in ("catalog", "path")
     check_run(cfg, world_size=1)
     assert cfg.to_plan().seq_len == cfg.data.max_seq_len
-    assert load_config(path, environ={}) == cfg and dump_yaml(cfg)
+    assert load_config(path, environ={}) == cfg
+    # what a run saves as output_dir/config.yaml reads back to the same config (was only "dump is non-empty")
+    assert config_from_data(yaml.safe_load(dump_yaml(cfg)), environ={}) == cfg
 
 
 @pytest.mark.parametrize("name", ["llama_3_2_1b_squad.yaml", "qwen_3_0p6b_hellaswag.yaml",
