@@ -3,7 +3,6 @@ workers read the same resolved config, with no secret on the command line or in 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -139,8 +138,6 @@ def _finetune(output_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
 
 
-@pytest.mark.skipif(not TINY.exists() or importlib.util.find_spec("automodel.trainer.recipe") is None,
-                    reason="the engine or its tiny offline example has not landed")
 def test_two_processes_match_one(tmp_path: Path) -> None:
     """`--nproc-per-node 2` (gloo on CPU, FSDP2) gives the one-process losses for the same global batch
     (16 = 4 x 2 ranks x 2 accumulation steps vs 4 x 1 x 4)."""
