@@ -9,12 +9,22 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 from pydantic import ValidationError
 
-from automodel.advisor.profile import USE_CASES, Hardware, Profile, Requirements, StrategyPreference, Task
+from automodel.advisor.profile import (
+    USE_CASES,
+    Hardware,
+    MethodChoice,
+    Priority,
+    Profile,
+    Requirements,
+    StrategyPreference,
+    Task,
+)
 from automodel.catalog.errors import UserError, int_in
+from automodel.catalog.schema import Modality
 
 if TYPE_CHECKING:
     from automodel.advisor.rank import Recommendation
@@ -43,18 +53,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Rank models for a task on given (or detected) GPUs. Every pick fits the stated memory "
         "per the analytic estimator, with 10 % headroom (peak reserved <= 90 % of one GPU).",
     )
-    p.add_argument("--task", required=True, choices=("llm", "vlm", "asr"), help="what to fine-tune")
+    p.add_argument("--task", required=True, choices=get_args(Modality), help="what to fine-tune")
     p.add_argument("--use-case", choices=USE_CASES, metavar="USE_CASE", help="what the model is for: " + ", ".join(USE_CASES))
     p.add_argument("--gpu", metavar="NAME", help="GPU model from `automodel gpus` (e.g. A100-80GB, 4090)")
     p.add_argument("--gpu-mem", metavar="GB", help="memory per GPU: 24, 24G, 24GB or 24GiB (GiB)")
     p.add_argument("--gpus", type=int_in(1), metavar="N", help="GPUs per node (default 1, or detected)")
     p.add_argument("--nodes", type=int_in(1), metavar="N", help="nodes (default 1)")
-    p.add_argument("--priority", choices=("balanced", "quality", "latency"), default=None, help="default balanced")
+    p.add_argument("--priority", choices=get_args(Priority), default=None, help="default balanced")
     p.add_argument("--multilingual", action="store_true", help="only multilingual models")
     p.add_argument("--safety", action="store_true", help="only models marked for safety-critical use")
     p.add_argument("--no-gated", action="store_true", help="skip models whose Hub repo is gated")
     p.add_argument("--commercial", action="store_true", help="only licences that allow commercial use")
-    p.add_argument("--method", choices=("auto", "full", "lora", "qlora"), default=None, help="default auto")
+    p.add_argument("--method", choices=get_args(MethodChoice), default=None, help="default auto")
     p.add_argument("--seq-len", type=int_in(1), metavar="N", help="tokens per sequence (default 2048; asr 448)")
     p.add_argument("--batch-size", type=int_in(1), metavar="N", help="micro batch per GPU (default 1)")
     p.add_argument("--dataset-tokens", type=parse_tokens, metavar="N", help="training tokens, for a time estimate")
