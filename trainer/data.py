@@ -10,6 +10,7 @@ inside each sample). Torch is imported inside the functions that need it.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import random
 from collections.abc import Iterable
@@ -50,15 +51,17 @@ class Sample:
         return sum(1 for label in self.labels if label != IGNORE_INDEX)
 
 
-def read_rows(source: str, *, split: str | None, field: str, subset: str | None = None) -> list[dict[str, Any]]:
-    """Rows of a local jsonl/json/parquet/csv file, or of a Hugging Face dataset `name` (+ subset) + `split`."""
+def read_rows(source: str, *, split: str | None, field: str, subset: str | None = None,
+              limit: int | None = None) -> list[dict[str, Any]]:
+    """The first `limit` (all) rows of a local jsonl/json/parquet/csv file, or of a Hugging Face dataset
+    `name` (+ subset) + `split`."""
     path = Path(source).expanduser()
     if is_local_source(source) or path.exists():
         if not path.is_file():
             raise UserError(f"data file {source} does not exist", field=field,
                             hint="give the path of a local .jsonl/.json/.parquet/.csv file")
-        return _read_local(path, field)
-    return _read_hub(source, subset, split or "train", field)
+        return _read_local(path, field)[:limit]
+    return _read_hub(source, subset, split or "train", field, limit)
 
 
 def _read_local(path: Path, field: str) -> list[dict[str, Any]]:
@@ -96,7 +99,7 @@ def _read_local(path: Path, field: str) -> list[dict[str, Any]]:
     return rows
 
 
-def _read_hub(name: str, subset: str | None, split: str, field: str) -> list[dict[str, Any]]:
+def _read_hub(name: str, subset: str | None, split: str, field: str, limit: int | None) -> list[dict[str, Any]]:
     try:
         import datasets
     except ImportError:
@@ -108,7 +111,8 @@ def _read_hub(name: str, subset: str | None, split: str, field: str) -> list[dic
         raise UserError(f"could not load dataset {name!r} split {split!r}: {type(err).__name__}: {err}",
                         field=field, hint="check the name and split, go online once to cache it, "
                         "or point at a local .jsonl file") from None
-    return [dict(row) for row in dataset]
+    # a dataset is memory-mapped Arrow: only the rows used become Python dicts
+    return [dict(row) for row in itertools.islice(dataset, limit)]
 
 
 def finish_sample(prompt_ids: list[int], answer_ids: list[int], *, answer_only: bool, max_len: int) -> Sample:

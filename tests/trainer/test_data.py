@@ -42,6 +42,7 @@ def test_local_formats_read_the_same_rows(tmp_path: Path) -> None:
     pq.write_table(pa.Table.from_pylist(ROWS), tmp_path / "d.parquet")
     for suffix in ("jsonl", "json", "csv", "parquet"):
         assert read_rows(str(tmp_path / f"d.{suffix}"), split=None, field="data.source") == ROWS, suffix
+    assert read_rows(str(tmp_path / "d.jsonl"), split=None, field="data.source", limit=1) == ROWS[:1]
 
 
 def test_malformed_jsonl_names_field_and_line(tmp_path: Path) -> None:
@@ -169,6 +170,7 @@ def test_hub_dataset_name_subset_split_and_offline_error(monkeypatch) -> None:
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
     assert read_rows("org/data", split=None, subset="en", field="data.source") == ROWS
     assert calls == [("org/data", "en", "train")]
+    assert read_rows("org/data", split="train", field="data.source", limit=1) == ROWS[:1]  # num_samples
     with pytest.raises(UserError) as err:
         read_rows("org/offline", split="validation", field="data.validation.source")
     assert err.value.field == "data.validation.source" and "offline" in err.value.message

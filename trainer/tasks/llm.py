@@ -46,7 +46,7 @@ def build_samples(data: DataConfig, tokenizer: Any, *, validation: bool, seed: i
         limit, field = data.validation.num_samples, "data.validation.source"
     else:
         source, split, subset, limit, field = data.source, data.split, data.subset, data.num_samples, "data.source"
-    rows = read_rows(source, split=split, subset=subset, field=field)[:limit]
+    rows = read_rows(source, split=split, subset=subset, field=field, limit=limit)
     spec = data.format_spec()
     samples = []
     for index, row in enumerate(rows):
