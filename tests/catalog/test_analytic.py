@@ -6,12 +6,10 @@ import pytest
 
 from automodel.catalog.memory.analytic import ADAMW8_BYTES, NF4_BYTES, estimate_analytic
 from automodel.catalog.memory.plan import Plan
+from tests.catalog.configs import tiny_llama
 
 # 2 layers, hidden 64, 4 heads / 2 kv heads (head_dim 16), MLP 128, vocab 100, untied.
-TINY = {
-    "model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-    "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100,
-}
+TINY = tiny_llama()
 LAYER = 64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 128 + 2 * 64  # attention + MLP + 2 norms = 36,992
 P = 2 * LAYER + 2 * 100 * 64 + 64  # layers + embedding + head + final norm = 86,848
 LINEARS = 2 * (LAYER - 128)  # every nn.Linear in the blocks
@@ -154,3 +152,16 @@ def test_gradient_accumulation_keeps_gradients() -> None:
     ckpt = est(method="full", precision="bf16-mixed", seq_len=64, grad_ckpt=True, gpus=4)
     ckpt4 = est(method="full", precision="bf16-mixed", seq_len=64, grad_ckpt=True, gpus=4, grad_accum=4)
     assert 0 < ckpt4.peak_allocated - ckpt.peak_allocated <= ckpt.gradients + 2
+
+
+def test_llama2_7b_lora_per_token_figures_in_docs_memory() -> None:
+    """docs/memory.md's worked example: Llama-2-7B, LoRA r=8 on q,v, bf16."""
+    from automodel.catalog.architecture import dims_from_config
+    from automodel.catalog.memory.activations import Trainable, decoder_layer_bytes
+
+    llama2_7b = tiny_llama(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                           num_attention_heads=32, num_key_value_heads=32, vocab_size=32000)
+    d = dims_from_config(llama2_7b)
+    per_layer = decoder_layer_bytes(d, Trainable(full=False, adapted=frozenset({"q_proj", "v_proj"}), rank=8), 2)
+    assert per_layer == 139_944  # "≈ 140 KB per token per layer"
+    assert round(per_layer * d.layers / 1e6, 1) == 4.5  # "4.5 MB per token for 32 layers"
