@@ -109,8 +109,12 @@ class DistributedConfig(Section):
         return self
 
     def check_world_size(self, world_size: int) -> None:
-        """CPU offload is an FSDP2 policy, and one process trains the plain model on its GPU: offload would
-        silently not happen while the estimate counts weights, gradients and optimizer state on the host."""
+        """Several processes shard with FSDP2, so strategy=none is one process only. CPU offload is an FSDP2
+        policy, and one process trains the plain model on its GPU: offload would silently not happen while
+        the estimate counts weights, gradients and optimizer state on the host."""
+        if self.strategy == "none" and world_size > 1:
+            raise UserError(f"{world_size} processes shard the model with FSDP2; strategy none is one process",
+                            field="distributed.strategy", hint="set distributed.strategy=fsdp2, or launch one process")
         if self.cpu_offload and world_size == 1:
             raise UserError("CPU offload needs FSDP2, which shards over at least 2 processes; this run has 1",
                             field="distributed.cpu_offload",

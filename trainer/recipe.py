@@ -64,7 +64,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
 
     # qlora's needs (one process, CUDA, bitsandbytes) stop the run before it writes or loads anything
     check_runtime(cfg.peft, world_size=d.world, cuda=d.device.type == "cuda")
-    cfg.distributed.check_world_size(d.world)  # offload needs FSDP2, i.e. 2+ processes
+    cfg.distributed.check_world_size(d.world)  # 2+ processes need fsdp2; offload needs 2+ processes
     # 1. setup: seeds, output dir, resolved config
     _seed_everything(cfg.seed)
     out = Path(cfg.output_dir)
@@ -107,9 +107,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
 
         cast_for_training(model, precision)
     sharded = d.world > 1
-    if sharded:
-        if cfg.distributed.strategy != "fsdp2":
-            raise UserError(f"{d.world} processes need distributed.strategy=fsdp2", field="distributed.strategy")
+    if sharded:  # strategy is fsdp2 here (DistributedConfig.check_world_size above)
         from automodel.catalog.modeling import shard_model
 
         shard_model(model, d.mesh, precision=precision, cpu_offload=cfg.distributed.cpu_offload)

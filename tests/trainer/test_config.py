@@ -133,6 +133,16 @@ def test_qlora_maps_to_the_qlora_plan_and_runs_in_one_process() -> None:
     make("peft.rank=8").peft.check_world_size(8)  # lora shards with FSDP2
 
 
+def test_strategy_none_is_one_process() -> None:
+    """validate, --dry-run and the run itself refuse it (the recipe checked it only once training began)."""
+    cfg = make("distributed.strategy=none")
+    cfg.distributed.check_world_size(1)
+    with pytest.raises(UserError) as err:
+        cfg.distributed.check_world_size(2)
+    assert err.value.field == "distributed.strategy" and "fsdp2" in (err.value.hint or "")
+    make().distributed.check_world_size(2)
+
+
 def test_instruction_mapping_renders_squad() -> None:
     spec = make().data.format_spec()
     assert spec.prompt(SQUAD_ROW) == "C: Paris is in France.\nQ: Where is Paris?\nA:"
