@@ -9,14 +9,12 @@ import pytest
 
 from automodel.catalog.architecture import dims_from_config
 from automodel.catalog.errors import UserError
+from tests.catalog.configs import tiny_llama
 
 REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "model-configs"
 REFERENCE_FILES = sorted(REFERENCE.glob("*.json")) if REFERENCE.is_dir() else []
 
-TINY_LLAMA = {
-    "model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-    "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100,
-}
+TINY_LLAMA = tiny_llama()
 
 
 @pytest.mark.skipif(not REFERENCE_FILES, reason="../shared/reference/model-configs not beside the repo")

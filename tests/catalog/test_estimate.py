@@ -11,11 +11,9 @@ from automodel.catalog.memory.analytic import estimate_analytic
 from automodel.catalog.memory.estimate import estimate
 from automodel.catalog.memory.plan import Plan
 from automodel.catalog.units import GIB, parse_count, parse_memory
+from tests.catalog.configs import tiny_llama
 
-TINY = {
-    "model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-    "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100,
-}
+TINY = tiny_llama()
 
 
 def test_analytic_dispatch_and_params_override() -> None:

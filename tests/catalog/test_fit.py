@@ -5,11 +5,9 @@ from __future__ import annotations
 from automodel.catalog.memory.estimate import estimate
 from automodel.catalog.memory.fit import max_fit
 from automodel.catalog.memory.plan import Plan
+from tests.catalog.configs import tiny_llama
 
-TINY = {
-    "model_type": "llama", "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2,
-    "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1000,
-}
+TINY = tiny_llama(hidden_size=256, intermediate_size=512, vocab_size=1000)
 
 
 def test_boundaries_are_exact() -> None:

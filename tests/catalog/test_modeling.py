@@ -11,19 +11,9 @@ import torch.nn.functional as F  # noqa: E402
 
 from automodel.catalog import modeling  # noqa: E402
 from automodel.catalog.errors import UserError  # noqa: E402
+from tests.catalog.configs import tiny_llama  # noqa: E402
 
-TINY_LLAMA = {
-    "model_type": "llama",
-    "architectures": ["LlamaForCausalLM"],
-    "vocab_size": 128,
-    "hidden_size": 64,
-    "intermediate_size": 96,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 256,
-    "tie_word_embeddings": False,
-}
+TINY_LLAMA = tiny_llama(vocab_size=128, intermediate_size=96, max_position_embeddings=256, tie_word_embeddings=False)
 
 TINY_WHISPER = {
     "model_type": "whisper",
@@ -253,17 +243,8 @@ def test_vlm_blocks_include_the_vision_tower_but_lora_only_the_language_model():
 
 
 def test_architectures_without_sdpa_fall_back_to_eager_attention():
-    gemma2 = {
-        "model_type": "gemma2",
-        "architectures": ["Gemma2ForCausalLM"],
-        "vocab_size": 128,
-        "hidden_size": 64,
-        "intermediate_size": 96,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "head_dim": 16,
-    }
+    gemma2 = tiny_llama(model_type="gemma2", architectures=["Gemma2ForCausalLM"], vocab_size=128,
+                        intermediate_size=96, head_dim=16)
     assert modeling.build_model(gemma2).config._attn_implementation == "eager"
 
 

@@ -25,19 +25,10 @@ from automodel.catalog.params import (
     phi3small_param_count,
 )
 from automodel.catalog.registry import find_model
+from tests.catalog.configs import tiny_llama
 
 H, FF, V, L = 64, 128, 256, 2
-TINY = {
-    "model_type": "llama",
-    "architectures": ["LlamaForCausalLM"],
-    "hidden_size": H,
-    "intermediate_size": FF,
-    "num_hidden_layers": L,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "vocab_size": V,
-    "tie_word_embeddings": False,
-}
+TINY = tiny_llama(hidden_size=H, intermediate_size=FF, num_hidden_layers=L, vocab_size=V, tie_word_embeddings=False)
 # q and o are H x H, k and v H x H/2 (2 of 4 heads), three MLP matrices, two RMSNorms per layer.
 TINY_LAYER = 2 * H * H + 2 * H * (H // 2) + 3 * H * FF + 2 * H
 

@@ -18,19 +18,10 @@ from huggingface_hub.errors import (
 
 from automodel.catalog.errors import UserError
 from automodel.catalog.registry import find_gpu, find_model, load_catalog, resolve
+from tests.catalog.configs import tiny_llama
 
 # A 2-layer Llama: embed 256*64 + lm_head 256*64 + 2 * (4*64*64 + 3*64*128 + 2*64) + 64.
-TINY_LLAMA = {
-    "model_type": "llama",
-    "architectures": ["LlamaForCausalLM"],
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 4,
-    "vocab_size": 256,
-    "tie_word_embeddings": False,
-}
+TINY_LLAMA = tiny_llama(num_key_value_heads=4, vocab_size=256, tie_word_embeddings=False)
 TINY_LLAMA_PARAMS = 2 * 256 * 64 + 2 * (4 * 64 * 64 + 3 * 64 * 128 + 2 * 64) + 64
 
 

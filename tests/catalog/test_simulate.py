@@ -12,20 +12,11 @@ from automodel.catalog import modeling  # noqa: E402
 from automodel.catalog.errors import UserError  # noqa: E402
 from automodel.catalog.memory import simulate  # noqa: E402
 from automodel.catalog.memory.plan import TERMS, Plan  # noqa: E402
+from tests.catalog.configs import tiny_llama  # noqa: E402
 
 # Six layers: the simulator runs 2 and 3 and extrapolates, the real step runs all six.
-TINY = {
-    "model_type": "llama",
-    "architectures": ["LlamaForCausalLM"],
-    "vocab_size": 512,
-    "hidden_size": 64,
-    "intermediate_size": 160,
-    "num_hidden_layers": 6,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 512,
-    "tie_word_embeddings": False,
-}
+TINY = tiny_llama(vocab_size=512, intermediate_size=160, num_hidden_layers=6, max_position_embeddings=512,
+                  tie_word_embeddings=False)
 
 REAL_VS_SIM = {
     "lora-ckpt": Plan(method="lora", lora_rank=8, seq_len=64, micro_batch=2),
