@@ -45,7 +45,7 @@ class Plan(BaseModel):
         1,
         ge=1,
         description="Micro batches accumulated per optimizer step; above 1 gradients outlive a micro batch "
-        "(with FSDP2 they stay unsharded until the last one, as the trainer skips gradient sync).",
+        "(with FSDP2 as shards: the trainer reduce-scatters every micro batch).",
     )
     grad_ckpt: bool = Field(True, description="Activation checkpointing per decoder block.")
     gpus: int = Field(1, ge=1, description="Data-parallel ranks; with more than one, FSDP2 shards weights, grads and optimizer state.")
