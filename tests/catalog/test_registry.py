@@ -79,9 +79,20 @@ def test_config_file_and_directory(tmp_path: Path) -> None:
     for resolved in (by_file, by_dir):
         assert resolved.source == "path" and resolved.name == "my-llama" and resolved.spec is None
         assert resolved.hf_id is None and resolved.params == TINY_LLAMA_PARAMS
+        assert resolved.params_method == "meta-build"
     other = tmp_path / "llama-tiny.json"
     other.write_text(json.dumps(TINY_LLAMA))
     assert resolve(other).name == "llama-tiny"
+
+
+def test_config_outside_the_catalog_counted_like_the_catalog_entry(tmp_path: Path) -> None:
+    """Phi-3-small's config as a file: the same analytic count and label as its catalog entry."""
+    spec = find_model("phi-3-small-8k-instruct")
+    path = tmp_path / "phi3small.json"
+    path.write_text(json.dumps(spec.config))
+    resolved = resolve(path)
+    assert resolved.spec is None
+    assert (resolved.params, resolved.params_method) == (spec.params, spec.params_method) == (spec.params, "analytic")
 
 
 def test_bad_paths(tmp_path: Path) -> None:
