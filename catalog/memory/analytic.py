@@ -80,16 +80,21 @@ def _qlora_weights(d: ArchDims, total: int, scale: float) -> float:
     return quant * NF4_BYTES + (total - quant) * 2
 
 
-def _tokens(d: ArchDims, plan: Plan) -> tuple[int, int]:
-    """(language-model positions per sequence, vision patches per sequence)."""
+def _tokens(d: ArchDims, plan: Plan, config: dict[str, object]) -> tuple[int, int, int]:
+    """(language-model positions, vision patches, Whisper encoder frames) per sequence."""
     seq = plan.seq_len
-    patches = 0
+    patches = frames = 0
     if d.vision is not None and plan.images:
         seq += plan.images * d.vision.lm_tokens(plan.image_size)
         patches = plan.images * d.vision.patches(plan.image_size)
     if d.model_type == "wav2vec2" and d.audio is not None:
         seq = d.audio.frames(plan.audio_seconds)  # the encoder's positions are audio frames
-    return seq, patches
+    if d.model_type == "whisper" and d.audio is not None:
+        frames = d.audio.frames(plan.audio_seconds)
+        # the decoder has learned positions up to max_target_positions (448)
+        limit = config.get("max_target_positions", 448)
+        seq = min(seq, int(limit) if isinstance(limit, int) else 448)
+    return seq, patches, frames
 
 
 def estimate_analytic(config: dict[str, object], plan: Plan, *, params: int | None = None) -> MemoryEstimate:
@@ -123,14 +128,11 @@ def estimate_analytic(config: dict[str, object], plan: Plan, *, params: int | No
     scale = total / d.total_params  # a caller's exact count rescales every weight-proportional term
     n = plan.gpus
     c = _compute_bytes(plan)
-    seq, patches = _tokens(d, plan)
-    if d.model_type == "whisper":  # the decoder has learned positions up to max_target_positions (448)
-        limit = config.get("max_target_positions", 448)
-        seq = min(seq, int(limit) if isinstance(limit, int) else 448)
+    seq, patches, frames = _tokens(d, plan, config)
     b = plan.micro_batch
     assumptions = _assumptions(plan, d)
     if plan.mode == "inference":
-        return _inference(d, plan, total, scale, c, seq, patches, assumptions, config)
+        return _inference(d, plan, total, scale, c, seq, patches, frames, assumptions, config)
 
     full = plan.method == "full"
     param_bytes = 4 if plan.precision in ("bf16-mixed", "fp32") else 2  # storage of trainable params
@@ -157,7 +159,6 @@ def estimate_analytic(config: dict[str, object], plan: Plan, *, params: int | No
     adapted = frozenset(lin.name for lin in d.matched_linears(plan.lora_targets)) if not full else frozenset()
     autocast_1gpu = n == 1 and plan.precision == "bf16-mixed"  # the trainer: no FSDP2, torch.autocast
     tr = Trainable(full=full, adapted=adapted, rank=plan.lora_rank, own_copies=autocast_1gpu)
-    frames = d.audio.frames(plan.audio_seconds) if d.audio is not None and d.model_type == "whisper" else 0
     eager = _eager(d, config, seq)
     per_layer_tok = decoder_layer_bytes(d, tr, c, cross_tokens_ratio=frames / seq if frames else 0.0, eager=eager)
     tokens = b * seq
@@ -269,7 +270,7 @@ def _eager(d: ArchDims, config: dict[str, object], seq: int) -> Eager | None:
     return Eager(seq=seq, softcap=softcap, mask_kinds=2 if d.sliding_layers else 1)
 
 
-def _inference(d: ArchDims, plan: Plan, total: int, scale: float, c: int, seq: int, patches: int,
+def _inference(d: ArchDims, plan: Plan, total: int, scale: float, c: int, seq: int, patches: int, frames: int,
                assumptions: list[str], config: dict[str, object]) -> MemoryEstimate:
     """Weights + KV cache + the prefill's largest transient + the last position's fp32 logits."""
     b = plan.micro_batch
@@ -282,7 +283,6 @@ def _inference(d: ArchDims, plan: Plan, total: int, scale: float, c: int, seq: i
     else:
         window = d.sliding_window or length
         kv = kv_per_layer * ((d.layers - d.sliding_layers) * length + d.sliding_layers * min(window, length))
-    frames = d.audio.frames(plan.audio_seconds) if d.audio is not None and d.model_type == "whisper" else 0
     kv += kv_per_layer * d.layers * frames  # Whisper cross-attention cache over encoder frames
     eager = _eager(d, config, seq)
     prefill = inference_layer_bytes(d, c, eager) * b * seq
