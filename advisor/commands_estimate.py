@@ -116,7 +116,7 @@ def check_flags(args: argparse.Namespace, plan: Plan, config: dict[str, Any], co
 
 
 def run(args: argparse.Namespace) -> int:
-    from automodel.catalog.memory.estimate import estimate
+    from automodel.catalog.memory.estimate import estimate, simulated
     from automodel.catalog.registry import resolve
 
     plan = plan_from_args(args)
@@ -127,15 +127,14 @@ def run(args: argparse.Namespace) -> int:
     warnings = check_flags(args, plan, model.config, model.context_length)
     for line in warnings:  # stderr, so --json keeps stdout one document (which lists them too)
         print(f"warning: {line}", file=sys.stderr)
-    engine = "simulate" if args.simulate else "analytic"
     spec_params = model.spec.params if model.spec is not None else None
-    result = estimate(model.config, plan, engine=engine, params=spec_params)
+    result = simulated(model.config, plan) if args.simulate else estimate(model.config, plan, params=spec_params)
     fit = None
     if args.fit and budget is not None:
         from automodel.catalog.memory.fit import max_fit
 
         # The search probes dozens of plans: always analytic (milliseconds each), also under --simulate.
-        fit = max_fit(model.config, plan, budget, engine="analytic")
+        fit = max_fit(model.config, plan, budget)
     if args.json:
         doc: dict[str, object] = {"model": model.name, "plan": plan.model_dump(mode="json"), **result.to_json(),
                                   "warnings": warnings}

@@ -204,7 +204,7 @@ def _plan(profile: Profile, method: str, gpus: int, ckpt: bool) -> Plan:
 
 def _estimate(model: ModelSpec, plan: Plan) -> MemoryEstimate | str:
     try:
-        return estimate(model.config, plan, engine="analytic", params=model.params)
+        return estimate(model.config, plan, params=model.params)
     except UserError as err:
         return err.message
 

@@ -32,8 +32,8 @@ def main() -> None:
     t0 = time.perf_counter()
     from automodel.catalog.memory.analytic import estimate_analytic
     from automodel.catalog.memory.plan import Plan
-    from automodel.catalog.memory.simulate import estimate_simulated
     from automodel.catalog.registry import resolve
+    from automodel.trainer.simulate import estimate_simulated
 
     import_s = time.perf_counter() - t0
     table = Table(title=f"--simulate wall time ({os.cpu_count()} CPUs visible; imports {import_s:.1f} s)")

@@ -83,7 +83,7 @@ def run_trainer(root: Path, args: argparse.Namespace, out: Path) -> float:
     import torch
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
-    from automodel.catalog.modeling import apply_lora, build_model
+    from automodel.trainer.modeling import apply_lora, build_model
     from automodel.trainer.tasks.llm import build_samples, load_processor
 
     cfg = engine_config(root, args, out)

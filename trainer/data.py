@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from automodel.catalog.errors import UserError
-from automodel.catalog.modeling import IGNORE_INDEX  # the label the loss skips, shared with the simulator
+from automodel.trainer.modeling import IGNORE_INDEX  # the label the loss skips, shared with the simulator
 
 if TYPE_CHECKING:
     import torch

@@ -19,7 +19,7 @@ def adapt(model: nn.Module, peft: PeftConfig) -> nn.Module:
             param.requires_grad_(True)
         return model
     from automodel.catalog.errors import UserError
-    from automodel.catalog.modeling import apply_lora
+    from automodel.trainer.modeling import apply_lora
 
     try:
         return apply_lora(model, rank=peft.rank, alpha=peft.alpha, dropout=peft.dropout, targets=peft.target_modules)
@@ -48,7 +48,7 @@ def prepare_quantized(model: nn.Module, peft: PeftConfig, *, grad_ckpt: bool) ->
     any other model as it is."""
     if peft.method != "qlora":
         return model
-    from automodel.catalog.modeling import prepare_for_kbit_training
+    from automodel.trainer.modeling import prepare_for_kbit_training
 
     return prepare_for_kbit_training(model, grad_ckpt=grad_ckpt)
 

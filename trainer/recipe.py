@@ -99,16 +99,16 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
     model = build("cpu")
     quantized = cfg.peft.method == "qlora"  # placed, frozen and cast by bitsandbytes + peft already
     if grad_ckpt and not quantized:
-        from automodel.catalog.modeling import enable_grad_ckpt
+        from automodel.trainer.modeling import enable_grad_ckpt
 
         enable_grad_ckpt(model)
     if on_cuda and not quantized:
-        from automodel.catalog.modeling import cast_for_training
+        from automodel.trainer.modeling import cast_for_training
 
         cast_for_training(model, precision)
     sharded = d.world > 1
     if sharded:  # strategy is fsdp2 here (DistributedConfig.check_world_size above)
-        from automodel.catalog.modeling import shard_model
+        from automodel.trainer.modeling import shard_model
 
         shard_model(model, d.mesh, precision=precision, cpu_offload=cfg.distributed.cpu_offload)
     if not (sharded and cfg.distributed.cpu_offload) and not quantized:
@@ -149,7 +149,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
         chosen = [[train_samples[i] for i in ids] for ids in mine]
         return [task.collate(group, tokenizer) for group in chosen], sum(len(s.input_ids) for g in chosen for s in g)
 
-    from automodel.catalog.modeling import compute_autocast
+    from automodel.trainer.modeling import compute_autocast
 
     autocast = compute_autocast(precision, d.device.type)  # the simulator's forward region; off on CPU (fp32)
     # Logged figures cover the window since the last log line: loss per target token, tokens/s.
@@ -329,13 +329,13 @@ def load_model(cfg: TrainConfig, source: str, config: dict[str, Any], *, device:
     dtype = torch.bfloat16 if cuda and cfg.model.dtype in ("bf16", "auto") else torch.float32
     quantize: dict[str, Any] = {}
     if cfg.peft.method == "qlora":  # NF4 weights straight onto this process's GPU; the rest in bf16
-        from automodel.catalog.modeling import qlora_quantization_config
+        from automodel.trainer.modeling import qlora_quantization_config
 
         dtype = torch.bfloat16
         quantize = {"quantization_config": qlora_quantization_config(),
                     "device_map": {"": torch.cuda.current_device()}}
     if cfg.model.init == "random":
-        from automodel.catalog.modeling import build_model
+        from automodel.trainer.modeling import build_model
 
         model = build_model(config, device=device, dtype=dtype, seed=cfg.seed)
     else:

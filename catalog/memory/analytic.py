@@ -1,6 +1,6 @@
 """The analytic memory estimate: closed-form bytes per GPU for one training step or one generate call.
 
-`estimate_analytic(config, plan)` models what this repo's engine does (catalog/modeling.py): transformers
+`estimate_analytic(config, plan)` models what this repo's engine does (trainer/modeling.py): transformers
 5 with SDPA attention, peft LoRA on the language model's linears, the `cast_for_training` dtypes, FSDP2
 `fully_shard` per block + root, non-reentrant activation checkpointing per block, foreach AdamW, and an
 fp32 cross-entropy counted over every position. Pure arithmetic, no torch: milliseconds. Every term, formula and

@@ -1,39 +1,32 @@
-"""One entry point for a memory estimate, whichever engine answers it.
+"""The catalog's memory estimate: closed-form arithmetic, torch-free (catalog/memory/analytic.py).
 
-`analytic` (catalog/memory/analytic.py) is closed-form arithmetic and torch-free; `simulate`
-(catalog/memory/simulate.py) builds the model on fake tensors and runs a step under torch's memory
-tracker, so it is imported only when asked for.
+The other engine, the fake-tensor simulation of the trainer's own step, lives with the engine it
+traces (trainer/simulate.py); `automodel estimate --simulate` reaches it through `simulated()` below,
+which imports it only when asked, so the catalog never depends on the trainer.
 """
 
 from __future__ import annotations
-
-from typing import Literal
 
 from automodel.catalog.errors import UserError
 from automodel.catalog.memory.analytic import estimate_analytic
 from automodel.catalog.memory.plan import MemoryEstimate, Plan
 
-Engine = Literal["analytic", "simulate"]
+
+def estimate(config: dict[str, object], plan: Plan, *, params: int | None = None) -> MemoryEstimate:
+    """Per-GPU memory of `plan` on the model `config` describes (analytic)."""
+    return estimate_analytic(config, plan, params=params)
 
 
-def estimate(
-    config: dict[str, object],
-    plan: Plan,
-    *,
-    engine: Engine = "analytic",
-    params: int | None = None,
-) -> MemoryEstimate:
-    """Per-GPU memory of `plan` on the model `config` describes, from the chosen engine."""
-    if engine == "analytic":
-        return estimate_analytic(config, plan, params=params)
-    if engine == "simulate":
-        try:
-            from automodel.catalog.memory.simulate import estimate_simulated  # torch: only when asked
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.startswith("automodel"):
-                raise UserError("the simulator is not available in this build", field="--simulate",
-                                hint="drop --simulate to use the analytic estimate") from exc
-            raise UserError(f"--simulate needs {exc.name}, which is not installed", field="--simulate",
-                            hint="pip install torch transformers peft") from exc
-        return estimate_simulated(config, plan)
-    raise UserError(f"unknown estimator engine {engine!r}", field="engine", hint="analytic or simulate")
+def simulated(config: dict[str, object], plan: Plan) -> MemoryEstimate:
+    """The trainer's step on fake tensors (torch, transformers and peft are imported only here)."""
+    import importlib
+
+    try:
+        module = importlib.import_module("automodel.trainer.simulate")
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("automodel"):
+            raise UserError("the simulator is not available in this build", field="--simulate",
+                            hint="drop --simulate to use the analytic estimate") from exc
+        raise UserError(f"--simulate needs {exc.name}, which is not installed", field="--simulate",
+                        hint="pip install torch transformers peft") from exc
+    return module.estimate_simulated(config, plan)

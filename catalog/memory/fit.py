@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from automodel.catalog.memory.estimate import Engine, estimate
+from automodel.catalog.memory.estimate import estimate
 from automodel.catalog.memory.plan import MemoryEstimate, Plan
 
 MAX_BATCH = 4096
@@ -57,11 +57,11 @@ def _largest(fits: Callable[[int], MemoryEstimate | None], upper: int) -> tuple[
     return lo, best
 
 
-def max_fit(config: dict[str, object], plan: Plan, budget_bytes: int, *, engine: Engine = "analytic") -> FitResult:
+def max_fit(config: dict[str, object], plan: Plan, budget_bytes: int) -> FitResult:
     """Largest micro batch (at plan.seq_len) and longest seq len (at plan.micro_batch) within the budget."""
 
     def probe(**change: int) -> MemoryEstimate | None:
-        est = estimate(config, plan.model_copy(update=change), engine=engine)
+        est = estimate(config, plan.model_copy(update=change))
         return est if est.peak_reserved <= budget_bytes else None
 
     batch, at_batch = _largest(lambda n: probe(micro_batch=n), MAX_BATCH)

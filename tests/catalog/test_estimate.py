@@ -1,4 +1,4 @@
-"""estimate(): engine dispatch, and the units parser the CLI and advisor share."""
+"""estimate(): analytic entry point, the lazy simulator hook, and the units parser the CLI and advisor share."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from automodel.catalog.errors import UserError
 from automodel.catalog.memory.analytic import estimate_analytic
-from automodel.catalog.memory.estimate import estimate
+from automodel.catalog.memory.estimate import estimate, simulated
 from automodel.catalog.memory.plan import Plan
 from automodel.catalog.units import GIB, parse_count, parse_memory
 from tests.catalog.configs import tiny_llama
@@ -23,13 +23,11 @@ def test_analytic_dispatch_and_params_override() -> None:
     assert doubled.weights == 2 * estimate(TINY, plan).weights
 
 
-def test_simulate_is_lazy_and_unknown_engine_is_a_user_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "automodel.catalog.memory.simulate", None)  # import fails
+def test_simulate_is_lazy_and_a_missing_simulator_is_a_user_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "automodel.trainer.simulate", None)  # import fails
     with pytest.raises(UserError) as err:
-        estimate(TINY, Plan(), engine="simulate")
+        simulated(TINY, Plan())
     assert err.value.field == "--simulate"
-    with pytest.raises(UserError):
-        estimate(TINY, Plan(), engine="guess")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(("text", "expected"), [

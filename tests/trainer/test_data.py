@@ -142,7 +142,7 @@ def test_packed_rows_match_separate_samples(tiny_assets: Path) -> None:
     """transformers turns restarting position_ids into a block-diagonal mask: packing changes nothing."""
     import torch
 
-    from automodel.catalog.modeling import build_model
+    from automodel.trainer.modeling import build_model
     from automodel.trainer.tasks.llm import forward_loss
 
     config = json.loads((tiny_assets / "model/config.json").read_text())

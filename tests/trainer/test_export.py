@@ -12,7 +12,7 @@ def _trained(cfg, out: Path, *, lora: bool):
     """The trained model, rebuilt from the seed and the final checkpoint's weights."""
     import torch
 
-    from automodel.catalog.modeling import build_model
+    from automodel.trainer.modeling import build_model
     from automodel.trainer.peft import adapt
 
     config = json.loads((Path(cfg.model.name) / "config.json").read_text())
@@ -36,7 +36,7 @@ def test_adapter_and_merged_exports_reload_with_trained_logits(tiny_config, tmp_
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from automodel.catalog.modeling import build_model
+    from automodel.trainer.modeling import build_model
     from automodel.trainer.recipe import run
 
     cfg = tiny_config("schedule.max_steps=4", "checkpoint.export=both", "optimizer.lr=5e-2")

@@ -46,7 +46,7 @@ def test_qlora_with_everything_present_passes(monkeypatch) -> None:
 @pytest.mark.parametrize("grad_ckpt", [True, False])
 def test_prepare_quantized_then_adapt_trains_only_the_adapters(grad_ckpt: bool) -> None:
     torch = pytest.importorskip("torch")
-    from automodel.catalog.modeling import build_model
+    from automodel.trainer.modeling import build_model
 
     model = build_model(TINY_LLAMA, device="cpu", dtype=torch.bfloat16, seed=0)
     model.is_loaded_in_4bit = True  # what transformers sets after a bitsandbytes 4-bit load

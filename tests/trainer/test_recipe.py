@@ -57,8 +57,8 @@ def test_lr_schedule_warmup_and_decay(tiny_config) -> None:
 def test_target_only_logits_equal_full_logits_loss(tiny_assets: Path) -> None:
     import torch
 
-    from automodel.catalog.modeling import build_model, causal_lm_loss
     from automodel.trainer.data import Sample, collate
+    from automodel.trainer.modeling import build_model, causal_lm_loss
     from automodel.trainer.tasks.llm import forward_loss
 
     config = json.loads((tiny_assets / "model/config.json").read_text())
@@ -185,8 +185,8 @@ def test_qlora_loads_the_base_as_nf4_on_this_process_gpu(tiny_config, monkeypatc
     """The engine's from_pretrained call for qlora (bitsandbytes itself needs CUDA: not run here)."""
     import torch
 
-    from automodel.catalog.modeling import build_model
     from automodel.trainer import recipe
+    from automodel.trainer.modeling import build_model
     from automodel.trainer.tasks import llm
 
     cfg = tiny_config("peft.method=qlora", "model.init=pretrained", "checkpoint.export=adapter")

@@ -1,7 +1,7 @@
 """Memory by simulation: the engine's real step on fake tensors, measured by torch's memory tracker.
 
 `estimate_simulated(config, plan)` builds the transformers model on the meta device, applies LoRA, casts
-and checkpoints it and shards it with FSDP2 exactly as the trainer does (catalog/modeling.py), over a
+and checkpoints it and shards it with FSDP2 exactly as the trainer does (trainer/modeling.py), over a
 fake process group of `plan.gpus` ranks, then materialises it as FakeTensors and runs a warm-up step and
 one tracked step (forward + loss, backward, optimizer step) under `FSDPMemTracker`
 (torch.distributed._tools). No memory is allocated and no collective runs; the tracker counts the
@@ -14,7 +14,7 @@ peak of every region of the step (phase x before/first/last/after the decoder bl
 peak is linear in depth, is extrapolated category by category from the two runs, and the largest
 extrapolated region is the answer. Llama-3.1-70B LoRA on 8 GPUs: about 5 s (bench/simulate_speed.py).
 
-Verified (tests/catalog/test_simulate.py): on a 6-layer model every tracker category at every region
+Verified (tests/trainer/test_simulate.py): on a 6-layer model every tracker category at every region
 peak is byte-identical between fake and real CPU tensors (Sharded/Unsharded Param, Buffer,
 Sharded/Unsharded Grad, Activation, Temp, All Gather, Reduce Scatter, OptState, Inputs); the
 extrapolated peak equals the full-depth run; the peak matches a real 1-rank step (LoRA, full, fp32/SGD,
@@ -58,10 +58,10 @@ from torch.distributed._tools.common_utils import get_untyped_storages
 from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
 from torch.distributed._tools.mem_tracker import MemTracker, _MemRefType
 
-from automodel.catalog import modeling
 from automodel.catalog.errors import UserError
 from automodel.catalog.memory.analytic import reserve_model  # both engines turn allocated into reserved alike
 from automodel.catalog.memory.plan import MemoryEstimate, Plan
+from automodel.trainer import modeling
 
 SIM_DEPTHS = (2, 3)
 _TOTAL = "Total"

@@ -1,4 +1,4 @@
-"""catalog/memory/simulate.py: the fake-tensor step against a real CPU step, its terms, and the analytic engine."""
+"""trainer/simulate.py: the fake-tensor step against a real CPU step, its terms, and the analytic engine."""
 
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from automodel.catalog import modeling  # noqa: E402
 from automodel.catalog.errors import UserError  # noqa: E402
-from automodel.catalog.memory import simulate  # noqa: E402
 from automodel.catalog.memory.plan import TERMS, Plan  # noqa: E402
+from automodel.trainer import modeling, simulate  # noqa: E402
 from tests.catalog.configs import tiny_llama  # noqa: E402
 
 # Six layers: the simulator runs 2 and 3 and extrapolates, the real step runs all six.
@@ -77,8 +76,8 @@ _TWO_RANKS = """
 import json, sys, torch, torch.distributed as dist, torch.multiprocessing as mp
 from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
 from torch.distributed.device_mesh import init_device_mesh
-from automodel.catalog import modeling
-from automodel.catalog.memory import simulate
+from automodel.trainer import modeling
+from automodel.trainer import simulate
 from automodel.catalog.memory.plan import Plan
 
 config, plan, port, out = json.loads(sys.argv[1]), Plan.model_validate_json(sys.argv[2]), sys.argv[3], sys.argv[4]

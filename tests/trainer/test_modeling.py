@@ -1,4 +1,4 @@
-"""catalog/modeling.py: the engine's model operations on tiny models built from config dicts (CPU)."""
+"""trainer/modeling.py: the engine's model operations on tiny models built from config dicts (CPU)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ torch = pytest.importorskip("torch")
 import torch.distributed as dist  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from automodel.catalog import modeling  # noqa: E402
 from automodel.catalog.errors import UserError  # noqa: E402
+from automodel.trainer import modeling  # noqa: E402
 from tests.catalog.configs import tiny_llama  # noqa: E402
 
 TINY_LLAMA = tiny_llama(vocab_size=128, intermediate_size=96, max_position_embeddings=256, tie_word_embeddings=False)

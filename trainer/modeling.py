@@ -1,6 +1,6 @@
 """What the engine does to a model, in one place.
 
-The trainer (trainer/recipe.py) and the memory simulator (catalog/memory/simulate.py) both build, adapt,
+The trainer (trainer/recipe.py) and the memory simulator (trainer/simulate.py) both build, adapt,
 checkpoint, shard and score models through these functions, so the simulated step and the real step
 cannot drift apart. Torch, transformers and peft are imported inside the functions: importing this
 module is cheap, but only torch-side code should call it.
