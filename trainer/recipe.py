@@ -14,7 +14,6 @@ Where the speed comes from (bench/train_throughput.py): micro batches hold sampl
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 import random
@@ -26,8 +25,9 @@ from typing import TYPE_CHECKING, Any
 from automodel.catalog.errors import UserError
 from automodel.trainer import checkpoint, distributed, metrics
 from automodel.trainer.config import ModelConfig, TrainConfig, dump_yaml
-from automodel.trainer.data import IGNORE_INDEX, epoch_batches, rank_micro_batches, steps_per_epoch
+from automodel.trainer.data import epoch_batches, rank_micro_batches, steps_per_epoch
 from automodel.trainer.peft import adapt, check_runtime, prepare_quantized, trainable_parameters
+from automodel.trainer.tasks import TaskAdapter, adapter_for
 
 if TYPE_CHECKING:
     import torch
@@ -48,6 +48,7 @@ class RunResult:
     peak_memory_kind: str
     estimate: Any = None
     exports: dict[str, str] = field(default_factory=dict)
+    val_metrics: dict[str, float] = field(default_factory=dict)  # the task's extra figures (val_wer, ...)
 
 
 def run(cfg: TrainConfig) -> RunResult:
@@ -71,7 +72,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
     if d.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(dump_yaml(cfg))
-    task = _task(cfg.task)
+    task = adapter_for(cfg.task)
     on_cuda = d.device.type == "cuda"
     precision = cfg.distributed.mixed_precision if on_cuda else "fp32"  # CPU computes in fp32
 
@@ -94,6 +95,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
 
     def build(device: str) -> nn.Module:
         base = load_model(cfg, source, model_config, device=device, cuda=on_cuda)
+        task.prepare_model(base, cfg)
         return adapt(prepare_quantized(base, cfg.peft, grad_ckpt=grad_ckpt), cfg.peft)
 
     model = build("cpu")
@@ -126,16 +128,18 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
 
     # 5. resume: weights/adapter, optimizer, schedule, RNG; the data position is the step number
     start, loss_value, val_loss = 0, None, None
+    val_extra: dict[str, float] = {}
     resume_from = checkpoint.resolve_resume(cfg.checkpoint.resume, out)
     if resume_from is not None:
         state = checkpoint.load(resume_from, model=model, optimizer=optimizer, scheduler=scheduler,
                                 trainable_only=lora, d=d)
         start, loss_value, val_loss = state["step"], state["loss"], state["val_loss"]
+        val_extra = dict(state.get("val_metrics") or {})
         if d.is_main:
             print(f"resuming from {resume_from} (step {start})", flush=True)
     log = metrics.MetricsFile(out / cfg.logging.metrics_file, resume_step=start, enabled=d.is_main)
     bar = metrics.progress_bar(total_steps, start, cfg.logging.progress_bar and d.is_main)
-    lengths = [len(s.input_ids) for s in train_samples]
+    lengths = [task.sample_length(s) for s in train_samples]
     epochs: dict[int, list[list[int]]] = {}
 
     def micro_batches(step: int) -> tuple[list[dict[str, torch.Tensor]], int]:
@@ -147,7 +151,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
         mine = rank_micro_batches(epochs[epoch][index], micro_batch=micro, world=d.world, rank=d.rank)
         assert len(mine) == accum
         chosen = [[train_samples[i] for i in ids] for ids in mine]
-        return [task.collate(group, tokenizer) for group in chosen], sum(len(s.input_ids) for g in chosen for s in g)
+        return [task.collate(group, tokenizer) for group in chosen], sum(lengths[i] for ids in mine for i in ids)
 
     from automodel.trainer.modeling import compute_autocast
 
@@ -164,7 +168,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
     try:
         for step in range(start, total_steps):
             batches, local_tokens = micro_batches(step)
-            counts = torch.tensor([sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches), local_tokens],
+            counts = torch.tensor([sum(int(task.count_targets(b)) for b in batches), local_tokens],
                                   dtype=torch.float64).to(d.device, non_blocking=True)
             distributed.all_reduce_sum(counts, d)  # every rank's targets, before the first backward
             scale = d.world / counts[0].clamp(min=1.0)  # FSDP2 averages gradients over ranks; undo that
@@ -193,6 +197,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
                                                                     and done % cfg.schedule.val_every == 0))
             if validate_now:
                 val_loss = evaluate(model, task, tokenizer, val_samples, micro, d, autocast)
+                val_extra = task.evaluate_extra(model, tokenizer, val_samples, d, autocast)
             every = cfg.schedule.checkpoint_every
             save_now = done == total_steps or bool(every and done % every == 0)
             # A checkpoint step is always logged, so a resumed run's log windows match the uninterrupted run's.
@@ -209,6 +214,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
                 }
                 if validate_now:
                     record["val_loss"] = val_loss
+                    record.update(val_extra)
                 log.write(record)
                 if bar is not None:
                     bar.update(bar.task_ids[0], completed=done, info=f"loss {loss_value:.4f}  lr {lr:.2e}  "
@@ -219,7 +225,8 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
             if save_now:
                 checkpoint.save(out, done, model=model, optimizer=optimizer, scheduler=scheduler,
                                 trainable_only=lora, d=d, keep_last=cfg.checkpoint.keep_last,
-                                extra={"loss": loss_value, "val_loss": val_loss, "total_steps": total_steps})
+                                extra={"loss": loss_value, "val_loss": val_loss, "val_metrics": val_extra,
+                                       "total_steps": total_steps})
     finally:
         if bar is not None:
             bar.stop()
@@ -241,7 +248,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
         tokens_per_s=run_counts[1].item() / max(elapsed, 1e-9),
         peak_memory_bytes=peak, peak_memory_kind=peak_kind,
         estimate=_estimate(model_config, cfg.to_plan(d.world).model_copy(update={"precision": precision})),
-        exports=exports,
+        exports=exports, val_metrics=val_extra,
     )
     if d.is_main:
         _write_summary(out / "summary.json", result)
@@ -251,7 +258,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
     return result
 
 
-def evaluate(model: nn.Module, task: Any, tokenizer: Any, samples: list[Any], micro: int,
+def evaluate(model: nn.Module, task: TaskAdapter, tokenizer: Any, samples: list[Any], micro: int,
              d: distributed.Dist, autocast: Any) -> float:
     """Mean validation loss per target token over all ranks. Every rank runs the same number of
     forwards (FSDP2 all-gathers are collective): short ranks repeat a batch with weight 0."""
@@ -271,7 +278,7 @@ def evaluate(model: nn.Module, task: Any, tokenizer: Any, samples: list[Any], mi
             with autocast:
                 loss = task.forward_loss(model, batch)
             totals[0] += weight * loss.double()
-            totals[1] += weight * (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+            totals[1] += weight * task.count_targets(batch)
     model.train()
     distributed.all_reduce_sum(totals, d)
     return (totals[0] / totals[1].clamp(min=1)).item()
@@ -339,9 +346,8 @@ def load_model(cfg: TrainConfig, source: str, config: dict[str, Any], *, device:
 
         model = build_model(config, device=device, dtype=dtype, seed=cfg.seed)
     else:
-        task_module = _task(cfg.task)
         try:
-            model = task_module.model_class().from_pretrained(
+            model = adapter_for(cfg.task).model_class().from_pretrained(
                 source, dtype=dtype, attn_implementation=cfg.model.attn_implementation,
                 trust_remote_code=cfg.model.trust_remote_code, **quantize)
         except Exception as err:
@@ -350,15 +356,6 @@ def load_model(cfg: TrainConfig, source: str, config: dict[str, Any], *, device:
                             "or set model.init=random to train from a config alone") from None
     model.config.use_cache = False
     return model
-
-
-def _task(name: str) -> Any:
-    try:
-        return importlib.import_module(f"automodel.trainer.tasks.{name}")
-    except ModuleNotFoundError as err:
-        if err.name != f"automodel.trainer.tasks.{name}":
-            raise
-        raise UserError(f"the {name} task adapter is not available yet", field="task", hint="use task=llm") from None
 
 
 def _seed_everything(seed: int) -> None:

@@ -1,8 +1,7 @@
 """The LLM task adapter: tokenizer, samples from rows, collator, model class and loss.
 
-A task adapter is a module with the same five functions (`load_processor`, `build_samples`, `collate`,
-`model_class`, `forward_loss`); the recipe picks `automodel.trainer.tasks.<cfg.task>` and never looks
-inside, so vlm and asr adapters plug in beside this one.
+Implements `automodel.trainer.tasks.TaskAdapter` (see there); the recipe reaches it through
+`adapter_for("llm")` and never looks inside.
 """
 
 from __future__ import annotations
@@ -122,6 +121,10 @@ def _chat_sample(row: Mapping[str, Any], index: int, spec: ChatFormat, tokenizer
     return Sample(tuple(ids), tuple(labels))
 
 
+def sample_length(sample: Sample) -> int:
+    return len(sample.input_ids)
+
+
 def collate(samples: list[Sample], tokenizer: Any) -> dict[str, torch.Tensor]:
     return collate_samples(samples, tokenizer.pad_token_id)
 
@@ -130,6 +133,19 @@ def model_class() -> Any:
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM
+
+
+def prepare_model(model: nn.Module, cfg: Any) -> None:
+    """Nothing to freeze beyond what LoRA freezes: a decoder-only model is all language model."""
+
+
+def count_targets(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Next-token targets: every label but the first of each row (the loss shifts by one)."""
+    return (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+
+
+def evaluate_extra(model: nn.Module, processor: Any, samples: Any, d: Any, autocast: Any) -> dict[str, float]:
+    return {}
 
 
 def forward_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
