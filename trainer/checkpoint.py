@@ -1,24 +1,31 @@
-"""Atomic checkpoints that resume a run exactly.
+"""Atomic, sharded checkpoints that resume a run exactly, on any number of processes.
 
 Layout under `output_dir/checkpoints/`:
 
-    step_00000012/   model.pt (trainable weights: the adapter, or every weight for full fine-tuning),
-                     optimizer.pt, state.json (step, scheduler, world), rng_rank{R}.pt (one per rank)
+    step_00000012/   dcp/ (torch.distributed.checkpoint: `.metadata` + `__{R}_0.distcp`, one file per rank
+                     holding that rank's shard of the trainable weights -- the adapter, or every weight for
+                     full fine-tuning -- and of the optimizer state), state.json (step, scheduler, world),
+                     rng_rank{R}.pt (one per rank)
     latest           the name of the newest complete checkpoint
+
+Every rank writes its own shard (no gather, no host copy of the whole model or optimizer anywhere); on
+load, DCP reads for each rank the slices its current shards need, whatever the world size that wrote
+them, so a 2-process checkpoint resumes in 1 process and the other way round. One process writes plain
+(unsharded) tensors, which load into FSDP2 shards the same way.
 
 A checkpoint is written into `.tmp-step_N/`, fsynced, renamed to `step_N/` and only then named in
 `latest` (itself replaced atomically), so a crash at any point leaves `latest` on a complete one.
-Weights and optimizer state go through torch.distributed.checkpoint's state-dict API as full (unsharded)
-tensors gathered on rank 0; on load every rank reads the file and keeps its own shard. That works the
-same on gloo/CPU and nccl, for one process or many, and the files do not depend on the world size.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import shutil
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +37,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 LATEST = "latest"
+DCP_DIR = "dcp"  # torch.distributed.checkpoint directory inside a step_N checkpoint
 _PREFIX = "step_"
 
 
@@ -111,25 +119,58 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+@contextlib.contextmanager
+def _quiet_one_process() -> Iterator[None]:
+    """DCP warns that it 'assumes a single process' even when told so (no_dist=True); one process is a
+    normal run here, not something to warn the user about."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        yield
+
+
+def _is_sharded(model: nn.Module) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def train_state(model: nn.Module, optimizer: torch.optim.Optimizer, *, trainable_only: bool) -> dict[str, Any]:
+    """This rank's part of what a checkpoint holds: {"model": weights, "optimizer": state}, keyed by
+    parameter names (FQNs), sharded tensors (DTensors) under FSDP2 and plain tensors in one process. Every
+    rank must call it; nothing is gathered or copied to the host."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    if _is_sharded(model):
+        weights = get_model_state_dict(model, options=StateDictOptions(ignore_frozen_params=trainable_only))
+    else:  # one process: read directly (a QLoRA base's quantisation keys defeat the torch API)
+        weights = _local_state(model, trainable_only=trainable_only)
+    return {"model": weights, "optimizer": get_optimizer_state_dict(model, optimizer)}
+
+
 def save(output_dir: str | Path, step: int, *, model: nn.Module, optimizer: torch.optim.Optimizer,
          scheduler: Any, trainable_only: bool, d: Dist, keep_last: int, extra: dict[str, Any]) -> Path:
-    """Write checkpoint `step` atomically, point `latest` at it, keep the newest `keep_last`."""
+    """Write checkpoint `step` atomically (every rank its own shard), point `latest` at it, keep the newest
+    `keep_last`."""
     import torch
-    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+    import torch.distributed.checkpoint as dcp
 
     root = checkpoint_root(output_dir)
     final = root / f"{_PREFIX}{step:08d}"
     tmp = root / f".tmp-{final.name}"
-    weights = model_state(model, trainable_only=trainable_only)
-    optim = get_optimizer_state_dict(model, optimizer, options=_full_options(trainable_only=False, to_cpu=True))
     if d.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier(d)
+    # Collective: each rank writes __{rank}_0.distcp with its shards, rank 0 the .metadata index.
+    with _quiet_one_process():
+        dcp.save(train_state(model, optimizer, trainable_only=trainable_only), checkpoint_id=tmp / DCP_DIR,
+                 no_dist=d.world == 1)
     torch.save(rng_state(), tmp / f"rng_rank{d.rank}.pt")
     if d.is_main:
-        torch.save(weights, tmp / "model.pt")
-        torch.save(optim, tmp / "optimizer.pt")
         state = {"step": step, "world": d.world, "scheduler": scheduler.state_dict(), **extra}
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
     barrier(d)
@@ -196,20 +237,46 @@ def resolve_resume(resume: str, output_dir: str | Path) -> Path | None:
 
 def load(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
          trainable_only: bool, d: Dist) -> dict[str, Any]:
-    """Restore weights, optimizer, scheduler and this rank's RNG; return state.json."""
+    """Restore weights, optimizer, scheduler and this rank's RNG; return state.json. Each rank reads only
+    the slices of the files that its own shards cover, whatever world size wrote them."""
     import torch
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
 
     state = json.loads((path / "state.json").read_text())
-    # mmap: the N ranks of a node page in one shared copy instead of each holding the full file in memory
-    weights = torch.load(path / "model.pt", map_location="cpu", weights_only=True, mmap=True)
+    if not (path / DCP_DIR / ".metadata").is_file():
+        raise UserError(f"{path} holds no sharded checkpoint ({DCP_DIR}/.metadata is missing): it was written by "
+                        "an older version or is incomplete", field="checkpoint.resume",
+                        hint="resume from a checkpoint this version wrote, or start fresh with checkpoint.resume=never")
+    wanted = train_state(model, optimizer, trainable_only=trainable_only)  # the shapes/shards to fill
+    with _quiet_one_process():
+        dcp.load(wanted, checkpoint_id=path / DCP_DIR, no_dist=d.world == 1)
     # an adapter-only checkpoint holds no frozen weights: those keys are missing on purpose
-    options = _full_options(trainable_only=trainable_only, to_cpu=False, strict=not trainable_only)
-    set_model_state_dict(model, weights, options=options)
-    optim = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True, mmap=True)
-    set_optimizer_state_dict(model, optimizer, optim, options=_full_options(trainable_only=False, to_cpu=False))
+    set_model_state_dict(model, wanted["model"], options=StateDictOptions(strict=not trainable_only))
+    set_optimizer_state_dict(model, optimizer, wanted["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     rng_file = path / f"rng_rank{d.rank}.pt"
     if state["world"] == d.world and rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=False))
+    return state
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The checkpoint's weights as full CPU tensors, in this one process (tests and offline tools; the
+    engine itself never assembles them)."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    metadata = dcp.FileSystemReader(str(path / DCP_DIR)).read_metadata()
+    prefix = "model."
+    state = {key[len(prefix):]: torch.empty(meta.size, dtype=meta.properties.dtype)
+             for key, meta in metadata.state_dict_metadata.items()
+             if key.startswith(prefix) and isinstance(meta, TensorStorageMetadata)}
+    with _quiet_one_process():
+        dcp.load({"model": state}, checkpoint_id=path / DCP_DIR, no_dist=True)
     return state

@@ -20,7 +20,8 @@ def test_keep_last_and_latest_pointer(tiny_config, tmp_path: Path) -> None:
     assert (root / "latest").read_text().strip() == "step_00000006"
     assert checkpoint.find_latest(tmp_path / "run") == root / "step_00000006"
     step = root / "step_00000006"
-    assert {p.name for p in step.iterdir()} == {"model.pt", "optimizer.pt", "state.json", "rng_rank0.pt"}
+    assert {p.name for p in step.iterdir()} == {"dcp", "state.json", "rng_rank0.pt"}
+    assert {p.name for p in (step / "dcp").iterdir()} == {".metadata", "__0_0.distcp"}
     # Starting over (resume=never) replaces the old run's checkpoints, including later steps.
     run(tiny_config("schedule.max_steps=2", "checkpoint.resume=never"))
     assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["step_00000002"]
@@ -36,14 +37,14 @@ def test_crash_during_write_keeps_previous_latest(tiny_config, tmp_path: Path, m
     run(tiny_config(*args, output_dir=tmp_path / "straight"))
     real_save = torch.save
 
-    def crash_on_step_4_optimizer(obj, path, *a, **k):
-        if str(path).endswith("step_00000004/optimizer.pt"):
-            real_save(obj, path, *a, **k)
-            Path(path).write_bytes(Path(path).read_bytes()[:100])  # half-written file, then the crash
+    def crash_after_step_4_shards(obj, path, *a, **k):
+        if str(path).endswith("step_00000004/rng_rank0.pt"):  # the shards are written, the rest is not
+            assert (Path(path).parent / "dcp/.metadata").is_file()
+            Path(path).write_bytes(b"half")
             raise OSError("disk full")
         return real_save(obj, path, *a, **k)
 
-    monkeypatch.setattr(torch, "save", crash_on_step_4_optimizer)
+    monkeypatch.setattr(torch, "save", crash_after_step_4_shards)
     with pytest.raises(OSError, match="disk full"):
         run(tiny_config(*args, output_dir=tmp_path / "crashed"))
     root = tmp_path / "crashed/checkpoints"
@@ -131,20 +132,15 @@ def test_one_process_state_matches_torch_api() -> None:
     assert state["0.weight"] is state["1.weight"] and not torch.equal(state["0.bias"], state["1.bias"])
 
 
-def test_resume_maps_the_big_files(tiny_config, monkeypatch) -> None:
-    """Every rank reads the full model.pt and optimizer.pt; mmap lets the ranks of a node share one copy
-    in the page cache (a full 8B run's optimizer.pt is 64 GB)."""
-    import torch
-
+def test_old_layout_is_refused(tiny_config, tmp_path: Path) -> None:
+    """A checkpoint without the sharded part (an older version's model.pt layout) stops with the fix named."""
     from automodel.trainer.recipe import run
 
     run(tiny_config("schedule.max_steps=2"))
-    real_load, mapped = torch.load, {}
+    step = tmp_path / "run/checkpoints/step_00000002"
+    import shutil
 
-    def recording_load(f, *args, **kwargs):
-        mapped[Path(f).name] = kwargs.get("mmap", False)
-        return real_load(f, *args, **kwargs)
-
-    monkeypatch.setattr(torch, "load", recording_load)
-    assert run(tiny_config("schedule.max_steps=3")).resumed_from == 2
-    assert mapped == {"model.pt": True, "optimizer.pt": True, "rng_rank0.pt": False}
+    shutil.rmtree(step / "dcp")
+    with pytest.raises(UserError, match="no sharded checkpoint") as err:
+        run(tiny_config("schedule.max_steps=3"))
+    assert err.value.field == "checkpoint.resume"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -59,8 +60,10 @@ def test_two_process_fsdp2_matches_one_process(tiny_config, tmp_path: Path) -> N
     # The gathered checkpoint and exports do not depend on the world size.
     import torch
 
-    w1 = torch.load(tmp_path / "one/checkpoints/step_00000004/model.pt", weights_only=True)
-    w2 = torch.load(tmp_path / "two/checkpoints/step_00000004/model.pt", weights_only=True)
+    from automodel.trainer.checkpoint import read_weights
+
+    w1 = read_weights(tmp_path / "one/checkpoints/step_00000004")
+    w2 = read_weights(tmp_path / "two/checkpoints/step_00000004")
     assert w1.keys() == w2.keys()
     for name in w1:
         torch.testing.assert_close(w2[name], w1[name], rtol=1e-4, atol=1e-5)
@@ -70,25 +73,79 @@ def test_two_process_fsdp2_matches_one_process(tiny_config, tmp_path: Path) -> N
                                                                                           "rng_rank1.pt"}
 
 
-def test_one_process_checkpoint_resumes_in_two_processes(tiny_config, tmp_path: Path) -> None:
-    """Checkpoints hold full tensors and the data order does not depend on the world size. (Dropout masks
-    do: each rank draws its own, so this holds for dropout 0.)"""
+# Runs several configs one after the other in the same two workers (one torchrun start, one process group).
+SEQUENTIAL_WORKER = """
+import sys
+import torch.distributed
+from automodel.trainer import distributed
+from automodel.trainer.config import load_config
+from automodel.trainer.recipe import run
+
+distributed.teardown = lambda d: None
+for path in sys.argv[1:]:
+    run(load_config(path))
+torch.distributed.destroy_process_group()
+"""
+
+
+def _optimizer_bytes_per_file(checkpoint_dir: Path) -> tuple[dict[str, int], dict[str, set[str]]]:
+    """From a DCP index: optimizer bytes stored in each file, and the files holding each tensor's chunks."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import MetadataIndex, TensorStorageMetadata
+
+    metadata = dcp.FileSystemReader(str(checkpoint_dir / "dcp")).read_metadata()
+    per_file: dict[str, int] = {}
+    files_of: dict[str, set[str]] = {}
+    for key, meta in metadata.state_dict_metadata.items():
+        if not key.startswith("optimizer.state.") or not isinstance(meta, TensorStorageMetadata):
+            continue
+        for chunk in meta.chunks:
+            info = metadata.storage_data[MetadataIndex(key, chunk.offsets)]
+            per_file[info.relative_path] = per_file.get(info.relative_path, 0) + info.length
+            files_of.setdefault(key, set()).add(info.relative_path)
+    return per_file, files_of
+
+
+def test_resume_across_world_sizes_with_a_longer_schedule(tiny_config, tmp_path: Path) -> None:
+    """Sharded (DCP) checkpoints: a 2-process run's step-4 checkpoint resumes in 1 process, a 1-process one in 2
+    processes, each to step 6 of a run planned for 4, and both reach the uninterrupted 1-process run's loss at
+    step 6 (constant LR, dropout 0). Each rank wrote its own shard: no file holds the whole optimizer state."""
     from automodel.trainer.config import dump_yaml
     from automodel.trainer.recipe import run
 
-    args = ("schedule.max_steps=4", "schedule.global_batch_size=8", "schedule.micro_batch_size=2",
-            "schedule.checkpoint_every=2", "checkpoint.keep_last=3")
-    run(tiny_config(*args, output_dir=tmp_path / "one"))
-    step2 = tmp_path / "one/checkpoints/step_00000002"
-    config_file = tmp_path / "two.yaml"
-    config_file.write_text(dump_yaml(tiny_config(*args, f"checkpoint.resume={step2}", output_dir=tmp_path / "two")))
-    proc = _run_torchrun(config_file, tmp_path)
+    args = ("schedule.global_batch_size=8", "schedule.micro_batch_size=2", "lr_schedule.kind=constant",
+            "checkpoint.keep_last=1")
+    ref = tiny_config(*args, "schedule.max_steps=6", output_dir=tmp_path / "ref")
+    run(ref)
+    run(tiny_config(*args, "schedule.max_steps=4", output_dir=tmp_path / "one_two"))  # 1 process to 4
+    files = []
+    for name, steps in (("two_one", 4), ("one_two", 6)):  # 2 processes: a run to 4, then 1 -> 2 to 6
+        files.append(tmp_path / f"{name}.yaml")
+        files[-1].write_text(dump_yaml(tiny_config(*args, f"schedule.max_steps={steps}", output_dir=tmp_path / name)))
+    script = tmp_path / "worker.py"
+    script.write_text(SEQUENTIAL_WORKER)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(script), *map(str, files)], cwd=REPO, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resuming from" in proc.stdout
-    one, two = read_metrics(tmp_path / "one/metrics.jsonl"), read_metrics(tmp_path / "two/metrics.jsonl")
-    assert [r["step"] for r in two] == [3, 4]
-    for a, b in zip(one[2:], two, strict=True):
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+
+    step4 = tmp_path / "two_one/checkpoints/step_00000004"
+    assert json.loads((step4 / "state.json").read_text())["world"] == 2
+    assert {p.name for p in (step4 / "dcp").iterdir()} == {".metadata", "__0_0.distcp", "__1_0.distcp"}
+    per_file, files_of = _optimizer_bytes_per_file(step4)
+    total = sum(per_file.values())
+    assert set(per_file) == {"__0_0.distcp", "__1_0.distcp"} and total > 0
+    assert all(size < 0.75 * total for size in per_file.values()), per_file  # each rank wrote about half
+    moments = [key for key in files_of if key.endswith(".exp_avg")]
+    assert moments and all(len(files_of[key]) == 2 for key in moments)  # every moment is split over both
+
+    assert run(tiny_config(*args, "schedule.max_steps=6", output_dir=tmp_path / "two_one")).resumed_from == 4
+    expected = read_metrics(tmp_path / "ref/metrics.jsonl")
+    for name in ("two_one", "one_two"):
+        resumed = read_metrics(tmp_path / f"{name}/metrics.jsonl")
+        assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6]
+        for a, b in zip(expected, resumed, strict=True):
+            assert b["loss"] == pytest.approx(a["loss"], rel=1e-4), (name, a["step"])
 
 
 def _fake_cuda(monkeypatch, gpus: int, calls: list) -> None:

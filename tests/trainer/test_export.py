@@ -10,14 +10,13 @@ import pytest
 
 def _trained(cfg, out: Path, *, lora: bool):
     """The trained model, rebuilt from the seed and the final checkpoint's weights."""
-    import torch
-
+    from automodel.trainer.checkpoint import read_weights
     from automodel.trainer.modeling import build_model
     from automodel.trainer.peft import adapt
 
     config = json.loads((Path(cfg.model.name) / "config.json").read_text())
     model = adapt(build_model(config, device="cpu", seed=cfg.seed), cfg.peft)
-    state = torch.load(out / "checkpoints/step_00000004/model.pt", weights_only=True)
+    state = read_weights(out / "checkpoints/step_00000004")
     missing, unexpected = model.load_state_dict(state, strict=not lora)
     assert not unexpected
     return model.eval()
