@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from automodel.catalog.errors import UserError
-from automodel.trainer import checkpoint, distributed, metrics
+from automodel.trainer import checkpoint, distributed, export, metrics
 from automodel.trainer.config import ModelConfig, TrainConfig, dump_yaml
 from automodel.trainer.data import epoch_batches, rank_micro_batches, steps_per_epoch
 from automodel.trainer.peft import adapt, check_runtime, prepare_quantized, trainable_parameters
@@ -93,12 +93,18 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
     # 3. model: weights (qlora: 4-bit on the GPU), LoRA or full, gradient checkpointing, precision, FSDP2 when world > 1
     grad_ckpt = cfg.distributed.activation_checkpointing
 
-    def build(device: str) -> nn.Module:
+    base_dir = out / export.BASE_DIR
+
+    def build(device: str, *, save_base: bool = False) -> nn.Module:
         base = load_model(cfg, source, model_config, device=device, cuda=on_cuda)
         task.prepare_model(base, cfg)
+        if save_base:  # before adapters go on: the weights an exported adapter is loaded onto
+            export.save_base(base, tokenizer, base_dir, d)
         return adapt(prepare_quantized(base, cfg.peft, grad_ckpt=grad_ckpt), cfg.peft)
 
-    model = build("cpu")
+    # A random init is saved with the run (a fresh start rewrites it: the seed or config may have changed).
+    fresh_start = checkpoint.resolve_resume(cfg.checkpoint.resume, out) is None
+    model = build("cpu", save_base=cfg.model.init == "random" and (fresh_start or not export.has_base(base_dir)))
     quantized = cfg.peft.method == "qlora"  # placed, frozen and cast by bitsandbytes + peft already
     if grad_ckpt and not quantized:
         from automodel.trainer.modeling import enable_grad_ckpt
@@ -234,15 +240,9 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
     peak, peak_kind = metrics.peak_memory(d.device)  # before export, whose full-tensor gathers are no training step
 
     # 7. export, the measured peak (of the loop) beside the estimate, summary
-    exports: dict[str, str] = {}
-    if cfg.checkpoint.export in ("adapter", "both"):
-        from automodel.trainer.export import export_adapter
-
-        exports["adapter"] = str(export_adapter(model, tokenizer, out / "adapter", d))
-    if cfg.checkpoint.export in ("merged", "both"):
-        from automodel.trainer.export import export_merged
-
-        exports["merged"] = str(export_merged(model, tokenizer, out / "merged", d, lambda: build("cpu")))
+    exports = export.export_run(cfg.checkpoint.export, model, tokenizer, out, d, model_class=task.model_class(),
+                                base=export.base_reference(source, init=cfg.model.init, output_dir=out),
+                                build_unsharded=lambda: build("cpu"))
     result = RunResult(
         output_dir=str(out), steps=total_steps, resumed_from=start, final_loss=loss_value, val_loss=val_loss,
         tokens_per_s=run_counts[1].item() / max(elapsed, 1e-9),

@@ -30,9 +30,10 @@ def _logits(model):
         return model(input_ids=ids).logits
 
 
-def test_adapter_and_merged_exports_reload_with_trained_logits(tiny_config, tmp_path: Path) -> None:
+def test_adapter_and_merged_exports_reload_with_trained_logits(tiny_config, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
-    from peft import PeftModel
+    from peft import AutoPeftModel, PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from automodel.trainer.modeling import build_model
@@ -50,6 +51,20 @@ def test_adapter_and_merged_exports_reload_with_trained_logits(tiny_config, tmp_
     assert not torch.allclose(trained, untrained, atol=1e-3)  # training moved the model
     adapter = PeftModel.from_pretrained(base, out / "adapter").eval()
     torch.testing.assert_close(_logits(adapter), trained, rtol=1e-5, atol=1e-5)
+
+    # the run saved its random init, and the adapter names it: the adapter directory stands on its own
+    adapter_config = json.loads((out / "adapter/adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == str((out / "base").resolve())
+    assert adapter_config["auto_mapping"] == {"base_model_class": "AutoModelForCausalLM",
+                                              "parent_library": AutoModelForCausalLM.__module__}
+    saved_base = AutoModelForCausalLM.from_pretrained(out / "base").eval()
+    torch.testing.assert_close(_logits(saved_base), untrained, rtol=0, atol=0)
+    assert AutoTokenizer.from_pretrained(out / "base").eos_token == "</s>"
+    # from the adapter directory alone, elsewhere: AutoPeftModel reads base_model_name_or_path and the
+    # auto mapping from disk (the same as in a new process; by hand: python -c "AutoPeftModel.from_pretrained(...)")
+    monkeypatch.chdir(tmp_path.parent)
+    standalone = AutoPeftModel.from_pretrained(str(out / "adapter")).eval()
+    torch.testing.assert_close(_logits(standalone), trained, rtol=1e-5, atol=1e-5)
 
     merged = AutoModelForCausalLM.from_pretrained(out / "merged").eval()
     assert not any("lora" in name for name, _ in merged.named_parameters())
@@ -79,3 +94,14 @@ def test_adapter_export_needs_lora(tiny_config, export: str) -> None:
     with pytest.raises(UserError) as err:
         tiny_config("peft.method=none", f"checkpoint.export={export}")
     assert err.value.field is not None and "export" in err.value.field
+
+
+def test_base_reference_is_loadable_from_anywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from automodel.trainer.export import base_reference
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models/tiny").mkdir(parents=True)
+    out = Path("runs/a")
+    assert base_reference("models/tiny", init="random", output_dir=out) == str(tmp_path / "runs/a/base")
+    assert base_reference("models/tiny", init="pretrained", output_dir=out) == str(tmp_path / "models/tiny")
+    assert base_reference("Qwen/Qwen3-0.6B", init="pretrained", output_dir=out) == "Qwen/Qwen3-0.6B"
