@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from automodel.catalog.errors import UserError, int_in
+from automodel.catalog.memory.headroom import HEADROOM, HEADROOM_RULE, headroom_limit
 from automodel.catalog.memory.plan import TERMS, MemoryEstimate, Plan
 from automodel.catalog.units import GIB, parse_memory
 
@@ -52,9 +53,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="inference: tokens generated after the prompt")
     p.add_argument("--images", type=int_in(0), default=None, metavar="N",
                    help="VLM only: images per sequence (default 0)")
-    p.add_argument("--gpu-mem", default=None, metavar="GB", help="per-GPU budget for --fit: 24, 24G, 24GB, 24GiB")
+    p.add_argument("--gpu-mem", default=None, metavar="GB",
+                   help="memory of one GPU: 24, 24G, 24GB, 24GiB; a plan fits when its peak reserved is at most "
+                   f"{HEADROOM * 100:.0f} %% of it (the rule `recommend` uses)")
     p.add_argument("--fit", action="store_true",
-                   help="largest batch and longest sequence within --gpu-mem (searched analytically)")
+                   help="largest batch and longest sequence that fit --gpu-mem under that rule (searched analytically)")
     p.add_argument("--simulate", action="store_true", help="simulate on fake tensors (imports torch)")
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
     p.set_defaults(func=run)
@@ -123,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
     if args.fit and args.gpu_mem is None:
         raise UserError("--fit needs a per-GPU budget", field="--gpu-mem", hint="e.g. --fit --gpu-mem 24GB")
     budget = parse_memory(args.gpu_mem) if args.gpu_mem is not None else None
+    limit = headroom_limit(budget) if budget is not None else None
     model = resolve(args.model)
     warnings = check_flags(args, plan, model.config, model.context_length)
     for line in warnings:  # stderr, so --json keeps stdout one document (which lists them too)
@@ -138,9 +142,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         doc: dict[str, object] = {"model": model.name, "plan": plan.model_dump(mode="json"), **result.to_json(),
                                   "warnings": warnings}
-        if budget is not None:
+        if budget is not None and limit is not None:
             doc["budget_bytes"] = budget
-            doc["fits"] = result.peak_reserved <= budget
+            doc["limit_bytes"] = limit
+            doc["fits"] = result.peak_reserved <= limit
+            doc["headroom_rule"] = HEADROOM_RULE
         if fit is not None:
             doc["fit"] = fit.to_json()
         print(json.dumps(doc, indent=2))
@@ -169,8 +175,11 @@ def _render(name: str, plan: Plan, est: MemoryEstimate, budget: int | None, fit:
     console.print(table)
     console.print(f"params {est.params:,}  trainable {est.trainable_params:,}")
     if budget is not None:
-        verdict = "fits" if est.peak_reserved <= budget else "does NOT fit"
-        console.print(f"{verdict} in {budget / GIB:.1f} GiB per GPU")
+        limit = headroom_limit(budget)
+        verdict = "fits" if est.peak_reserved <= limit else "does NOT fit"
+        console.print(f"{verdict} a {budget / GIB:.1f} GiB GPU: peak reserved {est.peak_reserved / GIB:.2f} GiB "
+                      f"against the limit of {limit / GIB:.2f} GiB ({HEADROOM_RULE}; `recommend` uses the same rule)",
+                      highlight=False)
     if fit is not None:
         console.print(f"max micro batch at seq {plan.seq_len}: {fit.max_micro_batch or 'none (even 1 does not fit)'}")
         console.print(f"max seq len at batch {plan.micro_batch}: {fit.max_seq_len or 'none (even 1 does not fit)'}")

@@ -89,10 +89,22 @@ def header(rec: Recommendation, dataset: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_config(rec: Recommendation, path: str | Path, *, dataset: str | None = None) -> Path:
-    """Write the recommendation's config to `path` (parents created) and return the path."""
-    cfg = build_config(rec, dataset=dataset)  # validates before anything is written
+def check_writable(path: str | Path, *, force: bool, field: str = "--write-config") -> Path:
+    """Refuse to replace an existing file (a config someone edited by hand) unless `force`."""
     target = Path(path)
+    if target.is_dir():
+        raise UserError(f"{target} is a directory", field=field, hint="give a file path, e.g. ./my-run.yaml")
+    if target.exists() and not force:
+        raise UserError(f"{target} already exists; it is not overwritten", field=field,
+                        hint="give another path, or add --force to replace it")
+    return target
+
+
+def write_config(rec: Recommendation, path: str | Path, *, dataset: str | None = None, force: bool = False) -> Path:
+    """Write the recommendation's config to `path` (parents created) and return the path. An existing
+    file is replaced only with `force` (a UserError naming the file and --force otherwise)."""
+    cfg = build_config(rec, dataset=dataset)  # validates before anything is written
+    target = check_writable(path, force=force)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(header(rec, dataset) + dump_yaml(cfg))

@@ -39,6 +39,10 @@ class Task(BaseModel):
 
     modality: Modality = Field(description="llm (text), vlm (text + images) or asr (speech to text).")
     use_case: UseCase | None = Field(None, description="What the fine-tuned model is for; none means any.")
+    models: tuple[str, ...] | None = Field(
+        None, description="Catalog names of the only models to plan (`--model`, `--family`); none means every "
+        "catalog model of the modality.",
+    )
 
     @model_validator(mode="after")
     def _use_case_fits_modality(self) -> Task:
@@ -89,6 +93,16 @@ class Requirements(BaseModel):
         None, ge=1, description="Tokens per training sequence; none means the modality's default (2048, ASR 448)."
     )
     batch: int = Field(1, ge=1, description="Micro batch: sequences per GPU per forward/backward.")
+    global_batch: int | None = Field(
+        None, ge=1, description="Sequences per optimizer step, exactly; none means at least 8, rounded up so "
+        "that every GPU gets whole micro batches.",
+    )
+
+    @model_validator(mode="after")
+    def _global_batch_splits_into_micro_batches(self) -> Requirements:
+        if self.global_batch is not None and self.global_batch % self.batch:
+            raise ValueError(f"global_batch: {self.global_batch} is not a multiple of the micro batch {self.batch}")
+        return self
     dataset_tokens: int | None = Field(
         None, gt=0, description="Training tokens (dataset size x epochs) for a time estimate; none skips it."
     )
@@ -103,7 +117,8 @@ class StrategyPreference(BaseModel):
     lora_rank: int = Field(16, ge=1, description="LoRA rank for lora/qlora.")
     grad_ckpt: Switch = Field("auto", description="Activation checkpointing: auto (only when needed), on or off.")
     fsdp_degree: int | None = Field(
-        None, ge=1, description="GPUs to shard over with FSDP2; none means as few as needed (up to all of them)."
+        None, ge=1, description="GPUs to shard over with FSDP2; none means all of them (fewer only when the "
+        "global batch cannot be split that far, or for QLoRA, which runs in one process)."
     )
 
 

@@ -24,21 +24,22 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from automodel.advisor.explain import Miss, gib, reasons, summary, too_big
+from automodel.advisor.explain import Miss, reasons, summary, too_big
 from automodel.advisor.profile import Profile
 from automodel.advisor.scoring import MFU, newest_release, score, train_seconds
 from automodel.catalog.errors import UserError
 from automodel.catalog.memory.estimate import estimate
+from automodel.catalog.memory.headroom import HEADROOM, HEADROOM_RULE, headroom_limit
 from automodel.catalog.memory.plan import MemoryEstimate, Plan
 from automodel.catalog.registry import load_catalog
 from automodel.catalog.schema import FamilySpec, ModelSpec
 
-__all__ = ["MFU", "Recommendation", "Recommendations", "recommend", "train_seconds"]
+__all__ = ["HEADROOM", "MFU", "Recommendation", "Recommendations", "recommend", "train_seconds"]
 
-HEADROOM = 0.90
 ASSUMPTIONS: tuple[str, ...] = (
-    f"a plan fits when its estimated peak reserved memory is at most {HEADROOM:.0%} of one GPU's memory",
-    "gradient checkpointing and extra GPUs (FSDP2 sharding) are switched on only when needed",
+    HEADROOM_RULE,
+    "a plan uses every GPU given (FSDP2 over gpus x nodes); fewer only for QLoRA (one process) or a "
+    "--global-batch that does not split that far; gradient checkpointing only when needed",
     "training FLOPs per token: full 6*N, LoRA/QLoRA 4*N (no weight gradients for the frozen base), "
     "+2*N with gradient checkpointing (one more forward); N = active parameters",
     f"training time at {MFU['full']:.0%} MFU of the GPU's dense bf16 peak ({MFU['qlora']:.0%} for QLoRA)",
@@ -130,11 +131,10 @@ class Recommendations:
         )
 
 
-def fsdp_degrees(gpus_per_node: int, nodes: int) -> list[int]:
-    """GPU counts to try, smallest first: powers of two within a node, a full node, then whole nodes."""
-    degrees = {d for d in (2**i for i in range(12)) if d <= gpus_per_node} | {gpus_per_node}
-    degrees |= {gpus_per_node * k for k in range(1, nodes + 1)}
-    return sorted(degrees)
+def world_sizes(gpus_per_node: int, nodes: int) -> list[int]:
+    """Process counts torchrun can lay out on this hardware, smallest first: 1..G on one node, then whole
+    nodes (G x 2, G x 3, ...)."""
+    return sorted(set(range(1, gpus_per_node + 1)) | {gpus_per_node * k for k in range(1, nodes + 1)})
 
 
 def _traits(model: ModelSpec, family: FamilySpec) -> set[str]:
@@ -178,14 +178,49 @@ def _methods(profile: Profile) -> list[str]:
     return ["full", "lora", "qlora"]
 
 
-# Sequences per optimizer step the written config aims for; gradient accumulation fills what the
-# micro batches of all ranks leave, and the estimate counts the gradients it keeps alive.
+# Sequences per optimizer step the written config aims for when the user gives no --global-batch; gradient
+# accumulation fills what the micro batches of all ranks leave, and the estimate counts the gradients it
+# keeps alive. With more GPUs than that the step simply grows to one micro batch per GPU.
 TARGET_GLOBAL_BATCH = 8
 
 
-def accumulation_steps(micro_batch: int, world_size: int) -> int:
-    """Micro batches per rank per optimizer step that reach TARGET_GLOBAL_BATCH (at least 1)."""
+def accumulation_steps(micro_batch: int, world_size: int, global_batch: int | None = None) -> int:
+    """Micro batches per rank per optimizer step: exactly `global_batch` when given (the caller checked it
+    splits), else enough to reach TARGET_GLOBAL_BATCH (at least 1)."""
+    if global_batch is not None:
+        return max(1, global_batch // (micro_batch * world_size))
     return max(1, math.ceil(TARGET_GLOBAL_BATCH / (micro_batch * world_size)))
+
+
+@dataclass(frozen=True)
+class World:
+    """How many GPUs a method's plans use, and, when that is fewer than the user has, why."""
+
+    gpus: int
+    why_fewer: str | None = None
+
+
+def world_for(profile: Profile, method: str) -> World:
+    """Every GPU the user has (FSDP2 over gpus x nodes), unless that cannot work: QLoRA runs in one process,
+    and an exact --global-batch splits into whole micro batches over only so many ranks."""
+    hw, req = profile.hardware, profile.requirements
+    total = hw.total_gpus
+    if profile.strategy.fsdp_degree:
+        return World(profile.strategy.fsdp_degree)
+    if method == "qlora":
+        # The trainer does not shard 4-bit weights with FSDP2, and the estimator models QLoRA that way.
+        why = (f"QLoRA runs in one process (the trainer does not shard 4-bit weights with FSDP2), so it uses 1 "
+               f"of the {total} GPUs; LoRA or full fine-tuning would use all of them.") if total > 1 else None
+        return World(1, why)
+    if req.global_batch is None:
+        return World(total)
+    per_step = req.global_batch // req.batch  # micro batches per optimizer step (the profile checked it divides)
+    gpus = max(w for w in world_sizes(hw.gpus_per_node, hw.nodes) if per_step % w == 0)
+    if gpus == total:
+        return World(total)
+    return World(gpus, f"--global-batch {req.global_batch} at micro batch {req.batch} is {per_step} micro "
+                       f"batch(es) per step, which split evenly over at most {gpus} of the {total} GPUs; "
+                       f"--global-batch {req.batch * total} (or a multiple) would use all {total}.")
 
 
 def _plan(profile: Profile, method: str, gpus: int, ckpt: bool) -> Plan:
@@ -195,7 +230,7 @@ def _plan(profile: Profile, method: str, gpus: int, ckpt: bool) -> Plan:
         lora_rank=profile.strategy.lora_rank,
         seq_len=profile.seq_len,
         micro_batch=profile.requirements.batch,
-        grad_accum=accumulation_steps(profile.requirements.batch, gpus),
+        grad_accum=accumulation_steps(profile.requirements.batch, gpus, profile.requirements.global_batch),
         grad_ckpt=ckpt,
         gpus=gpus,
         images=1 if profile.task.modality == "vlm" else 0,
@@ -216,6 +251,7 @@ class Search:
     plan: Plan | None
     estimate: MemoryEstimate | None
     misses: tuple[Miss, ...]
+    world: World | None = None  # the GPUs the found plan uses, and why fewer than all
 
 
 MIN_USEFUL_SEQ_LEN = 256  # shorter sequences than this are not worth suggesting
@@ -237,52 +273,48 @@ def _max_seq_len(model: ModelSpec, plan: Plan, limit: float) -> int | None:
 
 
 def _search(profile: Profile, model: ModelSpec) -> Search:
-    hw, pref = profile.hardware, profile.strategy
-    limit = HEADROOM * hw.memory_bytes
-    degrees = [pref.fsdp_degree] if pref.fsdp_degree else fsdp_degrees(hw.gpus_per_node, hw.nodes)
-    ckpts = {"auto": [False, True], "on": [True], "off": [False]}[pref.grad_ckpt]
+    """Per method (cheapest memory last), the plan over every GPU it can use: without gradient checkpointing
+    first, with it only when that does not fit."""
+    limit = headroom_limit(profile.hardware.memory_bytes)
+    ckpts = {"auto": [False, True], "on": [True], "off": [False]}[profile.strategy.grad_ckpt]
     misses: list[Miss] = []
     for method in _methods(profile):
-        # QLoRA runs in one process (the trainer does not shard 4-bit weights with FSDP2), so it is only
-        # ever planned on one GPU; the estimator models it that way too.
-        method_degrees = [d for d in degrees if d == 1] if method == "qlora" else degrees
-        if not method_degrees:
-            continue
+        world = world_for(profile, method)
         # The smallest footprint first: if that does not fit, no plan of this method does.
-        smallest = _plan(profile, method, method_degrees[-1], ckpts[-1])
+        smallest = _plan(profile, method, world.gpus, ckpts[-1])
         est = _estimate(model, smallest)
         if isinstance(est, str) or est.peak_reserved > limit:
             shorter = None if isinstance(est, str) else _max_seq_len(model, smallest, limit)
             misses.append(Miss(smallest, est, shorter))
             continue
-        for gpus in method_degrees:
-            for ckpt in ckpts:
-                last = (gpus, ckpt) == (method_degrees[-1], ckpts[-1])
-                plan = smallest if last else _plan(profile, method, gpus, ckpt)
-                found = est if last else _estimate(model, plan)
-                if isinstance(found, MemoryEstimate) and found.peak_reserved <= limit:
-                    return Search(plan, found, tuple(misses))
+        for ckpt in ckpts[:-1]:
+            plan = _plan(profile, method, world.gpus, ckpt)
+            found = _estimate(model, plan)
+            if isinstance(found, MemoryEstimate) and found.peak_reserved <= limit:
+                return Search(plan, found, tuple(misses), world)
+        return Search(smallest, est, tuple(misses), world)
     return Search(None, None, tuple(misses))
 
 
-def _data_parallel_note(profile: Profile, model: ModelSpec, plan: Plan) -> str | None:
-    """When the plan leaves GPUs of its node idle: does the same run over all of them fit too?"""
-    gpn = profile.hardware.gpus_per_node
-    if plan.gpus >= gpn or profile.strategy.fsdp_degree:
+def _gpus_note(profile: Profile, plan: Plan, world: World) -> str | None:
+    """What the plan does with the user's GPUs: the throughput of using them all, or why it uses fewer."""
+    hw = profile.hardware
+    if world.why_fewer:
+        return world.why_fewer
+    if plan.gpus == 1:
         return None
-    wide = _estimate(model, plan.model_copy(update={"gpus": gpn}))
-    if isinstance(wide, str) or wide.peak_reserved > HEADROOM * profile.hardware.memory_bytes:
-        return None
-    return (f"Needs only {plan.gpus} of the {gpn} GPUs per node; over all {gpn} (FSDP2 data parallel) it also fits "
-            f"at {gib(wide.peak_reserved)} GiB per GPU with ~{gpn / plan.gpus:g}x the throughput: "
-            f"`--nproc-per-node {gpn}` with schedule.global_batch_size a multiple of {gpn * plan.micro_batch}.")
+    layout = f"{hw.gpus_per_node} per node x {plan.gpus // hw.gpus_per_node} nodes" if plan.gpus > hw.gpus_per_node \
+        else f"{plan.gpus} on one node"
+    return (f"Uses all {plan.gpus} GPUs ({layout}): FSDP2 shards weights, gradients and optimizer state and each "
+            f"GPU runs its own micro batch, so a step processes {plan.gpus * plan.micro_batch} sequences at once: "
+            f"up to ~{plan.gpus}x the tokens/s of one GPU (less the all-gather/reduce-scatter traffic).")
 
 
 def recommend(profile: Profile) -> Recommendations:
     """Rank every catalog model of the task's modality for this profile (all fitting ones, best first)."""
     catalog = load_catalog()
     hw = profile.hardware
-    limit = HEADROOM * hw.memory_bytes
+    limit = headroom_limit(hw.memory_bytes)
     if profile.task.use_case is not None:
         # A use case the schema allows but no model of this modality offers: a user error, not "nothing fits".
         catalog.check_use_case(profile.task.modality, profile.task.use_case)
@@ -292,6 +324,8 @@ def recommend(profile: Profile) -> Recommendations:
     # Every model sits in its family (the schema checks `model.family == family.name`), so walk them together.
     for family, model in ((f, m) for f in catalog.families for m in f.models):
         if model.modality != profile.task.modality:
+            continue
+        if profile.task.models is not None and model.name not in profile.task.models:
             continue
         why = _filter(profile, model, family)
         if why is not None:
@@ -315,7 +349,7 @@ def recommend(profile: Profile) -> Recommendations:
             gpu_mem_bytes=hw.memory_bytes,
             score=score(profile, model, family, plan.method, newest),
             reasons=reasons(profile, model, family, plan, est, found.misses, seconds, limit,
-                            _data_parallel_note(profile, model, plan)),
+                            _gpus_note(profile, plan, found.world or World(plan.gpus))),
             summary=summary(profile, model, family, plan, found.misses),
             train_seconds=seconds,
         )

@@ -1,4 +1,4 @@
-"""The largest run that fits a per-GPU memory budget.
+"""The largest run that fits a GPU under the headroom rule (`headroom.py`, shared with `recommend`).
 
 `max_fit` keeps everything in the plan but one knob and binary-searches that knob on the estimate's
 `peak_reserved` (device level, what an OOM is decided on): the micro batch at the plan's sequence
@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from automodel.catalog.memory.estimate import estimate
+from automodel.catalog.memory.headroom import headroom_limit
 from automodel.catalog.memory.plan import MemoryEstimate, Plan
 
 MAX_BATCH = 4096
@@ -20,9 +21,11 @@ MAX_SEQ_LEN = 1 << 21  # 2M tokens: beyond any context window in the catalog
 
 @dataclass(frozen=True)
 class FitResult:
-    """What fits in `budget_bytes`: None where even 1 does not; the estimate at each maximum."""
+    """What fits a GPU of `budget_bytes` under the headroom rule (peak reserved <= `limit_bytes`): None
+    where even 1 does not; the estimate at each maximum."""
 
     budget_bytes: int
+    limit_bytes: int
     max_micro_batch: int | None
     max_seq_len: int | None
     at_max_batch: MemoryEstimate | None
@@ -31,6 +34,7 @@ class FitResult:
     def to_json(self) -> dict[str, object]:
         return {
             "budget_bytes": self.budget_bytes,
+            "limit_bytes": self.limit_bytes,
             "max_micro_batch": self.max_micro_batch,
             "max_seq_len": self.max_seq_len,
             "peak_reserved_bytes_at_max_batch": self.at_max_batch.peak_reserved if self.at_max_batch else None,
@@ -58,12 +62,14 @@ def _largest(fits: Callable[[int], MemoryEstimate | None], upper: int) -> tuple[
 
 
 def max_fit(config: dict[str, object], plan: Plan, budget_bytes: int) -> FitResult:
-    """Largest micro batch (at plan.seq_len) and longest seq len (at plan.micro_batch) within the budget."""
+    """Largest micro batch (at plan.seq_len) and longest seq len (at plan.micro_batch) that fit a GPU of
+    `budget_bytes` under the headroom rule."""
+    limit = headroom_limit(budget_bytes)
 
     def probe(**change: int) -> MemoryEstimate | None:
         est = estimate(config, plan.model_copy(update=change))
-        return est if est.peak_reserved <= budget_bytes else None
+        return est if est.peak_reserved <= limit else None
 
     batch, at_batch = _largest(lambda n: probe(micro_batch=n), MAX_BATCH)
     seq, at_seq = _largest(lambda n: probe(seq_len=n), MAX_SEQ_LEN)
-    return FitResult(budget_bytes, batch, seq, at_batch, at_seq)
+    return FitResult(budget_bytes, limit, batch, seq, at_batch, at_seq)

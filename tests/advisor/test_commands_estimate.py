@@ -87,3 +87,17 @@ def test_seq_len_beyond_context_warns_on_stderr(tmp_path: Path, capsys: pytest.C
     assert captured.err.startswith("warning: --seq-len = 1024 tokens is beyond")
     assert main(["estimate", str(path), "--seq-len", "512", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["warnings"] == []
+
+
+def test_fit_and_recommend_share_one_headroom_rule(capsys: pytest.CaptureFixture[str]) -> None:
+    flags = ["estimate", "qwen2.5-7b-instruct", "--method", "lora", "--seq-len", "2048", "--grad-ckpt"]
+    assert main([*flags, "--gpu-mem", "24", "--fit", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["limit_bytes"] == doc["fit"]["limit_bytes"] == int(0.9 * 24 * 1024**3)
+    assert doc["fits"] == (doc["peak_reserved_bytes"] <= doc["limit_bytes"])
+    assert main(["recommend", "--model", "qwen2.5-7b-instruct", "--gpu-mem", "24", "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert doc["headroom_rule"] == rec["assumptions"][0]  # one sentence, stated by both commands
+    assert main([*flags, "--gpu-mem", "24"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "90% of one GPU's memory" in out and "`recommend` uses the same rule" in out

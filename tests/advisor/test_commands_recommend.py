@@ -172,3 +172,55 @@ def test_advise_runs_the_wizard(monkeypatch) -> None:
 
     monkeypatch.setattr(wizard, "run", lambda: 130)
     assert main(["advise"]) == 130
+
+
+def test_write_config_never_replaces_a_file_without_force(capsys, tmp_path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("# my edits\n")
+    assert main(["recommend", "--task", "llm", "--gpu-mem", "24", "--write-config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "--force" in err and "Traceback" not in err
+    assert path.read_text() == "# my edits\n"  # untouched
+    assert main(["recommend", "--task", "llm", "--gpu-mem", "24", "--write-config", str(path), "--force"]) == 0
+    assert load_config(path).model.name and "FILL IN" in path.read_text()
+    capsys.readouterr()
+    assert main(["recommend", "--task", "llm", "--gpu-mem", "24", "--force"]) == 2
+    assert capsys.readouterr().err.startswith("error: --force:")
+
+
+def test_model_plans_a_named_model_and_the_task_follows(capsys, tmp_path) -> None:
+    path = tmp_path / "vl.yaml"
+    doc = recommend_json(capsys, "--model", "qwen2.5-vl-7b-instruct", "--gpu", "A100-80GB", "--gpus", "2",
+                         "--write-config", str(path))
+    assert doc["inputs"]["task"] == "vlm" and doc["inputs"]["models"] == ["qwen2.5-vl-7b-instruct"]
+    (rec,) = doc["recommendations"]
+    assert rec["model"] == "qwen2.5-vl-7b-instruct" and rec["strategy"]["gpus"] == 2
+    assert load_config(path).model.name == "qwen2.5-vl-7b-instruct"
+    assert main(["recommend", "--model", "Qwen/Qwen2.5-VL-7B-Instruct", "--gpu", "A100-80GB", "--gpus", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "qwen2.5-vl-7b-instruct" in out and "next: automodel recommend --model" in out
+    fam = recommend_json(capsys, "--family", "qwen2.5-vl", "--gpu-mem", "80")
+    assert {r["family"] for r in fam["recommendations"]} == {"qwen2.5-vl"} and len(fam["recommendations"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("flags", "field", "words"),
+    [
+        (["--model", "qwen2.5-vl-7b-instruct", "--task", "llm"], "--task", "is a vlm model"),
+        (["--model", "qwen-vl-7b"], "--model", "did you mean"),
+        (["--family", "qwen9"], "--family", "unknown family"),
+        (["--model", "qwen3-8b", "--family", "qwen3"], "--model", "not both"),
+        ([], "--task", "--model NAME"),
+        (["--task", "llm", "--global-batch", "3", "--batch-size", "2"], "--global-batch", "multiple"),
+    ],
+)
+def test_model_family_and_batch_errors_name_the_flag(capsys, flags, field, words) -> None:
+    assert main(["recommend", *flags, "--gpu-mem", "24"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {field}:") and words in err and "Traceback" not in err
+
+
+def test_a_model_too_big_for_the_hardware_is_excluded_with_numbers(capsys) -> None:
+    doc = recommend_json(capsys, "--model", "llama-3.1-70b-instruct", "--gpu-mem", "24")
+    assert doc["recommendations"] == [] and doc["excluded"][0]["kind"] == "memory"
+    assert "GiB per GPU" in doc["excluded"][0]["reason"]

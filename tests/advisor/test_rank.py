@@ -13,10 +13,9 @@ from automodel.advisor.rank import (
     HEADROOM,
     MFU,
     Recommendations,
-    accumulation_steps,
-    fsdp_degrees,
     recommend,
     train_seconds,
+    world_sizes,
 )
 from automodel.catalog.registry import find_gpu, load_catalog
 
@@ -96,20 +95,33 @@ def test_full_fine_tuning_only_when_it_fits_and_quality_matters() -> None:
     assert tiny or small.recommendations
 
 
-def test_eight_gpus_shard_full_fine_tuning_only_as_far_as_needed() -> None:
+def test_a_plan_uses_every_gpu_with_the_throughput_gain_in_its_reasons() -> None:
     result = run("llm", gpu="H100-SXM", gpus=8, priority="quality")
-    by_name = {r.model.name: r for r in result.recommendations}
-    full8b = by_name["llama-3.1-8b-instruct"]
-    assert full8b.plan.method == "full" and 1 < full8b.plan.gpus <= 8
-    fewer = full8b.plan.gpus // 2
-    one_less = full8b.plan.model_copy(update={"gpus": fewer,
-                                              "grad_accum": accumulation_steps(full8b.plan.micro_batch, fewer)})
-    from automodel.catalog.memory.estimate import estimate
+    assert result.recommendations[0].plan.gpus == 8
+    for rec in result.recommendations:
+        if rec.plan.method == "qlora":  # one process: says why the other 7 stay idle
+            assert rec.plan.gpus == 1 and any("QLoRA runs in one process" in r for r in rec.reasons)
+            continue
+        assert rec.plan.gpus == 8 and (rec.gpus_per_node, rec.nodes) == (8, 1), rec.model.name
+        assert any(r.startswith("Uses all 8 GPUs") and "~8x the tokens/s" in r for r in rec.reasons)
+    small = next(r for r in result.recommendations if r.model.name == "qwen2.5-0.5b-instruct")
+    assert small.plan.gpus == 8 and not small.plan.grad_ckpt  # data parallel, no checkpointing needed
+    two_nodes = run("llm", gpu="H100-SXM", gpus=8, nodes=2).recommendations[0]
+    assert (two_nodes.plan.gpus, two_nodes.gpus_per_node, two_nodes.nodes) == (16, 8, 2)
 
-    smaller = estimate(full8b.model.config, one_less, params=full8b.model.params)
-    assert smaller.peak_reserved > HEADROOM * result.profile.hardware.memory_bytes  # fewer GPUs would not fit
-    small = by_name["qwen2.5-0.5b-instruct"]
-    assert small.plan.gpus == 1 and not small.plan.grad_ckpt  # fits alone: no sharding, no checkpointing
+
+def test_fewer_gpus_only_when_the_global_batch_cannot_be_split() -> None:
+    result = run("llm", 24, gpus=8, nodes=2, global_batch=8)
+    for rec in result.recommendations:
+        assert rec.plan.gpus * rec.plan.micro_batch * rec.plan.grad_accum == 8
+        if rec.plan.method != "qlora":
+            assert rec.plan.gpus == 8
+            assert any("split evenly over at most 8 of the 16 GPUs" in r and "--global-batch 16" in r
+                       for r in rec.reasons)
+    exact = run("llm", 24, gpus=8, global_batch=32).recommendations[0]
+    assert exact.plan.gpus == 8 and exact.plan.grad_accum == 4
+    odd = run("llm", 24, gpus=8, global_batch=6).recommendations[0]  # 6 splits over 6 GPUs, not 8
+    assert odd.plan.gpus == 6 and any("at most 6 of the 8" in r for r in odd.reasons)
 
 
 def test_multi_node_reaches_70b_full_fine_tuning_or_lora() -> None:
@@ -219,11 +231,11 @@ def test_moe_time_uses_active_params() -> None:
     assert train_seconds(moe, plan, 10**9, 100.0) == pytest.approx(1e9 * 4 * moe.active_params / (100e12 * MFU["lora"]))
 
 
-def test_fsdp_degrees() -> None:
-    assert fsdp_degrees(1, 1) == [1]
-    assert fsdp_degrees(8, 1) == [1, 2, 4, 8]
-    assert fsdp_degrees(6, 2) == [1, 2, 4, 6, 12]
-    assert fsdp_degrees(8, 4) == [1, 2, 4, 8, 16, 24, 32]
+def test_world_sizes() -> None:
+    assert world_sizes(1, 1) == [1]
+    assert world_sizes(4, 1) == [1, 2, 3, 4]
+    assert world_sizes(2, 3) == [1, 2, 4, 6]
+    assert world_sizes(8, 4) == [1, 2, 3, 4, 5, 6, 7, 8, 16, 24, 32]
 
 
 def test_forced_fsdp_degree() -> None:
@@ -255,15 +267,6 @@ def test_near_misses_say_which_sequence_length_would_fit() -> None:
     fits = estimate(rec.model.config, lora.model_copy(update={"seq_len": seq}), params=rec.model.params)
     over = estimate(rec.model.config, lora.model_copy(update={"seq_len": seq + 128}), params=rec.model.params)
     assert fits.peak_reserved <= limit < over.peak_reserved
-
-
-def test_idle_gpus_are_pointed_out_only_when_the_wider_run_fits() -> None:
-    result = run("llm", gpu="H100-SXM", gpus=8)
-    small = next(r for r in result.recommendations if r.model.name == "qwen2.5-0.5b-instruct")
-    assert small.plan.gpus == 1
-    note = next(r for r in small.reasons if r.startswith("Needs only 1 of the 8 GPUs"))
-    assert "--nproc-per-node 8" in note and "8x the throughput" in note
-    assert not any(r.startswith("Needs only") for r in run("llm", 24).recommendations[0].reasons)  # 1 GPU: nothing idle
 
 
 def test_use_case_no_model_of_the_modality_offers_is_a_user_error() -> None:
