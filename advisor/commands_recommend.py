@@ -81,6 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_recommend)
 
     a = subparsers.add_parser("advise", help="interactive advisor (the automodel-advisor wizard)")
+    a.add_argument("--force", action="store_true", help="let the wizard replace an existing config file")
     a.set_defaults(func=run_advise)
 
 
@@ -230,4 +231,4 @@ def _write_top(recs: tuple[Recommendation, ...], path: str, force: bool) -> tupl
 def run_advise(args: argparse.Namespace) -> int:
     from automodel.advisor.wizard import run
 
-    return run()
+    return run(force=args.force)

@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from automodel.advisor.profile import (
@@ -99,11 +99,18 @@ def _detected_text(ctx: Context) -> str:
 
 
 def _use_cases(modality: str) -> list[str]:
-    """The schema's use cases for the modality that some catalog model offers (others would rank nothing)."""
+    """The use cases a modality is chosen for that some catalog model offers (others would rank nothing).
+
+    A VLM is picked to look at images, so its question offers the image use cases only (vqa, captioning,
+    document): text use cases such as chat or code are the LLM question's, even though VLM checkpoints are
+    tagged with them too (`recommend --task vlm --use-case chat` still takes them)."""
     from automodel.catalog.registry import load_catalog
 
     offered = load_catalog().use_cases(modality)
-    return [u for u in USE_CASES_BY_MODALITY[modality] if u in offered]
+    own = USE_CASES_BY_MODALITY[modality]
+    if modality == "vlm":
+        own = tuple(u for u in own if u not in USE_CASES_BY_MODALITY["llm"])
+    return [u for u in own if u in offered]
 
 
 QUESTIONS: tuple[Question, ...] = (
@@ -167,9 +174,31 @@ def _pick_title(rec: Recommendation) -> str:
 PICK = Question("pick", "strategy", "select", lambda c: "Which one?", lambda c: 1,
                 choices=lambda c: [(_pick_title(r), r.rank) for r in c.result.top(TOP)])  # type: ignore[union-attr]
 LAUNCH = Question("launch", "strategy", "confirm", lambda c: "Launch it now?", lambda c: False)
+def _free_path(name: str) -> str:
+    """`name.yaml`, or `name-2.yaml`, ... : the first that does not exist (the default never overwrites)."""
+    from pathlib import Path
+
+    path, n = Path(f"{name}.yaml"), 1
+    while path.exists():
+        n += 1
+        path = Path(f"{name}-{n}.yaml")
+    return str(path)
+
+
+def _new_file(text: str) -> str:
+    """A config path that does not exist yet (ValueError re-asks; `--force` lifts the check)."""
+    from automodel.advisor.configgen import check_writable
+
+    try:
+        check_writable(text, force=False, field="path")
+    except UserError as err:
+        raise ValueError(f"{err.message}; give another path, or rerun with --force to replace it") from None
+    return text
+
+
 OUTPUT_QUESTIONS: tuple[Question, ...] = (
     Question("path", "strategy", "text", lambda c: "Write the training config to?",
-             lambda c: f"{c.pick.model.name}.yaml"),  # type: ignore[union-attr]
+             lambda c: _free_path(c.pick.model.name), parse=_new_file),  # type: ignore[union-attr]
     Question("dataset", "strategy", "text",
              lambda c: "Training data (local .jsonl with a `messages` column, or HF dataset; empty = placeholder)?",
              lambda c: ""),
@@ -256,8 +285,10 @@ def launch(rec: Recommendation, path: str) -> int:
     return subprocess.run([*head, *shlex.split(launch_command(rec, path))[1:]], check=False).returncode
 
 
-def run(asker: Callable[[Question, Context], Any] = ask, detected: Hardware | None | Literal["detect"] = "detect") -> int:
-    """The whole wizard: questions, ranking, a pick, its breakdown, the config, the launch offer."""
+def run(asker: Callable[[Question, Context], Any] = ask, detected: Hardware | None | Literal["detect"] = "detect",
+        force: bool = False) -> int:
+    """The whole wizard: questions, ranking, a pick, its breakdown, the config, the launch offer. An existing
+    config file is replaced only with `force` (`--force`)."""
     from rich.console import Console
 
     from automodel.advisor.configgen import write_config
@@ -288,8 +319,10 @@ def run(asker: Callable[[Question, Context], Any] = ask, detected: Hardware | No
         for reason in rec.reasons:
             console.print(f"- {reason}")
         for question in OUTPUT_QUESTIONS:
+            if force and question.parse is _new_file:
+                question = replace(question, parse=None)
             ctx.answers[question.key] = asker(question, ctx)
-        path = str(write_config(rec, ctx["path"], dataset=ctx["dataset"] or None))
+        path = str(write_config(rec, ctx["path"], dataset=ctx["dataset"] or None, force=force))
         command = launch_command(rec, path)
         console.print(f"wrote {path}\nlaunch with: {command}", soft_wrap=True)
         if rec.nodes > 1:  # every node runs its own copy; nothing to launch from here
@@ -310,9 +343,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="automodel-advisor", description="Interactive advisor: asks about the task, "
                             "hardware and requirements, ranks models, writes the config and offers to launch it. "
                             "For scripts use `automodel recommend`.")
+    parser.add_argument("--force", action="store_true", help="let the wizard replace an existing config file")
+
     def body() -> int:
-        parser.parse_args(sys.argv[1:] if argv is None else argv)
-        return run()
+        args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+        return run(force=args.force)
 
     return run_cli(body)
 

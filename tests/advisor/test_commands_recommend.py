@@ -170,7 +170,7 @@ def test_recommend_does_not_import_torch() -> None:
 def test_advise_runs_the_wizard(monkeypatch) -> None:
     from automodel.advisor import wizard
 
-    monkeypatch.setattr(wizard, "run", lambda: 130)
+    monkeypatch.setattr(wizard, "run", lambda force=False: 130)
     assert main(["advise"]) == 130
 
 

@@ -74,8 +74,9 @@ def test_use_case_choices_follow_the_modality() -> None:
     ctx = wizard.Context(detected=None, answers={"modality": "vlm"})
     question = next(q for q in wizard.QUESTIONS if q.key == "use_case")
     values = [v for _, v in question.choices(ctx)]
-    assert values[0] is None and "vqa" in values and "transcription" not in values
-    assert "code" not in values  # the schema allows code for vlm, but no catalog vlm offers it
+    assert values == [None, "vqa", "captioning", "document"]  # image use cases only: chat/code are the LLM's
+    llm = [v for _, v in question.choices(wizard.Context(detected=None, answers={"modality": "llm"}))]
+    assert {"chat", "code"} <= set(llm) and "vqa" not in llm
 
 
 @pytest.mark.parametrize(("key", "field"), [("modality", Task.model_fields["modality"]),
@@ -110,6 +111,24 @@ def test_run_writes_the_picked_config_and_does_not_launch(tmp_path, monkeypatch)
     cfg = load_config(path)
     assert cfg.task == "llm" and not launched
     assert script.asked[-4:] == ["pick", "path", "dataset", "launch"]
+
+
+def test_an_existing_config_is_not_replaced_without_force(tmp_path, monkeypatch) -> None:
+    from automodel.catalog.errors import UserError
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "mine.yaml"
+    path.write_text("# edited by hand\n")
+    question = wizard.OUTPUT_QUESTIONS[0]
+    with pytest.raises(ValueError, match="--force"):  # typed interactively: re-asked
+        question.parse(str(path))
+    with pytest.raises(UserError) as err:  # given anyway: exit 2 naming the file and --force
+        wizard.run(Script(gpu=None, gpu_mem=24 * GIB, path=str(path), launch=False), detected=None)
+    assert str(path) in err.value.message and "--force" in (err.value.hint or "")
+    assert path.read_text() == "# edited by hand\n"
+    assert wizard.run(Script(gpu=None, gpu_mem=24 * GIB, path=str(path), launch=False), detected=None, force=True) == 0
+    assert load_config(path).task == "llm"
+    assert wizard._free_path("mine") == "mine-2.yaml"  # the offered default never names an existing file
 
 
 def test_launch_runs_automodel_finetune(tmp_path, monkeypatch) -> None:
