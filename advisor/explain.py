@@ -87,7 +87,10 @@ def reasons(
     use_case, priority = profile.task.use_case, profile.requirements.priority
     if use_case and use_case in family.strengths:
         reasons.append(f"{family.title} is strong at {use_case}.")
-    if use_case is None and general_fit(model) < 1.0:
+    if not model.instruction_tuned:
+        reasons.append("A pretrained base checkpoint (no instruction or chat tuning): an instruction-tuned model "
+                       "of its size (its -instruct sibling where the catalog has one) ranks ahead of it.")
+    elif use_case is None and general_fit(model) < 1.0:
         reasons.append(f"A specialist (catalog use cases: {', '.join(model.use_cases)}): without --use-case, "
                        "general assistants rank ahead of it.")
     size = f"{model.params / 1e9:.1f}B"
@@ -122,7 +125,9 @@ def summary(profile: Profile, model: ModelSpec, family: FamilySpec, plan: Plan, 
     use_case = profile.task.use_case
     if use_case and use_case in family.strengths:
         parts.append(f"strong at {use_case}")
-    if use_case is None and general_fit(model) < 1.0:
+    if not model.instruction_tuned:
+        parts.append("base checkpoint")
+    elif use_case is None and general_fit(model) < 1.0:
         parts.append(f"specialist ({', '.join(model.use_cases)})")
     if plan.method == "qlora":
         parts.append("needs CUDA + bitsandbytes")

@@ -12,10 +12,13 @@ with the weights per priority in `WEIGHTS` (each row sums to 1) and every term i
 - latency: the same scale on the active parameters, reversed (smaller is faster);
 - balanced size band: a Gaussian in log2(size) around the model whose bf16 weights fill half of all
   the GPU memory given (sigma 1.5 doublings);
-- fit: with --use-case, 1.0 when the family lists the use case as a strength, 0.5 otherwise; without
+- fit: with --use-case, 1.0 for a specialist made for it (tagged for it, no `chat` tag) from a family that
+  lists it as a strength, 0.85 for a general assistant from such a family, 0.5 otherwise; without
   one, the "general" fit from the checkpoint's own tags: 1.0 for a general assistant (tagged `chat`; for
   speech, `transcription`), 0.5 for a specialist (e.g. tagged only `code` and `reasoning`, or `code` and
   `instruction`: a code-instruct model follows instructions about code, it is no general assistant);
+  either way halved for a pretrained base checkpoint (`instruction_tuned: false`), which starts further
+  from a chat or instruction model than its instruct sibling;
 - method: full > LoRA > QLoRA, with QLoRA only a fallback unless quality is the priority;
 - recency: 1 - (months between the checkpoint's release and the newest release of its modality in the
   catalog) / 48, floored at 0. With wr = 0.10, a year newer is worth 2.5 points: about a third of a size
@@ -61,6 +64,13 @@ WEIGHTS: dict[str, tuple[float, float, float, float, float, float]] = {
 # score full fit, specialists the same 0.5 a model gets for a stated use case outside its strengths.
 GENERAL_USE_CASES = frozenset({"chat", "transcription"})
 SPECIALIST_FIT = 0.5
+# A pretrained base checkpoint has no instruction or chat tuning: fine-tuning it for chat or instructions
+# starts further from the goal than its instruct sibling (same size, same data), so its fit is halved.
+# Speech models have no such split (their checkpoints are not instruction-tuned at all).
+BASE_CHECKPOINT_FACTOR = 0.5
+# With --use-case, a general assistant from a family strong at it fits a little less than a specialist made
+# for it: at equal size and age the code model wins a code request (2 points under balanced).
+GENERALIST_STRENGTH_FIT = 0.85
 
 
 # A balanced pick aims at the model whose bf16 weights fill about half of all the GPU memory given
@@ -89,17 +99,31 @@ def ideal_params(profile: Profile) -> float:
     return max(5e8, BALANCED_WEIGHT_SHARE * hw.memory_bytes * hw.total_gpus / 2)
 
 
-def use_case_fit(profile: Profile, family: FamilySpec | None) -> float:
-    """Fit for the stated --use-case (0.5, neutral, without one: `general_fit` covers that case)."""
+def base_factor(model: ModelSpec) -> float:
+    """1.0 for an instruction-tuned checkpoint, BASE_CHECKPOINT_FACTOR for a pretrained base one."""
+    return 1.0 if model.instruction_tuned else BASE_CHECKPOINT_FACTOR
+
+
+def use_case_fit(profile: Profile, family: FamilySpec | None, model: ModelSpec) -> float:
+    """Fit for the stated --use-case (0.5, neutral, without one: `general_fit` covers that case), halved for
+    a base checkpoint."""
     use_case = profile.task.use_case
     if use_case is None or family is None:
         return 0.5
-    return 1.0 if use_case in family.strengths else 0.5
+    if use_case not in family.strengths:
+        fit = 0.5
+    elif not GENERAL_USE_CASES.intersection(model.use_cases):
+        fit = 1.0  # a specialist made for it (Qwen2.5-Coder, Code Llama for code) from a family strong at it
+    else:
+        fit = GENERALIST_STRENGTH_FIT
+    return fit * base_factor(model)
 
 
 def general_fit(model: ModelSpec) -> float:
-    """Fit for a request without --use-case: general assistants first, specialists after."""
-    return 1.0 if GENERAL_USE_CASES.intersection(model.use_cases) else SPECIALIST_FIT
+    """Fit for a request without --use-case: general assistants first, specialists after, a base
+    checkpoint below its instruct sibling."""
+    fit = 1.0 if GENERAL_USE_CASES.intersection(model.use_cases) else SPECIALIST_FIT
+    return fit * base_factor(model)
 
 
 def newest_release(modality: str) -> int:
@@ -119,7 +143,7 @@ def score(
     priority = profile.requirements.priority
     wq, wl, wb, wf, wm, wr = WEIGHTS[priority]
     quality, latency, band = size_terms(model, ideal_params(profile))
-    fit = use_case_fit(profile, family) if profile.task.use_case else general_fit(model)
+    fit = use_case_fit(profile, family, model) if profile.task.use_case else general_fit(model)
     latest = newest_release(model.modality) if newest is None else newest
     total = (
         wq * quality

@@ -62,6 +62,11 @@ class ModelSpec(_Frozen):
         min_length=1,
         description="What the vendor says the checkpoint is for (model card facts, not guesses).",
     )
+    instruction_tuned: bool = Field(
+        True,
+        description="False for a pretrained base checkpoint (no instruction or chat tuning, per its model card); "
+        "the advisor ranks it below an instruction-tuned model for chat and other instruction use.",
+    )
     params: int = Field(gt=0, description="Exact parameter count, shared tensors counted once.")
     active_params: int | None = Field(
         default=None,

@@ -299,9 +299,54 @@ def test_general_request_ranks_general_models_ahead_of_specialists() -> None:
     assert not any("specialist" in r.summary for r in run("llm", 24, use_case="code").recommendations)
 
 
-def test_code_use_case_still_surfaces_code_models() -> None:
-    names = _names(run("llm", 24, use_case="code"))
-    assert names[0] == "codellama-7b-instruct" and names.index("qwen2.5-3b-instruct") < 5
+def test_code_use_case_puts_code_models_first_and_current_ones_above_code_llama() -> None:
+    for mem in (24, 48, 80):
+        result = run("llm", mem, use_case="code")
+        top = result.recommendations[0].model
+        assert "chat" not in top.use_cases and "code" in top.use_cases, (mem, top.name)  # a code specialist leads
+        by_name = {r.model.name: (i, r) for i, r in enumerate(result.recommendations)}
+        for coder in (n for n in by_name if n.startswith("qwen2.5-coder")):
+            for llama in (n for n in by_name if n.startswith("codellama")):
+                (i, a), (j, b) = by_name[coder], by_name[llama]
+                if a.model.params >= b.model.params and a.plan.method == b.plan.method:
+                    assert i < j, (mem, coder, llama)
+    at48 = _names(run("llm", 48, use_case="code"))
+    assert at48.index("qwen2.5-coder-14b-instruct") < at48.index("codellama-13b-instruct")
+    assert at48.index("qwen2.5-coder-7b-instruct") < at48.index("codellama-7b-instruct")
+
+
+@pytest.mark.parametrize("use_case", [None, "chat", "instruction"])
+def test_instruct_ranks_above_its_base_checkpoint(use_case) -> None:
+    names = _names(run("llm", 80, gpus=8, use_case=use_case))
+    assert names.index("llama-3.1-8b-instruct") < names.index("llama-3.1-8b")
+    assert names.index("llama-3.1-70b-instruct") < names.index("llama-3.1-70b")
+    base = next(r for r in run("llm", 80, use_case=use_case).recommendations if r.model.name == "llama-3.1-8b")
+    assert any("pretrained base checkpoint" in reason for reason in base.reasons) and "base checkpoint" in base.summary
+
+
+def _comparable(a, b) -> bool:
+    """Same vendor line, same kind of checkpoint (general or specialist, base or instruct), similar size."""
+    from automodel.advisor.scoring import general_fit
+
+    vendor = {f.name: f.vendor for f in load_catalog().families}
+    return (vendor[a.family] == vendor[b.family] and a.instruction_tuned == b.instruction_tuned
+            and general_fit(a) == general_fit(b) and 0.85 < a.params / b.params < 1.18)
+
+
+@pytest.mark.parametrize(("task", "mem"), [("llm", 24), ("llm", 80), ("vlm", 48), ("asr", 16)])
+def test_a_newer_generation_ranks_above_an_older_one_of_its_size_for_every_use_case(task, mem) -> None:
+    for use_case in (None, *load_catalog().use_cases(task)):
+        if use_case == "safety":
+            continue
+        recs = run(task, mem, use_case=use_case).recommendations
+        for i, older in enumerate(recs):
+            for newer in recs[i + 1:]:  # ranked below `older`: must not be a newer generation of it
+                if newer.plan.method == older.plan.method and _comparable(newer.model, older.model):
+                    assert newer.model.released_month <= older.model.released_month, (use_case, older.model.name,
+                                                                                       newer.model.name)
+    if task == "llm":
+        chat = _names(run("llm", mem, use_case="chat"))
+        assert chat.index("qwen2.5-7b-instruct") < chat.index("qwen2-7b-instruct")  # Qwen2.5 above Qwen2
 
 
 @pytest.mark.parametrize(

@@ -54,10 +54,15 @@ def test_priority_orders_two_sizes_the_expected_way() -> None:
     assert score(profile("latency"), small, None, "lora") > score(profile("latency"), big, None, "lora")
 
 
-@pytest.mark.parametrize(("use_case", "expected"), [("code", 1.0), ("summarization", 0.5), (None, 0.5)])
-def test_use_case_fit_from_family_strengths(use_case, expected) -> None:
-    family = next(f for f in load_catalog().families if f.name == "qwen3")
-    assert use_case_fit(profile(use_case=use_case), family) == expected
+@pytest.mark.parametrize(("name", "use_case", "expected"), [
+    ("qwen3-8b", "code", 0.85), ("qwen3-8b", "summarization", 0.5), ("qwen3-8b", None, 0.5),
+    ("qwen2.5-coder-7b-instruct", "code", 1.0), ("codellama-7b-instruct", "code", 1.0),
+    ("llama-3.1-8b-instruct", "chat", 0.85), ("llama-3.1-8b", "chat", 0.425),
+])
+def test_use_case_fit_from_family_strengths(name, use_case, expected) -> None:
+    model = find_model(name)
+    family = load_catalog().family(model.family)
+    assert use_case_fit(profile(use_case=use_case), family, model) == pytest.approx(expected)
 
 
 def test_weights_sum_to_one_and_recency_is_a_tenth() -> None:
@@ -69,7 +74,7 @@ def test_weights_sum_to_one_and_recency_is_a_tenth() -> None:
 @pytest.mark.parametrize(
     ("name", "expected"),
     [("qwen3-4b", 1.0), ("gemma-2-9b-it", 1.0), ("whisper-small", 1.0), ("wav2vec2-base-960h", 1.0),
-     ("codellama-7b-instruct", 0.5), ("phi-2", 0.5)],
+     ("codellama-7b-instruct", 0.5), ("phi-2", 0.25), ("llama-3.1-8b", 0.5), ("llama-3.1-8b-instruct", 1.0)],
 )
 def test_general_fit_from_the_checkpoint_tags(name, expected) -> None:
     assert general_fit(find_model(name)) == expected

@@ -25,7 +25,7 @@ MODELS = {m.hf_id: m for m in CATALOG.models}
 # Qwen2-VL-2B, Qwen2.5-VL-3B, and Whisper's output projection."
 TIED = {
     "meta-llama/Llama-3.2-1B", "meta-llama/Llama-3.2-3B",
-    "Qwen/Qwen2.5-0.5B-Instruct", "Qwen/Qwen2.5-1.5B-Instruct", "Qwen/Qwen2.5-3B-Instruct",
+    "Qwen/Qwen2.5-0.5B-Instruct", "Qwen/Qwen2.5-1.5B-Instruct", "Qwen/Qwen2.5-3B-Instruct", "Qwen/Qwen2.5-Coder-1.5B-Instruct",
     "Qwen/Qwen3-0.6B", "Qwen/Qwen3-1.7B", "Qwen/Qwen3-4B",
     "google/gemma-2-2b-it", "google/gemma-2-9b-it", "google/gemma-2-27b-it",
     "google/gemma-3-1b-it", "google/gemma-3-4b-it", "google/gemma-3-12b-it", "google/gemma-3-27b-it",
@@ -209,6 +209,7 @@ def test_required_gpus_present() -> None:
         ("Qwen/Qwen2-VL-7B-Instruct", "2024-08"), ("Qwen/Qwen2-VL-72B-Instruct", "2024-09"),
         ("google/gemma-2-2b-it", "2024-07"), ("google/gemma-2-9b-it", "2024-06"),
         ("codellama/CodeLlama-7b-Instruct-hf", "2023-08"), ("Qwen/Qwen3-8B", "2025-04"),
+        ("Qwen/Qwen2.5-Coder-7B-Instruct", "2024-09"), ("Qwen/Qwen2.5-Coder-32B-Instruct", "2024-11"),
     ],
 )
 def test_release_month(hf_id: str, released: str) -> None:
