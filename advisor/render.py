@@ -14,6 +14,7 @@ from rich.table import Table
 
 from automodel.advisor.explain import gib, method_text
 from automodel.advisor.rank import HEADROOM, Recommendation, Recommendations
+from automodel.catalog.memory.headroom import HEADROOM_RULE
 from automodel.catalog.memory.plan import MemoryEstimate
 
 
@@ -124,6 +125,7 @@ def print_human(
         print_no_fit(console, result)
         return
     console.print(recommendations_table(result, top))
+    console.print(f"Fit rule: {HEADROOM_RULE}.", style="dim", highlight=False)
     if result.excluded:
         console.print(f"{len(result.excluded)} model(s) excluded (--json lists why).", style="dim")
     console.print(next_step(result, argv, written), soft_wrap=True)

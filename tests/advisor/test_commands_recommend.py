@@ -101,6 +101,7 @@ def test_human_output_has_table_and_next_step(capsys) -> None:
     assert main(["recommend", "--task", "llm", "--gpu-mem", "24", "--use-case", "chat"]) == 0
     out = capsys.readouterr().out
     assert "GiB/GPU" in out and "next: automodel recommend --task llm --use-case chat --gpu-mem 24" in out
+    assert "90% of one GPU's memory" in " ".join(out.split())  # the headroom rule, as `estimate --fit` states it
     assert "--write-config" in out and "&& automodel finetune llm -c" in out
 
 

@@ -24,7 +24,7 @@ MODELS = {m.hf_id: m for m in CATALOG.models}
 # reference/README.md: "Tied embeddings: Llama-3.2, Qwen2.5 <= 3B, Qwen3 <= 4B, Gemma 2/3, Phi-4-mini,
 # Qwen2-VL-2B, Qwen2.5-VL-3B, and Whisper's output projection."
 TIED = {
-    "meta-llama/Llama-3.2-1B", "meta-llama/Llama-3.2-3B",
+    "meta-llama/Llama-3.2-1B", "meta-llama/Llama-3.2-3B", "meta-llama/Llama-3.2-1B-Instruct", "meta-llama/Llama-3.2-3B-Instruct",
     "Qwen/Qwen2.5-0.5B-Instruct", "Qwen/Qwen2.5-1.5B-Instruct", "Qwen/Qwen2.5-3B-Instruct", "Qwen/Qwen2.5-Coder-1.5B-Instruct",
     "Qwen/Qwen3-0.6B", "Qwen/Qwen3-1.7B", "Qwen/Qwen3-4B",
     "google/gemma-2-2b-it", "google/gemma-2-9b-it", "google/gemma-2-27b-it",
@@ -129,11 +129,13 @@ def test_entry(hf_id: str) -> None:
         assert "num_experts" not in _text(spec.config)
 
 
-def test_catalog_covers_the_reference_exactly() -> None:
+def test_catalog_covers_the_reference_and_sources_the_rest() -> None:
     if not REFERENCE.is_dir():
         pytest.skip("shared/reference is not beside the repo")
     reference_ids = {json.loads(p.read_text())["hf_id"] for p in REFERENCE.glob("*.json")}
-    assert set(MODELS) == reference_ids
+    assert reference_ids <= set(MODELS)
+    for hf_id in set(MODELS) - reference_ids:  # added after the reference: each names where its config came from
+        assert any(s.startswith("config: ") for s in MODELS[hf_id].source), hf_id
 
 
 def test_phi3_small_count_matches_vendor_figure() -> None:
@@ -214,6 +216,12 @@ def test_required_gpus_present() -> None:
 )
 def test_release_month(hf_id: str, released: str) -> None:
     assert MODELS[hf_id].released == released
+
+
+def test_entries_added_after_the_reference_name_their_config_source() -> None:
+    added = [m for m in CATALOG.models if "coder" in m.name or m.name.startswith("llama-3.2-") and "instruct" in m.name]
+    assert len(added) == 6
+    assert all(any(s.startswith("config: ") for s in m.source) for m in added)
 
 
 def test_every_release_month_is_sourced() -> None:

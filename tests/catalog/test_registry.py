@@ -51,7 +51,7 @@ def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[dict[str, str]]
 
 def test_load_catalog_is_cached() -> None:
     assert load_catalog() is load_catalog()
-    assert len(load_catalog().models) == 54 and len(load_catalog().families) == 17
+    assert len(load_catalog().models) == 56 and len(load_catalog().families) == 17
 
 
 @pytest.mark.parametrize(
