@@ -48,7 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="micro batches per optimizer step (default 1): earlier gradients stay live")
     p.add_argument("--grad-ckpt", action=argparse.BooleanOptionalAction, default=None,
                    help="activation checkpointing per block (default: on)")
-    p.add_argument("--gpus", type=int_in(1), default=None, metavar="N", help="FSDP2 ranks")
+    p.add_argument("--gpus", type=int_in(1), default=None, metavar="N",
+                   help="training: FSDP2 ranks; inference: GPUs the model is placed over as device_map='auto' "
+                   "does (accelerate's infer_auto_device_map; imports torch), reporting the busiest GPU")
     p.add_argument("--new-tokens", type=int_in(0), default=None, metavar="N",
                    help="inference: tokens generated after the prompt")
     p.add_argument("--images", type=int_in(0), default=None, metavar="N",
@@ -59,6 +61,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--fit", action="store_true",
                    help="largest batch and longest sequence that fit --gpu-mem under that rule (searched analytically)")
     p.add_argument("--simulate", action="store_true", help="simulate on fake tensors (imports torch)")
+    p.add_argument("--compare", choices=("accelerate",), default=None,
+                   help="also print `accelerate estimate-memory`'s figure for the model (its library API on the "
+                   "meta model, offline; imports torch) and why ours differs")
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
     p.set_defaults(func=run)
 
@@ -132,7 +137,26 @@ def run(args: argparse.Namespace) -> int:
     for line in warnings:  # stderr, so --json keeps stdout one document (which lists them too)
         print(f"warning: {line}", file=sys.stderr)
     spec_params = model.spec.params if model.spec is not None else None
-    result = simulated(model.config, plan) if args.simulate else estimate(model.config, plan, params=spec_params)
+    placement = None
+    if plan.mode == "inference" and plan.gpus > 1:
+        if args.simulate:
+            raise UserError("the simulator runs one process; a device map spans several GPUs", field="--simulate",
+                            hint="drop --simulate, or use --gpus 1")
+        from automodel.catalog.memory.hf_accelerate import device_map_estimate  # torch + accelerate
+
+        placement = device_map_estimate(model.config, plan, budget)
+        result = placement.busiest.estimate
+    else:
+        result = simulated(model.config, plan) if args.simulate else estimate(model.config, plan, params=spec_params)
+    compared = None
+    if args.compare == "accelerate":
+        from automodel.catalog.memory.hf_accelerate import (  # torch + accelerate
+            accelerate_figures,
+            differences,
+        )
+
+        figures = accelerate_figures(model.config, plan.precision)
+        compared = (figures, differences(figures, result, plan))
     fit = None
     if args.fit and budget is not None:
         from automodel.catalog.memory.fit import max_fit
@@ -149,10 +173,46 @@ def run(args: argparse.Namespace) -> int:
             doc["headroom_rule"] = HEADROOM_RULE
         if fit is not None:
             doc["fit"] = fit.to_json()
+        if placement is not None:
+            doc["device_map"] = placement.to_json()
+        if compared is not None:
+            doc["accelerate"] = {**compared[0].to_json(), "why_ours_differs": compared[1]}
         print(json.dumps(doc, indent=2))
         return 0
     _render(model.name, plan, result, budget, fit)
+    if placement is not None:
+        _render_placement(placement)
+    if compared is not None:
+        _render_compare(*compared)
     return 0
+
+
+def _render_placement(placement: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="device_map='auto' (accelerate infer_auto_device_map): per GPU", title_justify="left")
+    for name, justify in (("GPU", "right"), ("blocks", "right"), ("weights GiB", "right"), ("peak reserved GiB", "right"),
+                          ("holds", "left")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for share in placement.shares:
+        held = ", ".join(n for n in share.modules if "layers." not in n) or "-"
+        mark = " (busiest)" if share is placement.busiest else ""
+        table.add_row(f"{share.gpu}{mark}", str(share.blocks), f"{share.weight_bytes / GIB:.2f}",
+                      f"{share.estimate.peak_reserved / GIB:.2f}", held)
+    Console().print(table, highlight=False)
+
+
+def _render_compare(figures: Any, why: list[str]) -> None:
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    console.print(f"accelerate estimate-memory ({figures.precision}, its library API on the meta model): total size "
+                  f"{figures.total_bytes / GIB:.2f} GiB, largest layer {figures.largest_layer_bytes / GIB:.2f} GiB "
+                  f"({', '.join(figures.largest_layer)}), training using Adam {figures.training_bytes / GIB:.2f} GiB")
+    console.print("why ours differs:")
+    for line in why:
+        console.print(f"  - {line}")
 
 
 def _render(name: str, plan: Plan, est: MemoryEstimate, budget: int | None, fit: Any) -> None:

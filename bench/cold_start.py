@@ -31,6 +31,8 @@ COMMANDS = [
     ["catalog", "list"],
     ["catalog", "show", "llama-3.2-1b"],
     ["estimate", "llama-3.1-70b", "--method", "lora", "--gpus", "8", "--json"],
+    ["estimate", "qwen2.5-7b-instruct", "--mode", "inference", "--new-tokens", "512", "--gpu-mem", "24", "--fit"],
+    ["recommend", "--model", "qwen2.5-vl-7b-instruct", "--gpu", "A100-80GB", "--gpus", "2"],
     ["recommend", "--task", "vlm", "--gpu-mem", "24"],
     ["recommend", "--task", "llm", "--gpu-mem", "24", "--json"],
     ["recommend", "--task", "llm", "--gpu", "H100-SXM", "--gpus", "8", "--nodes", "2", "--priority", "quality"],

@@ -63,9 +63,11 @@ def test_nonsense_exits_2_naming_the_flag(config_path: str, argv: list[str], fla
 
 
 def test_estimate_path_does_not_import_torch(config_path: str) -> None:
+    # --compare accelerate and --mode inference --gpus N>1 import torch and accelerate; nothing else does.
     code = ("import sys; from automodel.advisor.cli import main; "
-            f"rc = main(['estimate', {config_path!r}, '--json']); "
-            "print('TORCH' if 'torch' in sys.modules else 'NOTORCH', rc)")
+            f"rc = main(['estimate', {config_path!r}, '--json']) + main(['estimate', {config_path!r}, '--mode', "
+            "'inference', '--gpu-mem', '24', '--fit', '--json']); "
+            "print('TORCH' if {'torch', 'accelerate'} & set(sys.modules) else 'NOTORCH', rc)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().endswith("NOTORCH 0")
 
@@ -101,3 +103,22 @@ def test_fit_and_recommend_share_one_headroom_rule(capsys: pytest.CaptureFixture
     assert main([*flags, "--gpu-mem", "24"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "90% of one GPU's memory" in out and "`recommend` uses the same rule" in out
+
+
+def test_compare_accelerate_and_inference_device_map(config_path: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["estimate", config_path, "--method", "full", "--compare", "accelerate", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    acc = doc["accelerate"]
+    assert acc["precision"] == "bfloat16" and 0 <= acc["total_bytes"] - 2 * doc["params"] < 1024  # + buffers
+    assert acc["training_bytes"] == 4 * acc["total_bytes"] and len(acc["why_ours_differs"]) >= 2
+    assert main(["estimate", config_path, "--compare", "accelerate"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "accelerate estimate-memory (bfloat16" in out and "why ours differs" in out
+    assert main(["estimate", config_path, "--mode", "inference", "--gpus", "2", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    placed = doc["device_map"]
+    busiest = placed["gpus"][placed["busiest_gpu"]]
+    assert len(placed["gpus"]) == 2 and sum(g["blocks"] for g in placed["gpus"]) == 2
+    assert busiest["peak_reserved_bytes"] == doc["peak_reserved_bytes"]
+    assert main(["estimate", config_path, "--mode", "inference", "--gpus", "2", "--simulate"]) == 2
+    assert "error: --simulate:" in capsys.readouterr().err
