@@ -15,13 +15,14 @@ from typing import Any
 from automodel.catalog.errors import UserError
 from automodel.catalog.registry import ResolvedModel, load_catalog, resolve
 from automodel.catalog.schema import USE_CASES, ModelSpec, format_params
-from automodel.catalog.units import parse_count
+from automodel.catalog.units import size_class_limit
 
 
 def parse_params(text: str) -> int:
-    """`8B`, `500M`, `1.5b`, `8e9`, `8000000000` -> a parameter count."""
+    """`8B`, `500M`, `1.5b`, `8e9`, `8000000000` -> the exclusive upper bound of that size class
+    (`catalog.units.size_class_limit`: 8B keeps everything below 9B)."""
     try:
-        return parse_count(text)
+        return size_class_limit(text)
     except ValueError as exc:
         raise UserError(str(exc), field="--max-params", hint="e.g. 8B, 500M, 1.5b, 8e9") from None
 
@@ -43,7 +44,8 @@ def select_models(
     use_case: str | None = None,
     max_params: int | None = None,
 ) -> list[ModelSpec]:
-    """Catalog models passing every given filter, smallest first."""
+    """Catalog models passing every given filter, smallest first; `max_params` is an exclusive bound
+    (`parse_params`)."""
     if task is not None and use_case is not None:
         load_catalog().check_use_case(task, use_case)  # would list nothing, and say nothing about why
     families = _families_matching(family) if family else None
@@ -54,7 +56,7 @@ def select_models(
             if (task is None or m.modality == task)
             and (families is None or m.family in families)
             and (use_case is None or use_case in m.use_cases)
-            and (max_params is None or m.params <= max_params)
+            and (max_params is None or m.params < max_params)
         ),
         key=lambda m: (m.params, m.name),
     )
@@ -342,7 +344,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--family", metavar="NAME", help="family id or its prefix, e.g. qwen3, llama, gemma-2"
     )
     p_list.add_argument("--use-case", choices=USE_CASES, help="only models made for this use case")
-    p_list.add_argument("--max-params", metavar="N", help="at most N parameters: 8B, 500M, 1.5b, 8e9")
+    p_list.add_argument("--max-params", metavar="N",
+                        help="at most this size class, read as sizes are named: 8B keeps everything below 9B "
+                        "(Llama-3.1-8B at 8.03B, Qwen3-8B at 8.19B), 1.5B below 1.6B; a plain count (8e9) is exact")
     p_list.add_argument("--json", action="store_true", help="print a JSON array on stdout instead of a table")
     p_list.set_defaults(func=_run_list)
 

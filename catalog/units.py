@@ -59,6 +59,22 @@ def parse_count(text: str) -> int:
     return int(value)
 
 
+def size_class_limit(text: str) -> int:
+    """`--max-params` as people read model sizes: the exclusive upper bound of the size class `text` names.
+
+    A size with a unit is a class at the precision typed, as vendors name sizes by their leading digits:
+    `8B` keeps every count below 9B (Llama-3.1-8B at 8.03B, Qwen3-8B at 8.19B), `7B` below 8B (Qwen2.5-7B at
+    7.62B), `1.5B` below 1.6B. A plain count (`8000000000`, `8e9`) is exact. ValueError as `parse_count`."""
+    exact = parse_count(text)
+    match = _COUNT.match(text)
+    assert match is not None  # parse_count accepted it
+    number, unit = match.group(1), match.group(2).lower()
+    if not unit or "e" in number.lower():
+        return exact + 1
+    decimals = len(number.split(".", 1)[1]) if "." in number else 0
+    return round((float(number) + 10.0**-decimals) * _COUNT_SCALE[unit])
+
+
 def gib(n_bytes: float) -> float:
     """Bytes as GiB (for rendering)."""
     return n_bytes / GIB

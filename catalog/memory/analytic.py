@@ -339,6 +339,12 @@ def _assumptions(plan: Plan, d: ArchDims) -> list[str]:
     if plan.method == "qlora":
         out.append("QLoRA: bitsandbytes NF4 with double quantisation for every linear but the head "
                    "(0.516 B/param), bf16 compute; needs CUDA and bitsandbytes.")
+        if d.num_experts:
+            experts = d.moe_layers * d.num_experts * 3 * d.hidden * d.moe_intermediate
+            out.append(f"QLoRA on this MoE: its {d.num_experts} experts per layer ({experts / 1e9:.1f}B of "
+                       f"{d.total_params / 1e9:.1f}B parameters) stay bf16: transformers 5 stores them as fused "
+                       "3-D expert tensors, not nn.Linear modules, and bitsandbytes quantises only nn.Linear (so "
+                       "LoRA cannot target them either); only the attention projections are NF4.")
     out.append({
         "adamw": "AdamW (torch, foreach): two states in the parameter dtype plus one state-sized temporary "
                  "during the step; fused AdamW avoids the temporary, paged/offloaded optimizers save more.",

@@ -126,11 +126,23 @@ def test_list_filters(capsys: pytest.CaptureFixture[str]) -> None:
     assert sizes == sorted(sizes) and max(sizes) < 9e9 and len(sizes) == 5
 
 
+def test_max_params_is_a_size_class(capsys: pytest.CaptureFixture[str]) -> None:
+    _, out, _ = run(capsys, "catalog", "list", "--task", "llm", "--max-params", "8B", "--json")
+    rows = {r["name"]: r["params"] for r in json.loads(out)}
+    assert rows["llama-3.1-8b"] == 8_030_261_248 and rows["qwen3-8b"] == 8_190_735_360  # the 8B class is in
+    assert max(rows.values()) < 9e9 and "gemma-2-9b-it" not in rows
+    _, out, _ = run(capsys, "catalog", "list", "--task", "llm", "--max-params", "7B", "--json")
+    names = {r["name"] for r in json.loads(out)}
+    assert "qwen2.5-7b-instruct" in names and "llama-3.1-8b" not in names  # 7.62B is a 7B model
+    assert parse_params("1.5b") == 1_600_000_000 and parse_params("8e9") == 8_000_000_001
+    assert parse_params("8000000000") == 8_000_000_001  # a plain count is exact
+
+
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("8B", 8 * 10**9), ("500M", 5 * 10**8), ("1.5b", 15 * 10**8), ("8e9", 8 * 10**9), ("1000", 1000)],
+    [("8B", 9 * 10**9), ("500M", 501 * 10**6), ("1.5b", 16 * 10**8), ("8e9", 8 * 10**9 + 1), ("1000", 1001)],
 )
-def test_parse_params(text: str, value: int) -> None:
+def test_parse_params_gives_the_exclusive_bound_of_the_size_class(text: str, value: int) -> None:
     assert parse_params(text) == value
 
 

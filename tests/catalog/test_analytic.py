@@ -165,3 +165,13 @@ def test_llama2_7b_lora_per_token_figures_in_docs_memory() -> None:
     per_layer = decoder_layer_bytes(d, Trainable(full=False, adapted=frozenset({"q_proj", "v_proj"}), rank=8), 2)
     assert per_layer == 139_944  # "≈ 140 KB per token per layer"
     assert round(per_layer * d.layers / 1e6, 1) == 4.5  # "4.5 MB per token for 32 layers"
+
+
+def test_qlora_on_an_moe_says_why_the_experts_stay_bf16() -> None:
+    from automodel.catalog.registry import find_model
+
+    est = estimate_analytic(find_model("qwen3-30b-a3b").config, Plan(method="qlora"))
+    line = next(a for a in est.assumptions if a.startswith("QLoRA on this MoE"))
+    assert "128 experts" in line and "stay bf16" in line and "nn.Linear" in line
+    dense = estimate_analytic(find_model("qwen3-8b").config, Plan(method="qlora"))
+    assert not any(a.startswith("QLoRA on this MoE") for a in dense.assumptions)
