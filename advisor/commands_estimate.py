@@ -16,14 +16,15 @@ from pydantic import ValidationError
 
 from automodel.catalog.errors import UserError, int_in
 from automodel.catalog.memory.headroom import HEADROOM, HEADROOM_RULE, headroom_limit
-from automodel.catalog.memory.plan import TERMS, MemoryEstimate, Plan
+from automodel.catalog.memory.plan import TERMS, MemoryEstimate, Plan, format_image_size
 from automodel.catalog.units import GIB, parse_memory
 
 _FLAG_FOR_FIELD = {
     "mode": "--mode", "method": "--method", "lora_rank": "--lora-rank", "lora_targets": "--lora-targets",
     "precision": "--precision", "optimizer": "--optimizer", "seq_len": "--seq-len",
     "micro_batch": "--batch-size", "grad_ckpt": "--grad-ckpt", "gpus": "--gpus", "new_tokens": "--new-tokens",
-    "grad_accum": "--grad-accum", "images": "--images",
+    "grad_accum": "--grad-accum", "images": "--images", "image_size": "--image-size", "min_pixels": "--min-pixels",
+    "max_pixels": "--max-pixels", "audio_seconds": "--audio-seconds",
 }
 
 
@@ -55,6 +56,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="inference: tokens generated after the prompt")
     p.add_argument("--images", type=int_in(0), default=None, metavar="N",
                    help="VLM only: images per sequence (default 0)")
+    p.add_argument("--image-size", default=None, metavar="WxH",
+                   help="VLM only: each image's width x height in pixels before the processor resizes it "
+                   "(default 448x448)")
+    p.add_argument("--min-pixels", type=int_in(1), default=None, metavar="N",
+                   help="Qwen2-VL/2.5-VL only: the processor's min_pixels (default: published 3136)")
+    p.add_argument("--max-pixels", type=int_in(1), default=None, metavar="N",
+                   help="Qwen2-VL/2.5-VL only: the processor's max_pixels (default: published 12845056)")
+    p.add_argument("--audio-seconds", type=float, default=None, metavar="S",
+                   help="ASR only: seconds of audio per sample (default 30; Whisper always sees 30 s)")
     p.add_argument("--gpu-mem", default=None, metavar="GB",
                    help="memory of one GPU: 24, 24G, 24GB, 24GiB; a plan fits when its peak reserved is at most "
                    f"{HEADROOM * 100:.0f} %% of it (the rule `recommend` uses)")
@@ -74,15 +84,21 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
         "mode": args.mode, "method": args.method, "lora_rank": args.lora_rank, "lora_targets": args.lora_targets,
         "precision": args.precision, "optimizer": args.optimizer, "seq_len": args.seq_len,
         "micro_batch": args.batch_size, "grad_accum": args.grad_accum, "grad_ckpt": args.grad_ckpt, "gpus": args.gpus,
-        "new_tokens": args.new_tokens, "images": args.images,
+        "new_tokens": args.new_tokens, "images": args.images, "image_size": args.image_size,
+        "min_pixels": args.min_pixels, "max_pixels": args.max_pixels, "audio_seconds": args.audio_seconds,
     }
     try:
         return Plan(**{k: v for k, v in given.items() if v is not None})
     except ValidationError as exc:
         problem = exc.errors()[0]
-        name = str(problem["loc"][0]) if problem["loc"] else ""
+        name = str(problem["loc"][0]) if problem["loc"] else _pixel_field(problem["msg"])
         message = problem["msg"].removeprefix("Value error, ")  # a validator's own words, without pydantic's tag
         raise UserError(message, field=_FLAG_FOR_FIELD.get(name, name), hint="see `automodel estimate --help`") from None
+
+
+def _pixel_field(message: str) -> str:
+    """Plan's cross-field rule (min_pixels above max_pixels) has no location: name the flag it is about."""
+    return "min_pixels" if "min_pixels" in message else ""
 
 
 def check_flags(args: argparse.Namespace, plan: Plan, config: dict[str, Any], context: int | None) -> list[str]:
@@ -106,8 +122,21 @@ def check_flags(args: argparse.Namespace, plan: Plan, config: dict[str, Any], co
             if value is not None:
                 reject(flag, "applies to training only", f"drop {flag}, or drop --mode inference")
     dims = dims_from_config(config)
-    if plan.images and dims.vision is None:
-        reject("--images", f"{args.model} has no vision tower (images apply to VLMs only)", "drop --images")
+    if dims.vision is None:
+        for flag, value in (("--images", plan.images or None), ("--image-size", args.image_size),
+                            ("--min-pixels", args.min_pixels), ("--max-pixels", args.max_pixels)):
+            if value is not None:
+                reject(flag, f"{args.model} has no vision tower ({flag} applies to VLMs only)", f"drop {flag}")
+    else:
+        if args.image_size is not None and not plan.images:
+            reject("--image-size", "describes the images, but the plan has none", "add --images N (1 or more)")
+        for flag, value in (("--min-pixels", args.min_pixels), ("--max-pixels", args.max_pixels)):
+            if value is not None and dims.vision.fixed_image_size:
+                reject(flag, f"{args.model}'s processor resizes every image to {dims.vision.fixed_image_size} px "
+                       "square; pixel bounds do not apply", f"drop {flag}")
+    if args.audio_seconds is not None and dims.audio is None:
+        reject("--audio-seconds", f"{args.model} takes no audio (--audio-seconds applies to ASR models only)",
+               "drop --audio-seconds")
     unknown = dims.unknown_targets(plan.lora_targets) if plan.method != "full" else ()
     if unknown:
         reject("--lora-targets", f"{', '.join(unknown)} matches no linear layer of {args.model} that LoRA adapts "
@@ -115,7 +144,8 @@ def check_flags(args: argparse.Namespace, plan: Plan, config: dict[str, Any], co
                f"use all-linear or some of: {', '.join(sorted({lin.name for lin in dims.linears}))}")
     warnings = []
     tokens = plan.seq_len + (plan.new_tokens if plan.mode == "inference" else 0)
-    if context and tokens > context:
+    whisper_default = config.get("model_type") == "whisper" and args.seq_len is None  # capped, not asked for
+    if context and tokens > context and not whisper_default:
         what = "--seq-len + --new-tokens" if plan.mode == "inference" and plan.new_tokens else "--seq-len"
         counted = ("the estimate counts the decoder's maximum" if config.get("model_type") == "whisper"
                    else "the estimate is for that length, but the model was not trained on it")
@@ -165,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
         fit = max_fit(model.config, plan, budget)
     if args.json:
         doc: dict[str, object] = {"model": model.name, "plan": plan.model_dump(mode="json"), **result.to_json(),
-                                  "warnings": warnings}
+                                  **sample_shape(model.config, plan), "warnings": warnings}
         if budget is not None and limit is not None:
             doc["budget_bytes"] = budget
             doc["limit_bytes"] = limit
@@ -179,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
             doc["accelerate"] = {**compared[0].to_json(), "why_ours_differs": compared[1]}
         print(json.dumps(doc, indent=2))
         return 0
-    _render(model.name, plan, result, budget, fit)
+    _render(model.name, plan, result, budget, fit, sample_shape(model.config, plan))
     if placement is not None:
         _render_placement(placement)
     if compared is not None:
@@ -215,7 +245,23 @@ def _render_compare(figures: Any, why: list[str]) -> None:
         console.print(f"  - {line}")
 
 
-def _render(name: str, plan: Plan, est: MemoryEstimate, budget: int | None, fit: Any) -> None:
+def sample_shape(config: dict[str, Any], plan: Plan) -> dict[str, int | None]:
+    """What one sample becomes in the model: image tokens and patches per image (VLMs), encoder frames
+    per clip (speech models); None where the model takes no such input."""
+    from automodel.catalog.architecture import dims_from_config
+    from automodel.catalog.memory.inputs import image_grid
+
+    dims = dims_from_config(config)
+    grid = image_grid(dims, plan)
+    return {
+        "image_tokens_per_image": grid.tokens if grid else None,
+        "image_patches_per_image": grid.patches if grid else None,
+        "audio_frames": dims.audio.frames(plan.audio_seconds) if dims.audio else None,
+    }
+
+
+def _render(name: str, plan: Plan, est: MemoryEstimate, budget: int | None, fit: Any,
+            shape: dict[str, int | None]) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -234,6 +280,12 @@ def _render(name: str, plan: Plan, est: MemoryEstimate, budget: int | None, fit:
     table.add_row("[bold]peak reserved (device)[/bold]", f"[bold]{est.peak_reserved / GIB:.2f}[/bold]")
     console.print(table)
     console.print(f"params {est.params:,}  trainable {est.trainable_params:,}")
+    if shape["image_tokens_per_image"] is not None:
+        console.print(f"images {plan.images} x {format_image_size(plan.image_size)}: "
+                      f"{shape['image_tokens_per_image']} tokens each ({shape['image_patches_per_image']} vision "
+                      "patches)", highlight=False)
+    if shape["audio_frames"] is not None:
+        console.print(f"audio {plan.audio_seconds:g} s: {shape['audio_frames']} encoder frames", highlight=False)
     if budget is not None:
         limit = headroom_limit(budget)
         verdict = "fits" if est.peak_reserved <= limit else "does NOT fit"

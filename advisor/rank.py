@@ -30,7 +30,7 @@ from automodel.advisor.scoring import MFU, newest_release, score, train_seconds
 from automodel.catalog.errors import UserError
 from automodel.catalog.memory.estimate import estimate
 from automodel.catalog.memory.headroom import HEADROOM, HEADROOM_RULE, headroom_limit
-from automodel.catalog.memory.plan import MemoryEstimate, Plan
+from automodel.catalog.memory.plan import MemoryEstimate, Plan, format_image_size
 from automodel.catalog.registry import load_catalog
 from automodel.catalog.schema import FamilySpec, ModelSpec
 
@@ -94,6 +94,7 @@ class Recommendation:
                 "micro_batch": self.plan.micro_batch,
                 "grad_accum": self.plan.grad_accum,
                 "seq_len": self.plan.seq_len,
+                **sample_strategy(m.modality, self.plan),
             },
             "estimate": {
                 "peak_allocated_bytes": est["peak_allocated_bytes"],
@@ -129,6 +130,16 @@ class Recommendations:
             },
             indent=2,
         )
+
+
+def sample_strategy(modality: str, plan: Plan) -> dict[str, object]:
+    """The strategy keys that say what a sample holds: images and their size (vlm), seconds of audio
+    (asr). `automodel estimate` takes them as --images/--image-size and --audio-seconds."""
+    if modality == "vlm":
+        return {"images": plan.images, "image_size": format_image_size(plan.image_size)}
+    if modality == "asr":
+        return {"audio_seconds": plan.audio_seconds}
+    return {}
 
 
 def world_sizes(gpus_per_node: int, nodes: int) -> list[int]:

@@ -198,10 +198,12 @@ def classify(row: dict[str, str]) -> Scoped | OutOfScope:
             plan["lora_targets"] = _targets(row["lora_rank"])
         pixels = re.search(r"max_pixels\s*=?\s*(\d+)", seq_text)
         if pixels:  # one image at the processor's pixel cap; max_length counts its tokens too
-            side = int(int(pixels.group(1)) ** 0.5)
-            plan.update(images=1, image_size=side)
+            cap = int(pixels.group(1))
+            side = int(cap**0.5)
+            plan.update(images=1, image_size=(side, side), max_pixels=cap)
             vision = dims_from_config(config).vision
-            image_tokens = vision.lm_tokens(side) if vision is not None else 0  # the estimator's own count
+            # the estimator's own count
+            image_tokens = vision.image((side, side), max_pixels=cap).tokens if vision is not None else 0
             plan["seq_len"] = max(1, seq - image_tokens)
     ddp = bool(re.search(r"\bddp\b|distributeddataparallel", row["sharding"].lower()))
     if ddp:  # every rank holds the whole model: estimate one GPU (DDP's buckets are added in `run`)

@@ -24,15 +24,47 @@ _QWEN2_5_VL_VISION = {"depth": 32, "hidden_size": 3584, "intermediate_size": 342
                       "temporal_patch_size": 2, "in_channels": 3}
 _GEMMA3_SIGLIP = {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
                   "num_attention_heads": 16, "image_size": 896, "patch_size": 14, "num_channels": 3}
+# Qwen2-VL / Qwen2.5-VL preprocessor_config.json as published (Qwen/Qwen2-VL-7B-Instruct,
+# Qwen/Qwen2.5-VL-{3,7,72}B-Instruct): min_pixels 56 x 56, max_pixels 16384 x 28 x 28.
+QWEN_MIN_PIXELS = 3136
+QWEN_MAX_PIXELS = 12_845_056
 WHISPER_FRAMES_PER_WINDOW = 1500  # 30 s of log-mel at 100 Hz, halved by conv2 (stride 2)
-WHISPER_WINDOW_SECONDS = 30.0
 WAV2VEC2_SAMPLE_RATE = 16_000
+
+
+@dataclass(frozen=True)
+class ImageGrid:
+    """One image as the vision tower sees it: the processor's resized width and height in pixels, the
+    tower's patches (its positions, before any merge) and the tokens it adds to the language model."""
+
+    width: int
+    height: int
+    patches: int
+    tokens: int
+
+
+def smart_resize(width: int, height: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """Qwen2-VL's resize rule (transformers `qwen2_vl.image_processing_qwen2_vl.smart_resize`), as
+    (width, height): each side rounded to a multiple of `factor` (patch x merge = 28), then scaled down
+    (floor) into max_pixels or up (ceil) into min_pixels, keeping the aspect ratio."""
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return w_bar, h_bar
 
 
 @dataclass(frozen=True)
 class VisionDims:
     """A ViT beside the language model. `fixed_image_size`/`tokens_per_image` are set for towers that
-    resize every image to one resolution (Gemma 3's SigLIP: 896 px -> 4096 patches -> 256 tokens)."""
+    resize every image to one resolution (Gemma 3's SigLIP: 896 px -> 4096 patches -> 256 tokens);
+    `min_pixels`/`max_pixels` are the processor's bounds for towers that keep the aspect ratio (Qwen)."""
 
     kind: Literal["qwen2_vl", "qwen2_5_vl", "siglip"]
     depth: int
@@ -46,23 +78,36 @@ class VisionDims:
     tokens_per_image: int | None
     params: int
     linears: tuple[LinearLayer, ...]
+    min_pixels: int = QWEN_MIN_PIXELS
+    max_pixels: int = QWEN_MAX_PIXELS
+    patch_values: int = 0  # pixel values per patch the processor returns (channels x temporal x patch^2)
 
-    def side(self, image_size: int) -> int:
-        """Pixels per side after the processor: fixed, or rounded to a multiple of patch x merge."""
+    def image(self, size: tuple[int, int], *, min_pixels: int | None = None,
+              max_pixels: int | None = None) -> ImageGrid:
+        """How an image of `size` (width, height) reaches the model. Qwen: smart_resize within the pixel
+        bounds (the plan's, else the processor's), patches of 14 px (the temporal patch of 2 repeats a
+        still image, so one grid step in time), tokens = patches / merge^2. Gemma 3: every image is
+        resized to the tower's square (pan-and-scan off, the processor's default), a fixed token count."""
         if self.fixed_image_size:
-            return self.fixed_image_size
-        unit = self.patch_size * self.spatial_merge
-        return max(unit, round(image_size / unit) * unit)
+            side = self.fixed_image_size
+            return ImageGrid(side, side, (side // self.patch_size) ** 2, self.tokens_per_image or 0)
+        lo = min_pixels if min_pixels is not None else self.min_pixels
+        hi = max_pixels if max_pixels is not None else self.max_pixels
+        w, h = smart_resize(size[0], size[1], self.patch_size * self.spatial_merge, lo, max(lo, hi))
+        patches = (w // self.patch_size) * (h // self.patch_size)
+        return ImageGrid(w, h, patches, patches // self.spatial_merge**2)
 
-    def patches(self, image_size: int) -> int:
-        """ViT positions per (square) image."""
-        return (self.side(image_size) // self.patch_size) ** 2
+    def patches(self, size: tuple[int, int] | int) -> int:
+        """ViT positions per image at the processor's default bounds (an int is a square)."""
+        return self.image(_pair(size)).patches
 
-    def lm_tokens(self, image_size: int) -> int:
-        """Tokens one image adds to the language model's sequence."""
-        if self.tokens_per_image:
-            return self.tokens_per_image
-        return self.patches(image_size) // (self.spatial_merge**2)
+    def lm_tokens(self, size: tuple[int, int] | int) -> int:
+        """Tokens one image adds to the language model's sequence at the processor's default bounds."""
+        return self.image(_pair(size)).tokens
+
+
+def _pair(size: tuple[int, int] | int) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else size
 
 
 @dataclass(frozen=True)
@@ -81,9 +126,11 @@ class AudioDims:
     linears: tuple[LinearLayer, ...]
 
     def frames(self, seconds: float) -> int:
-        """Encoder positions per sample: Whisper pads every 30 s window to 1500; wav2vec2 ~49.9 per s."""
+        """Encoder positions per sample. Whisper: 1500 whatever the clip (its feature extractor pads or
+        truncates to 30 s = 3000 log-mel frames, conv2's stride 2 halves them, and the encoder refuses any
+        other length); wav2vec2: the conv stack's output, ~49.9 per second of 16 kHz audio."""
         if self.kind == "whisper":
-            return WHISPER_FRAMES_PER_WINDOW * max(1, math.ceil(seconds / WHISPER_WINDOW_SECONDS))
+            return WHISPER_FRAMES_PER_WINDOW
         return self.conv_lengths(seconds)[-1]
 
     def conv_lengths(self, seconds: float) -> tuple[int, ...]:
@@ -130,7 +177,7 @@ def vision_dims(config: dict[str, object], model_type: str, text_hidden: int) ->
             params += 4 * (w * w + w) + 2 * w + w * m + m + m * w + w + w  # attention-pool head
         tokens = int(config.get("mm_tokens_per_image", 256) or 256)  # type: ignore[call-overload]
         return VisionDims("siglip", depth, w, _get(data, d, "num_attention_heads", where), m, False, patch, 1,
-                          size, tokens, params, lin)
+                          size, tokens, params, lin, patch_values=channels * patch * patch)
     if model_type == "qwen2_vl":
         d = _QWEN2_VL_VISION
         w, depth = _get(data, d, "embed_dim", where), _get(data, d, "depth", where)
@@ -158,7 +205,7 @@ def vision_dims(config: dict[str, object], model_type: str, text_hidden: int) ->
     )
     params = sum(x.params for x in lin) + depth * norm_params + channels * temporal * patch * patch * w + merger_norm
     return VisionDims(model_type, depth, w, _get(data, d, "num_heads", where), m, gated,  # type: ignore[arg-type]
-                      patch, merge, None, None, params, lin)
+                      patch, merge, None, None, params, lin, patch_values=channels * temporal * patch * patch)
 
 
 def audio_dims(data: dict[str, object], kind: Literal["whisper", "wav2vec2"]) -> AudioDims:

@@ -23,6 +23,15 @@ from automodel.catalog.memory.activations import (
     sliding_mask_bytes,
     vit_layer_bytes,
 )
+from automodel.catalog.memory.inputs import (
+    ctc_words,
+    input_lines,
+    lora_scope,
+    pixel_bytes,
+    positions,
+    stack_words,
+    vit_forward_bytes,
+)
 from automodel.catalog.memory.plan import MemoryEstimate, Plan
 
 GIB = 1024**3
@@ -80,23 +89,6 @@ def _qlora_weights(d: ArchDims, total: int, scale: float) -> float:
     return quant * NF4_BYTES + (total - quant) * 2
 
 
-def _tokens(d: ArchDims, plan: Plan, config: dict[str, object]) -> tuple[int, int, int]:
-    """(language-model positions, vision patches, Whisper encoder frames) per sequence."""
-    seq = plan.seq_len
-    patches = frames = 0
-    if d.vision is not None and plan.images:
-        seq += plan.images * d.vision.lm_tokens(plan.image_size)
-        patches = plan.images * d.vision.patches(plan.image_size)
-    if d.model_type == "wav2vec2" and d.audio is not None:
-        seq = d.audio.frames(plan.audio_seconds)  # the encoder's positions are audio frames
-    if d.model_type == "whisper" and d.audio is not None:
-        frames = d.audio.frames(plan.audio_seconds)
-        # the decoder has learned positions up to max_target_positions (448)
-        limit = config.get("max_target_positions", 448)
-        seq = min(seq, int(limit) if isinstance(limit, int) else 448)
-    return seq, patches, frames
-
-
 def estimate_analytic(config: dict[str, object], plan: Plan, *, params: int | None = None) -> MemoryEstimate:
     """Per-GPU peak memory of `plan` on the model `config` describes (N = plan.gpus, FSDP2 shards by N).
 
@@ -128,9 +120,9 @@ def estimate_analytic(config: dict[str, object], plan: Plan, *, params: int | No
     scale = total / d.total_params  # a caller's exact count rescales every weight-proportional term
     n = plan.gpus
     c = _compute_bytes(plan)
-    seq, patches, frames = _tokens(d, plan, config)
+    seq, patches, frames = positions(d, plan, config)
     b = plan.micro_batch
-    assumptions = _assumptions(plan, d)
+    assumptions = _assumptions(plan, d, config)
     if plan.mode == "inference":
         return _inference(d, plan, total, scale, c, seq, patches, frames, assumptions, config)
 
@@ -176,6 +168,11 @@ def estimate_analytic(config: dict[str, object], plan: Plan, *, params: int | No
     head_in = (FP32 * d.hidden + (2 * c * d.hidden if full else 0)) * tokens  # final norm (+ head input)
     head_in += 2 * c * d.head_dim * tokens  # rotary cos/sin
     head_in += eager.masks(b, c) if eager else sliding_mask_bytes(d, b, seq, seq)
+    # A VLM batch holds its fp32 pixel_values through the step; the tower's forward (before the language
+    # model's) has one block's working set live on top of what the tower saves.
+    pixels = pixel_bytes(d.vision) * b * patches if d.vision is not None else 0.0
+    vit_fwd = vit_forward_bytes(d.vision, c) * b * patches if d.vision is not None else 0.0
+    head_in += pixels
     stream = FP32 if autocast_1gpu and full else c  # fp32 embeddings make the residual stream fp32
     if plan.grad_ckpt:
         kept = stream * d.hidden * tokens * d.layers + head_in + front
@@ -227,7 +224,10 @@ def estimate_analytic(config: dict[str, object], plan: Plan, *, params: int | No
     root_bwd = made + root + root_grad * (1 + (4 / c if plan.precision == "bf16-mixed" else 0))
     end_bwd = max(end_bwd, root_bwd)  # the root's unsharded gradients and their fp32 reduce copy
     step = gradients + step_tmp
-    peak_alloc = resident + max(fwd_end, start_bwd, end_bwd, step)
+    vit_saved = vit_layer * vit_depth if not plan.grad_ckpt else c * (d.vision.width if d.vision else 0) * b * \
+        patches * vit_depth * (1 if full else 0)
+    vision = held + pixels + vit_saved + vit_fwd + weight_casts  # the vision tower's forward
+    peak_alloc = resident + max(fwd_end, start_bwd, end_bwd, step, vision)
     factor, overhead = reserve_model(plan)
     return MemoryEstimate(
         engine="analytic", params=int(total), trainable_params=int(trainable), weights=int(weights),
@@ -308,18 +308,19 @@ def _inference(d: ArchDims, plan: Plan, total: int, scale: float, c: int, seq: i
     )
 
 
-def _assumptions(plan: Plan, d: ArchDims) -> list[str]:
+def _assumptions(plan: Plan, d: ArchDims, config: dict[str, object]) -> list[str]:
     """What stack the numbers assume, and where a user's stack may differ."""
     attention = (f"eager attention ({d.model_type} has no SDPA path in transformers 5: batch x heads x seq x "
                  "seq scores are materialised)" if d.model_type in EAGER_ATTENTION else
-                 "SDPA attention (flash/memory-efficient kernels, no seq x seq scores), no padding mask (GQA "
-                 "without repeat_kv copies)")
+                 "SDPA attention (flash/memory-efficient kernels, no seq x seq scores), no padding mask"
+                 + (" (GQA without repeat_kv copies)" if d.kv_heads != d.heads else ""))
     out = [
         f"Stack: transformers 5 with {attention}; torch caching allocator.",
         f"{plan.gpus} GPU(s): FSDP2 fully_shard per block + root shards weights, gradients and optimizer "
         "state evenly; weight-proportional terms are divided by the GPU count." if plan.gpus > 1 else
         "1 GPU: no FSDP2 (the trainer shards only across processes); bf16-mixed runs under torch.autocast, "
         "which keeps a bf16 copy of each linear's input (and, training every weight, of each weight).",
+        *input_lines(d, plan, config),
     ]
     if plan.mode == "inference":
         out.append("Inference: HF generate with a dynamic KV cache in the compute dtype; prefill keeps only the "
@@ -333,9 +334,8 @@ def _assumptions(plan: Plan, d: ArchDims) -> list[str]:
     }[plan.precision]
     out.append(precision)
     if plan.method != "full":
-        out.append(f"LoRA r={plan.lora_rank} on the language model's linears ({'all-linear' if plan.lora_targets == 'all-linear' else ','.join(plan.lora_targets)}), "
-                   "never the output head or a vision tower; lora_dropout 0 (dropout > 0 saves an extra copy "
-                   "of each adapted input).")
+        out.append(f"LoRA r={plan.lora_rank} on {lora_scope(d)} ({'all-linear' if plan.lora_targets == 'all-linear' else ','.join(plan.lora_targets)}); "
+                   "lora_dropout 0 (dropout > 0 saves an extra copy of each adapted input).")
     if plan.method == "qlora":
         out.append("QLoRA: bitsandbytes NF4 with double quantisation for every linear but the head "
                    "(0.516 B/param), bf16 compute; needs CUDA and bitsandbytes.")
@@ -351,20 +351,15 @@ def _assumptions(plan: Plan, d: ArchDims) -> list[str]:
         "adamw-8bit": "8-bit AdamW (bitsandbytes): two uint8 states + fp32 block scales (2.03 B/param).",
         "sgd": "SGD without momentum: no optimizer state.",
     }[plan.optimizer])
-    out.append("Activations: Korthikanti et al. 2022 recounted for SwiGLU, GQA, RMSNorm fp32 upcasts and SDPA; "
+    out.append(f"Activations: Korthikanti et al. 2022 recounted for {stack_words(d)}; "
                + ("gradient checkpointing keeps block inputs and recomputes one block at a time."
                   if plan.grad_ckpt else "no checkpointing: every block's saved tensors live until backward."))
     out.append("Logits: counted at every position, fp32 cross-entropy (c-byte logits + fp32 log-softmax + two "
                "fp32 gradients): exact for completion or packed data, where every token is a target; an upper "
                "bound with answer-only loss (the engine computes logits only at target tokens). Chunked/fused "
                "cross-entropy (Liger, torchtune) removes most of this term.")
-    if d.vision is not None:
-        out.append(f"Vision: {plan.images} image(s) of {plan.image_size}px per sequence add "
-                   f"{d.vision.lm_tokens(plan.image_size) * plan.images} tokens; the frozen tower saves no "
-                   "activations under LoRA.")
-    if d.audio is not None:
-        out.append(f"Audio: {plan.audio_seconds:g} s per sample -> {d.audio.frames(plan.audio_seconds)} encoder frames"
-                   + ("; decoder tokens capped at max_target_positions." if d.model_type == "whisper" else "."))
+    if d.model_type == "wav2vec2":  # CTC over frames, not next-token cross-entropy
+        out[-1] = ctc_words(d)
     if plan.grad_accum > 1:
         out.append(f"Gradient accumulation over {plan.grad_accum} micro batches: gradients live through every "
                    "forward and backward" + (", sharded (FSDP2 reduce-scatters every micro batch: communication "

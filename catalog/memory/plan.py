@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator, model_validator
 
 Mode = Literal["train", "inference"]
 Method = Literal["full", "lora", "qlora"]
@@ -52,13 +52,80 @@ class Plan(BaseModel):
     cpu_offload: bool = Field(False, description="FSDP2 CPUOffloadPolicy: sharded params, grads and optimizer state live in host memory.")
     new_tokens: int = Field(0, ge=0, description="Inference only: tokens generated after the prompt (KV cache grows to seq_len + new_tokens).")
     images: int = Field(0, ge=0, description="VLM only: images per sequence.")
-    image_size: int = Field(448, ge=14, description="VLM only: image side in pixels before the processor resizes/patches it.")
-    audio_seconds: float = Field(30.0, gt=0, description="ASR only: seconds of audio per sample (Whisper pads to 30 s).")
+    image_size: tuple[int, int] = Field(
+        (448, 448),
+        description="VLM only: width x height in pixels of each image before the processor resizes it "
+        "(`WxH`, e.g. 448x448; one number is a square). Qwen2-VL/2.5-VL resize it to multiples of 28 within "
+        "min_pixels..max_pixels; Gemma 3 always uses 896x896.",
+    )
+    min_pixels: int | None = Field(
+        None, ge=1, description="VLM only (Qwen2-VL/2.5-VL): the processor's lower pixel bound; None: the published "
+        "preprocessor_config's 3136.")
+    max_pixels: int | None = Field(
+        None, ge=1, description="VLM only (Qwen2-VL/2.5-VL): the processor's upper pixel bound; None: the published "
+        "preprocessor_config's 12845056.")
+    audio_seconds: float = Field(
+        30.0, gt=0, description="ASR only: seconds of audio per sample. Whisper's encoder sees 30 s whatever the "
+        "clip; wav2vec2's frames grow with it (~50 per second).")
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _image_size(cls, value: object) -> object:
+        return image_size_from(value)
+
+    @field_serializer("image_size")
+    def _image_size_text(self, value: tuple[int, int]) -> str:
+        return format_image_size(value)
+
+    @model_validator(mode="after")
+    def _pixel_bounds(self) -> Plan:
+        if self.min_pixels is not None and self.max_pixels is not None and self.min_pixels > self.max_pixels:
+            raise ValueError(f"min_pixels {self.min_pixels} is above max_pixels {self.max_pixels}")
+        return self
 
     @field_validator("lora_targets", mode="before")
     @classmethod
     def _targets_from_csv(cls, value: object) -> object:
         return lora_targets_from(value)
+
+
+# Qwen2-VL's smart_resize refuses images more than 200 times wider than tall (or taller than wide).
+MAX_ASPECT = 200
+
+
+def image_size_from(value: object) -> tuple[int, int]:
+    """`448x448` (a flag or YAML), `448` (a square), or [448, 448] -> (width, height); else a ValueError
+    that says what is expected."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected WIDTHxHEIGHT in pixels (e.g. 448x448), got {value!r}")
+    if isinstance(value, int):
+        parts: list[object] = [value, value]
+    elif isinstance(value, str):
+        text = value.strip().lower().replace("\u00d7", "x")
+        parts = [p.strip() for p in text.split("x")] if "x" in text else [text, text]
+    elif isinstance(value, list | tuple):
+        parts = list(value)
+    else:
+        raise ValueError(f"expected WIDTHxHEIGHT in pixels (e.g. 448x448), got {value!r}")
+    if len(parts) != 2:
+        raise ValueError(f"expected WIDTHxHEIGHT in pixels (e.g. 448x448), got {value!r}")
+    sides = []
+    for part in parts:
+        if isinstance(part, str) and part.isdigit():
+            part = int(part)
+        if not isinstance(part, int) or isinstance(part, bool) or part < 1:
+            raise ValueError(f"expected WIDTHxHEIGHT as two positive whole numbers of pixels (e.g. 448x448), "
+                             f"got {value!r}")
+        sides.append(part)
+    width, height = sides
+    if max(width, height) / min(width, height) > MAX_ASPECT:
+        raise ValueError(f"{width}x{height} is more than {MAX_ASPECT}:1; image processors refuse such images")
+    return width, height
+
+
+def format_image_size(size: tuple[int, int]) -> str:
+    """(width, height) -> `WxH`, the form the flag takes."""
+    return f"{size[0]}x{size[1]}"
 
 
 def lora_targets_from(value: object) -> object:

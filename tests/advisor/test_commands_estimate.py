@@ -54,6 +54,8 @@ def test_fit_json_and_table(config_path: str, capsys: pytest.CaptureFixture[str]
     "--lora-targets"), (["--new-tokens", "5"], "--new-tokens"), (["--mode", "inference", "--grad-accum", "4"],
     "--grad-accum"), (["--mode", "inference", "--no-grad-ckpt"], "--grad-ckpt"),
     (["--mode", "inference", "--optimizer", "sgd"], "--optimizer"), (["--images", "2"], "--images"), (["--lora-targets", "q_proj,qproj"], "--lora-targets"),
+    (["--image-size", "448x448"], "--image-size"), (["--max-pixels", "1000"], "--max-pixels"),
+    (["--audio-seconds", "5"], "--audio-seconds"),
 ])
 def test_nonsense_exits_2_naming_the_flag(config_path: str, argv: list[str], flag: str,
                                           capsys: pytest.CaptureFixture[str]) -> None:
@@ -122,3 +124,55 @@ def test_compare_accelerate_and_inference_device_map(config_path: str, capsys: p
     assert busiest["peak_reserved_bytes"] == doc["peak_reserved_bytes"]
     assert main(["estimate", config_path, "--mode", "inference", "--gpus", "2", "--simulate"]) == 2
     assert "error: --simulate:" in capsys.readouterr().err
+
+
+def _doc(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:
+    assert main(["estimate", *argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_images_cost_their_tokens(capsys: pytest.CaptureFixture[str]) -> None:
+    """qwen2.5-vl-7b-instruct: 2 images > 1 > 0, each 448x448 image adding 256 tokens to the sequence."""
+    docs = [_doc(capsys, "qwen2.5-vl-7b-instruct", "--images", str(n)) for n in (0, 1, 2)]
+    peaks = [d["peak_reserved_bytes"] for d in docs]
+    assert peaks[2] > peaks[1] > peaks[0]
+    assert all(d["image_tokens_per_image"] == 256 and d["image_patches_per_image"] == 1024 for d in docs)
+    # the image tokens' cost: the language model sees 2048 + 256 positions, as 2304 text tokens would
+    longer = _doc(capsys, "qwen2.5-vl-7b-instruct", "--images", "0", "--seq-len", "2304")
+    assert docs[1]["breakdown"]["logits"] == longer["breakdown"]["logits"]
+    assert 0 <= peaks[1] - longer["peak_reserved_bytes"] < 0.02 * peaks[1]  # + pixels and the frozen tower
+    big = _doc(capsys, "qwen2.5-vl-7b-instruct", "--images", "1", "--image-size", "1280x720")
+    assert big["image_tokens_per_image"] == 1196 and big["plan"]["image_size"] == "1280x720"
+    assert big["peak_reserved_bytes"] > peaks[1]
+    capped = _doc(capsys, "qwen2.5-vl-7b-instruct", "--images", "1", "--image-size", "1280x720",
+                  "--max-pixels", str(448 * 448))
+    assert capped["image_tokens_per_image"] < 1196 and capped["plan"]["max_pixels"] == 448 * 448
+
+
+@pytest.mark.parametrize("size", ["foo", "0x448", "448x", "448x448x3", "-5", "1000x3"])
+def test_bad_image_size_exits_2(size: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["estimate", "qwen2.5-vl-7b-instruct", "--images", "1", "--image-size", size]) == 2
+    err = capsys.readouterr().err
+    assert "--image-size" in err and "Traceback" not in err and ("WIDTHxHEIGHT" in err or "200:1" in err)
+
+
+def test_whisper_sees_30_s_and_wav2vec2_grows(capsys: pytest.CaptureFixture[str]) -> None:
+    short, full = (_doc(capsys, "openai/whisper-large-v3", "--audio-seconds", s) for s in ("5", "30"))
+    assert short["peak_reserved_bytes"] == full["peak_reserved_bytes"]
+    assert short["audio_frames"] == full["audio_frames"] == 1500 and short["plan"]["audio_seconds"] == 5.0
+    words = " ".join(short["assumptions"])
+    assert all(w in words for w in ("GELU", "LayerNorm", "encoder-decoder", "1500 encoder frames"))
+    assert not any(w in words for w in ("SwiGLU", "GQA", "RMSNorm"))
+    w5, w30 = (_doc(capsys, "wav2vec2-base-960h", "--audio-seconds", s) for s in ("5", "30"))
+    assert w30["peak_reserved_bytes"] > w5["peak_reserved_bytes"]
+    assert (w5["audio_frames"], w30["audio_frames"]) == (249, 1499)
+    words = " ".join(w5["assumptions"])
+    assert "wav2vec2" in words and "CTC" in words and "SwiGLU" not in words and "RMSNorm" not in words
+
+
+def test_gemma3_images_are_a_fixed_count(capsys: pytest.CaptureFixture[str]) -> None:
+    small, large = (_doc(capsys, "gemma-3-4b-it", "--images", "1", "--image-size", s) for s in ("64x64", "4000x3000"))
+    assert small["image_tokens_per_image"] == large["image_tokens_per_image"] == 256
+    assert small["peak_reserved_bytes"] == large["peak_reserved_bytes"]
+    assert main(["estimate", "gemma-3-4b-it", "--images", "1", "--max-pixels", "1000"]) == 2
+    assert "896" in capsys.readouterr().err

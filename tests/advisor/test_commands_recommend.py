@@ -32,7 +32,7 @@ def test_json_shape_is_the_issue_s(capsys) -> None:
         assert {"rank", "model", "hf_id", "family", "modality", "params", "strategy", "estimate", "gpu_mem_bytes",
                 "headroom_bytes", "score", "reasons"} <= set(rec)
         assert set(rec["strategy"]) == {"method", "lora_rank", "precision", "grad_ckpt", "gpus", "nodes",
-                                        "micro_batch", "grad_accum", "seq_len"}
+                                        "micro_batch", "grad_accum", "seq_len", "images", "image_size"}
         assert set(rec["estimate"]) == {"peak_allocated_bytes", "peak_reserved_bytes", "breakdown"}
         assert rec["headroom_bytes"] == rec["gpu_mem_bytes"] - rec["estimate"]["peak_reserved_bytes"] > 0
         assert isinstance(rec["reasons"], list) and rec["reasons"]
@@ -151,9 +151,17 @@ def test_every_pick_equals_automodel_estimate(capsys, task, mem, gpus, priority,
                  "--seq-len", str(s["seq_len"]), "--batch-size", str(s["micro_batch"]),
                  "--grad-accum", str(s["grad_accum"]),
                  "--grad-ckpt" if s["grad_ckpt"] else "--no-grad-ckpt", "--gpus", str(s["gpus"] * s["nodes"]),
-                 "--images", "1" if task == "vlm" else "0", "--json"]
+                 "--json"]
         if s["lora_rank"] is not None:
             flags += ["--lora-rank", str(s["lora_rank"])]
+        # What a sample holds is part of the strategy: images and their size, or seconds of audio.
+        assert {"images", "image_size"} <= set(s) if task == "vlm" else not {"images", "image_size"} & set(s)
+        assert ("audio_seconds" in s) == (task == "asr")
+        if task == "vlm":
+            assert s["images"] >= 1
+            flags += ["--images", str(s["images"]), "--image-size", s["image_size"]]
+        if task == "asr":
+            flags += ["--audio-seconds", str(s["audio_seconds"])]
         assert main(flags) == 0
         est = json.loads(capsys.readouterr().out)
         assert est["peak_reserved_bytes"] == rec["estimate"]["peak_reserved_bytes"], rec["model"]

@@ -250,9 +250,12 @@ def test_recommendation_json_shape() -> None:
     assert set(data) >= {"rank", "model", "hf_id", "family", "modality", "params", "strategy", "estimate",
                          "gpu_mem_bytes", "headroom_bytes", "score", "reasons"}
     assert set(data["strategy"]) == {"method", "lora_rank", "precision", "grad_ckpt", "gpus", "nodes",
-                                     "micro_batch", "grad_accum", "seq_len"}
+                                     "micro_batch", "grad_accum", "seq_len", "images", "image_size"}
     assert set(data["estimate"]) == {"peak_allocated_bytes", "peak_reserved_bytes", "breakdown"}
     assert rec.plan.images == 1  # a VLM plan carries an image per sequence
+    assert (data["strategy"]["images"], data["strategy"]["image_size"]) == (1, "448x448")
+    asr = run("asr", 24).recommendations[0].to_json()["strategy"]
+    assert asr["audio_seconds"] == 30.0 and "images" not in asr
 
 
 def test_near_misses_say_which_sequence_length_would_fit() -> None:

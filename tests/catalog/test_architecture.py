@@ -72,7 +72,8 @@ def test_audio_frames() -> None:
                "encoder_attention_heads": 2, "decoder_attention_heads": 2, "encoder_ffn_dim": 64,
                "decoder_ffn_dim": 64, "vocab_size": 50}
     w = dims_from_config(whisper)
-    assert w.audio is not None and w.audio.frames(12.0) == 1500 and w.audio.frames(45.0) == 3000
+    # the feature extractor pads or truncates to 30 s: 1500 encoder frames whatever the clip
+    assert w.audio is not None and w.audio.frames(5.0) == w.audio.frames(12.0) == w.audio.frames(45.0) == 1500
     assert w.kind == "encoder-decoder" and w.cross_attention
 
 
@@ -151,3 +152,30 @@ def test_impossible_dimensions_name_the_key(change: dict[str, object], field: st
     with pytest.raises(UserError) as info:
         dims_from_config(config)
     assert info.value.field == field and words in info.value.message
+
+
+def test_qwen_image_tokens_follow_smart_resize() -> None:
+    """Pinned figures for Qwen2.5-VL-7B's published processor (min 3136, max 12845056 pixels)."""
+    from automodel.catalog.registry import resolve
+
+    v = dims_from_config(resolve("qwen2.5-vl-7b-instruct").config).vision
+    assert v is not None and (v.min_pixels, v.max_pixels) == (3136, 12_845_056)
+    grid = v.image((448, 448))
+    assert (grid.width, grid.height, grid.patches, grid.tokens) == (448, 448, 1024, 256)
+    grid = v.image((1280, 720))  # 1288 x 728 after rounding to 28: 92 x 52 patches
+    assert (grid.width, grid.height, grid.patches, grid.tokens) == (1288, 728, 4784, 1196)
+    at_cap = v.image((3584, 3584))  # exactly max_pixels: 256 x 256 patches
+    assert (at_cap.patches, at_cap.tokens) == (65536, 16384)
+    assert v.image((8000, 8000)).tokens <= at_cap.tokens  # scaled down into max_pixels
+    assert v.image((4000, 3000), max_pixels=1_003_520).tokens == 1230
+    assert v.image((10, 10)).patches == 16  # scaled up into min_pixels: 56 x 56
+
+
+@pytest.mark.parametrize("size", [(448, 448), (1280, 720), (333, 1000), (20, 20), (4000, 3000), (28, 5000)])
+@pytest.mark.parametrize("bounds", [(3136, 12_845_056), (3136, 1_003_520), (200_000, 400_000)])
+def test_qwen_resize_matches_transformers(size: tuple[int, int], bounds: tuple[int, int]) -> None:
+    qwen = pytest.importorskip("transformers.models.qwen2_vl.image_processing_pil_qwen2_vl")
+    from automodel.catalog.towers import smart_resize
+
+    height, width = qwen.smart_resize(size[1], size[0], 28, *bounds)
+    assert smart_resize(size[0], size[1], 28, *bounds) == (width, height)
