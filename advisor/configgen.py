@@ -59,7 +59,7 @@ def build_config(rec: Recommendation, *, dataset: str | None = None, output_dir:
             "activation_checkpointing": plan.grad_ckpt,
             "mixed_precision": plan.precision,
         },
-        "data": {"source": dataset or PLACEHOLDER_DATASET, "format": "chat", "max_seq_len": plan.seq_len},
+        "data": _data_section(rec.model.modality, dataset, plan.seq_len),
         "schedule": {
             "global_batch_size": global_batch(plan),
             "micro_batch_size": plan.micro_batch,
@@ -72,6 +72,15 @@ def build_config(rec: Recommendation, *, dataset: str | None = None, output_dir:
     return config_from_data(data)
 
 
+def _data_section(modality: str, dataset: str | None, seq_len: int) -> dict[str, object]:
+    """Chat rows for text and vision, audio rows for speech (the trainer's default columns in each)."""
+    data: dict[str, object] = {"source": dataset or PLACEHOLDER_DATASET, "format": "chat", "max_seq_len": seq_len}
+    if modality == "asr":
+        # `audio` and `text` columns (data.audio maps other names); language left to the user's data
+        data["format"] = "audio"
+    return data
+
+
 def header(rec: Recommendation, dataset: str | None) -> str:
     """YAML comments on top of the file: where it came from and what to fill in."""
     plan = rec.plan
@@ -80,7 +89,14 @@ def header(rec: Recommendation, dataset: str | None) -> str:
         f"# Estimated peak {gib(rec.estimate.peak_reserved)} GiB reserved per GPU of "
         f"{gib(rec.gpu_mem_bytes)} GiB, on {plan.gpus} GPU(s) ({rec.gpus_per_node} per node x {rec.nodes} node(s)).",
     ]
-    if dataset is None:
+    if dataset is None and rec.model.modality == "asr":
+        lines += [
+            f"# >>> FILL IN data.source: `{PLACEHOLDER_DATASET}` is a placeholder. Give your own .jsonl/.csv/.parquet",
+            "# >>> file with `audio` (a clip path relative to the file) and `text` columns, or an HF dataset with an",
+            "# >>> Audio column (other names: data.audio.audio_column / text_column). Whisper: set data.language.",
+            f"# Launch: {launch_command(rec, '<this file>')}",
+        ]
+    elif dataset is None:
         lines += [
             f"# >>> FILL IN data.source: `{PLACEHOLDER_DATASET}` is a placeholder. Give your own .jsonl file with a",
             "# >>> `messages` column ([{role, content}, ...]) or an HF dataset name, and adjust data.format.",

@@ -25,7 +25,14 @@ from pydantic import Field, PrivateAttr, field_validator, model_validator
 from automodel.catalog.errors import UserError
 from automodel.catalog.memory.plan import Plan, lora_targets_from
 from automodel.trainer.data import is_local_source
-from automodel.trainer.data_formats import ChatFormat, CompletionFormat, InstructionFormat, Section, rule
+from automodel.trainer.data_formats import (
+    AudioFormat,
+    ChatFormat,
+    CompletionFormat,
+    InstructionFormat,
+    Section,
+    rule,
+)
 from automodel.trainer.overrides import build_config_data, redact_text, set_path, validate
 
 
@@ -58,6 +65,10 @@ class ModelConfig(Section):
     init: Literal["pretrained", "random"] = Field(
         "pretrained", description="pretrained: load weights; random: build from the config with `seed`, no weights "
         "(offline tests and benches).",
+    )
+    freeze_feature_encoder: bool = Field(
+        True, description="CTC speech models (Wav2Vec2, HuBERT): keep the convolutional feature encoder frozen, "
+        "as their fine-tuning recipes do; other models ignore it.",
     )
 
 
@@ -127,14 +138,31 @@ class DataConfig(Section):
     split: str | None = Field(None, description="HF dataset split (the engine uses `train` when unset); not used with "
                               "a local file.")
     subset: str | None = Field(None, description="HF dataset configuration name, if the dataset has several.")
-    format: Literal["instruction", "completion", "chat"] = Field(
+    format: Literal["instruction", "completion", "chat", "audio"] = Field(
         description="instruction: prompt template + answer column; completion: prompt/completion (or text) columns; "
-        "chat: messages rendered with the tokenizer's chat template.",
+        "chat: messages rendered with the tokenizer's chat template; audio: speech clips + transcripts (task asr).",
     )
     instruction: InstructionFormat | None = Field(None, description="Column mapping for format=instruction.")
     completion: CompletionFormat | None = Field(None, description="Column mapping for format=completion.")
     chat: ChatFormat | None = Field(None, description="Column mapping for format=chat (default: a `messages` column).")
-    max_seq_len: int = Field(2048, ge=8, description="Tokens per sequence; longer samples are truncated.")
+    audio: AudioFormat | None = Field(
+        None, description="Column mapping for format=audio (default: `audio` and `text` columns)."
+    )
+    language: str | None = Field(
+        None, description="Whisper: language of the audio as a name or code (`english`, `en`), put in the decoder "
+        "prefix; none: no language token. CTC models ignore it.",
+    )
+    asr_task: Literal["transcribe", "translate"] = Field(
+        "transcribe", description="Whisper: transcribe (text in the spoken language) or translate (English text); "
+        "CTC models only transcribe.",
+    )
+    min_seconds: float = Field(0.0, ge=0, description="Drop clips shorter than this many seconds (counted and printed).")
+    max_seconds: float | None = Field(
+        None, gt=0, description="Drop clips longer than this many seconds; Whisper also drops clips longer than its "
+        "30 s window (the feature extractor's chunk_length).",
+    )
+    max_seq_len: int = Field(2048, ge=8, description="Tokens per sequence; longer samples are truncated (asr: "
+                             "transcripts of more label tokens than this or the decoder's positions are dropped).")
     packing: bool = Field(False, description="Concatenate samples into full max_seq_len rows (no padding waste).")
     answer_only_loss: bool = Field(
         True, description="Train only on answer/completion/assistant tokens (the prompt is masked out of the loss)."
@@ -154,7 +182,7 @@ class DataConfig(Section):
 
     @model_validator(mode="after")
     def _no_foreign_mapping(self) -> DataConfig:
-        for other in ("instruction", "completion", "chat"):
+        for other in ("instruction", "completion", "chat", "audio"):
             if other != self.format and getattr(self, other) is not None:
                 raise rule(other, f"data.format is {self.format}; remove data.{other} or set data.format={other}")
         return self
@@ -179,10 +207,18 @@ class DataConfig(Section):
             raise rule("validation", "validation would read the training data; give validation.split or .source")
         return self
 
-    def format_spec(self) -> InstructionFormat | CompletionFormat | ChatFormat:
-        """The column mapping of the chosen format (chat falls back to its defaults)."""
+    @model_validator(mode="after")
+    def _seconds_in_order(self) -> DataConfig:
+        if self.max_seconds is not None and self.max_seconds <= self.min_seconds:
+            raise rule("max_seconds", f"{self.max_seconds} is not above data.min_seconds {self.min_seconds}")
+        return self
+
+    def format_spec(self) -> InstructionFormat | CompletionFormat | ChatFormat | AudioFormat:
+        """The column mapping of the chosen format (chat and audio fall back to their defaults)."""
         spec = getattr(self, self.format)
-        return ChatFormat() if spec is None else spec
+        if spec is None:
+            return AudioFormat() if self.format == "audio" else ChatFormat()
+        return spec
 
 
 class ScheduleConfig(Section):
@@ -306,6 +342,13 @@ class TrainConfig(Section):
         if self.peft.method == "qlora" and self.model.init == "random":
             raise rule("model.init", "qlora quantises pretrained weights as it loads them; a random init has none. "
                        "Use model.init=pretrained, or peft.method=lora for a random model")
+        return self
+
+    @model_validator(mode="after")
+    def _audio_is_asr(self) -> TrainConfig:
+        if (self.task == "asr") != (self.data.format == "audio"):
+            fix = "data.format=audio" if self.task == "asr" else f"a {self.data.format} format, or task=asr"
+            raise rule("data.format", f"task {self.task} reads data.format {self.data.format}; use {fix}")
         return self
 
     @model_validator(mode="after")

@@ -111,6 +111,11 @@ def _read_hub(name: str, subset: str | None, split: str, field: str, limit: int 
         raise UserError(f"could not load dataset {name!r} split {split!r}: {type(err).__name__}: {err}",
                         field=field, hint="check the name and split, go online once to cache it, "
                         "or point at a local .jsonl file") from None
+    # Audio columns stay undecoded (bytes or path): datasets decodes audio with torchcodec, which this engine
+    # does not depend on; the asr adapter decodes with soundfile (trainer/audio.py).
+    for column, feature in (getattr(dataset, "features", None) or {}).items():
+        if isinstance(feature, datasets.Audio) and feature.decode:
+            dataset = dataset.cast_column(column, datasets.Audio(decode=False))
     # a dataset is memory-mapped Arrow: only the rows used become Python dicts
     return [dict(row) for row in itertools.islice(dataset, limit)]
 

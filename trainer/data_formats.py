@@ -136,3 +136,17 @@ class ChatFormat(Section):
     """A list of {role, content} messages, rendered with the tokenizer's chat template."""
 
     messages_column: ColumnPath = Field("messages", description="Column with the list of {role, content} messages.")
+
+
+class AudioFormat(Section):
+    """Speech rows (task asr): an audio column (a path, HF Audio bytes/path, or samples) and a transcript."""
+
+    audio_column: ColumnPath = Field("audio", description="Column with the audio: a file path relative to the data "
+                                     "file, an HF `Audio` value (read undecoded: bytes or path), or "
+                                     "{array, sampling_rate}.")
+    text_column: ColumnPath = Field("text", description="Column with the transcript (the translation for "
+                                    "data.asr_task=translate).")
+    sampling_rate: int | None = Field(
+        None, ge=1, description="Rate in Hz of raw sample arrays that do not state theirs; files and HF Audio "
+        "values carry their own rate and are resampled to the model's.",
+    )

@@ -13,10 +13,9 @@ if TYPE_CHECKING:
 
 
 def adapt(model: nn.Module, peft: PeftConfig) -> nn.Module:
-    """Wrap the model with LoRA adapters (base frozen), or leave every weight trainable."""
+    """Wrap the model with LoRA adapters (base frozen), or train it in full: every weight but those the task
+    adapter's `prepare_model` froze (a speech model's feature encoder)."""
     if peft.method == "none":
-        for param in model.parameters():
-            param.requires_grad_(True)
         return model
     from automodel.catalog.errors import UserError
     from automodel.trainer.modeling import apply_lora

@@ -264,7 +264,7 @@ def evaluate(model: nn.Module, task: TaskAdapter, tokenizer: Any, samples: list[
     forwards (FSDP2 all-gathers are collective): short ranks repeat a batch with weight 0."""
     import torch
 
-    order = sorted(range(len(samples)), key=lambda i: len(samples[i].input_ids))
+    order = sorted(range(len(samples)), key=lambda i: task.sample_length(samples[i]))
     chunks = [order[i : i + micro] for i in range(0, len(order), micro)]
     rounds = math.ceil(len(chunks) / d.world)
     totals = torch.zeros(2, dtype=torch.float64, device=d.device)
