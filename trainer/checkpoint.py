@@ -102,19 +102,25 @@ def _local_state(model: nn.Module, *, trainable_only: bool) -> dict[str, torch.T
 
 
 def rng_state() -> dict[str, Any]:
+    import numpy as np
     import torch
 
-    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    # numpy too: Wav2Vec2's SpecAugment draws its time masks from numpy's global generator
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                             "numpy": np.random.get_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    import numpy as np
     import torch
 
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
+    if "numpy" in state:
+        np.random.set_state(state["numpy"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
 

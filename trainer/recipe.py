@@ -61,6 +61,7 @@ def run(cfg: TrainConfig) -> RunResult:
 
 
 def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
+    import numpy as np
     import torch
 
     # qlora's needs (one process, CUDA, bitsandbytes) stop the run before it writes or loads anything
@@ -124,6 +125,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
     model.train()
     # Weights are initialised identically on every rank (above); dropout draws differ per rank from here on.
     torch.manual_seed(cfg.seed + d.rank)
+    np.random.seed(cfg.seed + d.rank)  # Wav2Vec2's SpecAugment masks come from numpy
     params = trainable_parameters(model)
     lora = cfg.peft.adapters
 

@@ -144,3 +144,19 @@ def test_old_layout_is_refused(tiny_config, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no sharded checkpoint") as err:
         run(tiny_config("schedule.max_steps=3"))
     assert err.value.field == "checkpoint.resume"
+
+
+def test_rng_state_round_trips_numpy_too() -> None:
+    """Wav2Vec2's SpecAugment masks come from numpy's global generator: resume restores it with the others."""
+    import random
+
+    import numpy as np
+    import torch
+
+    from automodel.trainer.checkpoint import rng_state, set_rng_state
+
+    np.random.seed(3)
+    state = rng_state()
+    first = (np.random.rand(3).tolist(), torch.rand(2).tolist(), random.random())
+    set_rng_state(state)
+    assert (np.random.rand(3).tolist(), torch.rand(2).tolist(), random.random()) == first

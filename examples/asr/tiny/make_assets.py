@@ -7,7 +7,7 @@ No weights (the examples use `model.init: random`); the processors are built fro
   the encoder sees 100 positions instead of 1500;
 - ctc/: a character vocabulary (a-z, apostrophe, `|` between words) for Wav2Vec2CTCTokenizer and a
   Wav2Vec2FeatureExtractor at 16 kHz.
-Both models are 2 layers of width 64, without dropout, LayerDrop or SpecAugment (so one process and two
+Both models are 2 layers of width 64, initialised wider than usual (0.1), without dropout, LayerDrop or SpecAugment (so one process and two
 match step for step). Rerun to regenerate (the clips come from make_clips.py):
 
     python examples/asr/tiny/make_assets.py [--out examples/asr/tiny]
@@ -68,7 +68,9 @@ def whisper_config(processor: Any, *, hidden: int = 64, layers: int = 2, heads: 
         "dropout": 0.0, "attention_dropout": 0.0, "activation_dropout": 0.0,
         "pad_token_id": eot, "bos_token_id": eot, "eos_token_id": eot, "decoder_start_token_id": sot,
         "suppress_tokens": [], "begin_suppress_tokens": [], "tie_word_embeddings": True,
-        "init_std": 0.02, "dtype": "float32",
+        # wider than the usual 0.02: from a random init the tiny model then learns to listen, not only to
+        # predict the digit words' frequencies, within the example's 300 steps (val WER 0.83 -> 0.10 measured)
+        "init_std": 0.1, "dtype": "float32",
     }
 
 
