@@ -96,6 +96,7 @@ def test_exports_load_in_a_new_process(models: dict[str, Path], tmp_path: Path) 
     trained weights (the final checkpoint's, loaded into the engine's own model here)."""
     import torch
 
+    from automodel.trainer.checkpoint import read_weights
     from automodel.trainer.peft import adapt
     from automodel.trainer.recipe import run
     from automodel.trainer.tasks import asr
@@ -113,7 +114,7 @@ def test_exports_load_in_a_new_process(models: dict[str, Path], tmp_path: Path) 
 
         model = adapt(build_model(json.loads((models[kind] / "config.json").read_text()), device="cpu", seed=0),
                       cfg.peft)
-        state = torch.load(Path(cfg.output_dir) / "checkpoints/step_00000002/model.pt", weights_only=True)
+        state = read_weights(Path(cfg.output_dir) / "checkpoints/step_00000002")
         assert not model.load_state_dict(state, strict=False).unexpected_keys
         with torch.no_grad():
             if kind == "ctc":
