@@ -59,7 +59,7 @@ def build_config(rec: Recommendation, *, dataset: str | None = None, output_dir:
             "activation_checkpointing": plan.grad_ckpt,
             "mixed_precision": plan.precision,
         },
-        "data": _data_section(rec.model.modality, dataset, plan.seq_len),
+        "data": _data_section(rec.model.modality, dataset, plan),
         "schedule": {
             "global_batch_size": global_batch(plan),
             "micro_batch_size": plan.micro_batch,
@@ -72,12 +72,13 @@ def build_config(rec: Recommendation, *, dataset: str | None = None, output_dir:
     return config_from_data(data)
 
 
-def _data_section(modality: str, dataset: str | None, seq_len: int) -> dict[str, object]:
+def _data_section(modality: str, dataset: str | None, plan: Plan) -> dict[str, object]:
     """Chat rows for text and vision, audio rows for speech (the trainer's default columns in each)."""
-    data: dict[str, object] = {"source": dataset or PLACEHOLDER_DATASET, "format": "chat", "max_seq_len": seq_len}
+    data: dict[str, object] = {"source": dataset or PLACEHOLDER_DATASET, "format": "chat", "max_seq_len": plan.seq_len}
     if modality == "asr":
-        # `audio` and `text` columns (data.audio maps other names); language left to the user's data
-        data["format"] = "audio"
+        # `audio` and `text` columns (data.audio maps other names); language left to the user's data. Clips
+        # longer than the estimate assumed are dropped, so the run stays within the estimated memory.
+        data.update({"format": "audio", "max_seconds": plan.audio_seconds})
     return data
 
 

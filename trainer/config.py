@@ -372,6 +372,8 @@ class TrainConfig(Section):
             grad_accum=self.schedule.accumulation_steps(world_size),
             # One image per VLM sample, as the advisor plans it, until the vlm data section says how many.
             images=1 if self.task == "vlm" else 0,
+            # The longest clip a speech run keeps (Wav2Vec2's activations grow with it; Whisper always sees 30 s).
+            **({"audio_seconds": self.data.max_seconds} if self.task == "asr" and self.data.max_seconds else {}),
             grad_ckpt=self.distributed.activation_checkpointing,
             gpus=world_size,
             cpu_offload=self.distributed.cpu_offload,

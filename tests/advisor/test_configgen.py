@@ -93,3 +93,13 @@ def test_finetune_dry_run_accepts_the_written_config(tmp_path, capsys) -> None:
     assert main(["finetune", "llm", "-c", str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert f"{rec.estimate.peak_reserved / GIB:.2f}" in out  # the dry-run estimate is the recommendation one
+
+
+def test_asr_config_has_an_audio_data_section_that_gives_the_plan_back() -> None:
+    """An ASR pick's config reads audio rows and keeps clips within the seconds the estimate assumed."""
+    for rec in picks("asr", 24, "auto")[:3]:
+        cfg = build_config(rec)
+        assert cfg.data.format == "audio" and cfg.data.max_seconds == rec.plan.audio_seconds
+        assert cfg.to_plan(rec.plan.gpus) == rec.plan
+        longer = rec.plan.model_copy(update={"audio_seconds": 12.0})
+        assert build_config(replace(rec, plan=longer)).to_plan(rec.plan.gpus).audio_seconds == 12.0
