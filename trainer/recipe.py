@@ -242,7 +242,11 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
     peak, peak_kind = metrics.peak_memory(d.device)  # before export, whose full-tensor gathers are no training step
 
     # 7. export, the measured peak (of the loop) beside the estimate, summary
-    exports = export.export_run(cfg.checkpoint.export, model, tokenizer, out, d, model_class=task.model_class(),
+    # The adapter's auto mapping names the Auto class of this model's config (asr: speech seq2seq or CTC), so
+    # AutoPeftModel rebuilds the base with transformers alone.
+    from automodel.catalog.params import model_class_for
+
+    exports = export.export_run(cfg.checkpoint.export, model, tokenizer, out, d, model_class=model_class_for(model_config),
                                 base=export.base_reference(source, init=cfg.model.init, output_dir=out),
                                 build_unsharded=lambda: build("cpu"))
     result = RunResult(

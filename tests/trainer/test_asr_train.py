@@ -75,14 +75,12 @@ def test_interrupted_run_resumes_to_identical_losses(models: dict[str, Path], tm
 RELOAD = """
 import json, sys, torch
 from transformers import AutoModelForCTC, AutoProcessor
-from peft import PeftModel
-from automodel.trainer.modeling import build_model
+from peft import AutoPeftModel
 want = torch.load(sys.argv[1])
 processor = AutoProcessor.from_pretrained(sys.argv[2])
 merged = AutoModelForCTC.from_pretrained(sys.argv[2]).eval()
 assert type(AutoProcessor.from_pretrained(sys.argv[3])).__name__ == "WhisperProcessor"
-base = build_model(json.load(open(sys.argv[4])), device="cpu", seed=0)  # the run's random init
-adapted = PeftModel.from_pretrained(base, sys.argv[3]).eval()
+adapted = AutoPeftModel.from_pretrained(sys.argv[3]).eval()  # onto the run's saved random base, on its own
 with torch.no_grad():
     ctc = merged(input_values=want["ctc_in"]).logits
     whisper = adapted(input_features=want["w_in"], decoder_input_ids=want["w_dec"]).logits
@@ -92,8 +90,9 @@ print(json.dumps([float((ctc - want["ctc"]).abs().max()), float((whisper - want[
 
 def test_exports_load_in_a_new_process(models: dict[str, Path], tmp_path: Path) -> None:
     """CTC full fine-tuning exports a merged model, Whisper LoRA an adapter, each with its processor; a new
-    process loads them with AutoProcessor / AutoModelForCTC / PeftModel and computes the logits of the
-    trained weights (the final checkpoint's, loaded into the engine's own model here)."""
+    process elsewhere loads them with AutoProcessor / AutoModelForCTC / AutoPeftModel (the adapter onto the
+    run's saved random base, from its directory alone) and computes the logits of the trained weights (the
+    final checkpoint's, loaded here into the engine's own seed-0 model)."""
     import torch
 
     from automodel.trainer.checkpoint import read_weights
@@ -125,8 +124,7 @@ def test_exports_load_in_a_new_process(models: dict[str, Path], tmp_path: Path) 
                 want["whisper"] = model.eval()(input_features=want["w_in"], decoder_input_ids=want["w_dec"]).logits
     torch.save(want, tmp_path / "want.pt")
     proc = subprocess.run([sys.executable, "-c", RELOAD, str(tmp_path / "want.pt"), exports["ctc"]["merged"],
-                           exports["whisper"]["adapter"], str(models["whisper"] / "config.json")],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+                           exports["whisper"]["adapter"]], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == pytest.approx([0.0, 0.0], abs=1e-5)
 
