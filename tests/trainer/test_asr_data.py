@@ -122,6 +122,30 @@ def test_ctc_targets_follow_the_vocabulary(models: dict[str, Path], processors: 
     assert int(asr.count_targets(batch)) == 9
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".json"])
+def test_csv_parquet_and_json_rows(models: dict[str, Path], processors: dict[str, Any], tmp_path: Path,
+                                   suffix: str) -> None:
+    """The same rows as .csv, .parquet or .json: clip paths relative to that file (here in a subfolder)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    write_clip(tmp_path / "data/clips/a.wav", 0.5, rate=44100)
+    write_clip(tmp_path / "data/clips/b.flac", 0.25)
+    rows = [{"path": "clips/a.wav", "sentence": "one two"}, {"path": "clips/b.flac", "sentence": "three"}]
+    source = tmp_path / "data" / f"rows{suffix}"
+    if suffix == ".csv":
+        source.write_text("path,sentence\n" + "".join(f"{r['path']},{r['sentence']}\n" for r in rows))
+    elif suffix == ".parquet":
+        pq.write_table(pa.Table.from_pylist(rows), source)
+    else:
+        source.write_text(json.dumps(rows))
+    cfg = asr_config(models["ctc"], source, tmp_path / "o", "data.audio.audio_column=path",
+                     "data.audio.text_column=sentence")
+    samples = _samples(cfg, processors["ctc"])
+    assert [s.text for s in samples] == ["one two", "three"] and [s.audio.rate for s in samples] == [44100, 16000]
+    assert asr.collate(samples, processors["ctc"])["audio_lengths"].tolist() == [8000, 4000]
+
+
 def test_hub_audio_column_is_read_undecoded(models: dict[str, Path], processors: dict[str, Any], tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """An HF dataset's Audio column is cast to decode=False (decoding would need torchcodec): bytes or paths."""
