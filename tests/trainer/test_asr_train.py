@@ -135,7 +135,7 @@ def test_two_processes_match_one(models: dict[str, Path], tmp_path: Path) -> Non
     from automodel.trainer.config import dump_yaml
     from automodel.trainer.recipe import run
 
-    args = ("schedule.max_steps=2", "schedule.val_every=2", "data.validation.num_samples=5")
+    args = ("schedule.max_steps=2", "schedule.val_every=2", "data.validation.num_samples=16")  # 2 chunks: a round
     run(_config(models, "whisper", tmp_path / "one", *args))
     (tmp_path / "two.yaml").write_text(dump_yaml(_config(models, "whisper", tmp_path / "two", *args)))
     script = tmp_path / "worker.py"

@@ -162,7 +162,8 @@ def evaluate_extra(model: nn.Module, processor: SpeechProcessor, samples: Sequen
     decodes greedily (best path, repeats merged, blanks dropped). Like the engine's `evaluate`, every rank
     runs the same number of forwards (FSDP2's all-gathers are collective): a rank without a chunk in a
     round repeats the last one and discards it, and every rank of a round decodes the same number of
-    steps (set by the longest reference in the round, known to all ranks)."""
+    steps (the most any chunk of the round needs, known to all ranks) but keeps only as many tokens as its
+    own chunk allows, so the hypotheses, hence WER, do not depend on the number of processes."""
     import torch
 
     from automodel.trainer import distributed
@@ -181,8 +182,10 @@ def evaluate_extra(model: nn.Module, processor: SpeechProcessor, samples: Sequen
             batch = {k: v.to(d.device) for k, v in collate(chunk, processor).items()}
             with autocast:
                 if processor.kind == "whisper":
-                    in_round = [samples[i] for c in chunks[r * d.world : (r + 1) * d.world] for i in c]
-                    texts = _generate(model, batch, chunk, processor, _decode_steps(in_round, processor),
+                    # every rank decodes the round's most steps (collectives), each keeps its own chunk's
+                    in_round = max(_decode_steps([samples[i] for i in c], processor)
+                                   for c in chunks[r * d.world : (r + 1) * d.world])
+                    texts = _generate(model, batch, chunk, processor, in_round, keep=_decode_steps(chunk, processor),
                                       stop_early=d.world == 1)
                 else:
                     texts = _ctc_decode(model, batch, processor)
@@ -196,17 +199,19 @@ def evaluate_extra(model: nn.Module, processor: SpeechProcessor, samples: Sequen
 
 
 def _decode_steps(samples: Sequence[SpeechSample], processor: SpeechProcessor) -> int:
-    """New tokens to generate for a round: room for 1.5x the longest reference (and `<|endoftext|>`),
-    within the decoder's positions."""
+    """New tokens to generate for a chunk: room for 1.5x its longest reference (and `<|endoftext|>`), within
+    the decoder's positions."""
     longest = max(len(s.decoder_input_ids) - s.prefix_len + 1 for s in samples)
     room = processor.max_positions - max(s.prefix_len for s in samples)
     return max(1, min(room, longest + longest // 2 + 2))
 
 
 def _generate(model: nn.Module, batch: dict[str, torch.Tensor], chunk: Sequence[SpeechSample],
-              processor: SpeechProcessor, steps: int, *, stop_early: bool) -> list[str]:
-    """Greedy decoding with the KV cache from each clip's prefix; every call goes through the root model
-    (so FSDP2 gathers its root parameters); the encoder runs once, on the first call."""
+              processor: SpeechProcessor, steps: int, *, keep: int, stop_early: bool) -> list[str]:
+    """Greedy decoding with the KV cache from each clip's prefix: `steps` forwards (or fewer once every clip
+    has ended, with `stop_early`), of which the first `keep` tokens count, so a hypothesis does not depend on
+    what the other ranks decode. Every call goes through the root model (so FSDP2 gathers its root
+    parameters); the encoder runs once, on the first call."""
     import torch
     from transformers.modeling_outputs import BaseModelOutput
 
@@ -224,7 +229,7 @@ def _generate(model: nn.Module, batch: dict[str, torch.Tensor], chunk: Sequence[
         generated.append(tokens)
         done |= tokens == eos
     texts = []
-    for row in torch.stack(generated, dim=1).tolist():
+    for row in torch.stack(generated, dim=1)[:, :keep].tolist():
         row = row[: row.index(eos)] if eos in row else row
         texts.append(processor.tokenizer.decode(row, skip_special_tokens=True))
     return texts
