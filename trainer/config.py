@@ -29,6 +29,7 @@ from automodel.trainer.data_formats import (
     AudioFormat,
     ChatFormat,
     CompletionFormat,
+    ImageTextFormat,
     InstructionFormat,
     Section,
     rule,
@@ -44,6 +45,10 @@ class ValidationData(Section):
     )
     split: str | None = Field(None, description="HF dataset split, e.g. `validation`; not used with a local file.")
     num_samples: int | None = Field(None, ge=1, description="Use at most this many validation samples.")
+    exact_match: bool = Field(
+        False, description="task vlm: also generate each validation answer greedily and report `val_exact_match`, "
+        "the fraction equal to the reference (one forward per generated token: costly on long answers).",
+    )
 
     @model_validator(mode="after")
     def _split_for_local(self) -> ValidationData:
@@ -69,6 +74,11 @@ class ModelConfig(Section):
     freeze_feature_encoder: bool = Field(
         True, description="CTC speech models (Wav2Vec2, HuBERT): keep the convolutional feature encoder frozen, "
         "as their fine-tuning recipes do; other models ignore it.",
+    )
+    vision: Literal["frozen", "projector", "full"] = Field(
+        "frozen", description="task vlm: what of the vision side trains. frozen: nothing (LoRA/full fine-tuning "
+        "train the language model only); projector: the vision-to-text projector too; full: the whole vision tower "
+        "and projector (with LoRA they train whole and are saved in the adapter).",
     )
 
 
@@ -138,9 +148,11 @@ class DataConfig(Section):
     split: str | None = Field(None, description="HF dataset split (the engine uses `train` when unset); not used with "
                               "a local file.")
     subset: str | None = Field(None, description="HF dataset configuration name, if the dataset has several.")
-    format: Literal["instruction", "completion", "chat", "audio"] = Field(
+    format: Literal["instruction", "completion", "chat", "audio", "image_text"] = Field(
         description="instruction: prompt template + answer column; completion: prompt/completion (or text) columns; "
-        "chat: messages rendered with the tokenizer's chat template; audio: speech clips + transcripts (task asr).",
+        "chat: messages rendered with the tokenizer's chat template (task vlm: multimodal messages); audio: speech "
+        "clips + transcripts (task asr); image_text (task vlm): an image column, a prompt template and an answer "
+        "column.",
     )
     instruction: InstructionFormat | None = Field(None, description="Column mapping for format=instruction.")
     completion: CompletionFormat | None = Field(None, description="Column mapping for format=completion.")
@@ -161,8 +173,17 @@ class DataConfig(Section):
         None, gt=0, description="Drop clips longer than this many seconds; Whisper also drops clips longer than its "
         "30 s window (the feature extractor's chunk_length).",
     )
+    image_text: ImageTextFormat | None = Field(None, description="Column mapping for format=image_text (task vlm).")
     max_seq_len: int = Field(2048, ge=8, description="Tokens per sequence; longer samples are truncated (asr: "
-                             "transcripts of more label tokens than this or the decoder's positions are dropped).")
+                             "transcripts of more label tokens than this or the decoder's positions are dropped; vlm: "
+                             "samples are dropped and counted, never cut through their image tokens).")
+    max_images: int | None = Field(None, ge=1, description="task vlm: at most this many images per sample; samples "
+                                   "with more are dropped and counted. none: no limit.")
+    max_pixels: int | None = Field(None, ge=1, description="task vlm, processors that resize by pixel count "
+                                   "(Qwen2-VL, Qwen2.5-VL): resize larger images down to about this many pixels; "
+                                   "none: the processor's own setting.")
+    min_pixels: int | None = Field(None, ge=1, description="task vlm, as max_pixels: resize smaller images up to "
+                                   "about this many pixels; none: the processor's own setting.")
     packing: bool = Field(False, description="Concatenate samples into full max_seq_len rows (no padding waste).")
     answer_only_loss: bool = Field(
         True, description="Train only on answer/completion/assistant tokens (the prompt is masked out of the loss)."
@@ -176,13 +197,13 @@ class DataConfig(Section):
 
     @model_validator(mode="after")
     def _mapping_for_format(self) -> DataConfig:
-        if self.format in ("instruction", "completion") and getattr(self, self.format) is None:
+        if self.format in ("instruction", "completion", "image_text") and getattr(self, self.format) is None:
             raise rule(self.format, f"data.format is {self.format}: give the data.{self.format} column mapping")
         return self
 
     @model_validator(mode="after")
     def _no_foreign_mapping(self) -> DataConfig:
-        for other in ("instruction", "completion", "chat", "audio"):
+        for other in ("instruction", "completion", "chat", "audio", "image_text"):
             if other != self.format and getattr(self, other) is not None:
                 raise rule(other, f"data.format is {self.format}; remove data.{other} or set data.format={other}")
         return self
@@ -201,6 +222,12 @@ class DataConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _pixel_range(self) -> DataConfig:
+        if self.min_pixels is not None and self.max_pixels is not None and self.min_pixels > self.max_pixels:
+            raise rule("min_pixels", f"{self.min_pixels} is more than data.max_pixels {self.max_pixels}")
+        return self
+
+    @model_validator(mode="after")
     def _validation_differs(self) -> DataConfig:
         v = self.validation
         if v is not None and (v.source or self.source) == self.source and (v.split or "train") == (self.split or "train"):
@@ -213,7 +240,7 @@ class DataConfig(Section):
             raise rule("max_seconds", f"{self.max_seconds} is not above data.min_seconds {self.min_seconds}")
         return self
 
-    def format_spec(self) -> InstructionFormat | CompletionFormat | ChatFormat | AudioFormat:
+    def format_spec(self) -> InstructionFormat | CompletionFormat | ChatFormat | AudioFormat | ImageTextFormat:
         """The column mapping of the chosen format (chat and audio fall back to their defaults)."""
         spec = getattr(self, self.format)
         if spec is None:
@@ -352,6 +379,32 @@ class TrainConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _vlm_fields_need_vlm(self) -> TrainConfig:
+        if self.task == "vlm":
+            return self
+        if self.data.format == "image_text":
+            raise rule("data.format", f"image_text rows are images + text, for task vlm (this is task {self.task}); "
+                       "set task=vlm or another data.format")
+        for path, value, default in (("model.vision", self.model.vision, "frozen"),
+                                     ("data.max_images", self.data.max_images, None),
+                                     ("data.max_pixels", self.data.max_pixels, None),
+                                     ("data.min_pixels", self.data.min_pixels, None),
+                                     ("data.validation.exact_match",
+                                      self.data.validation is not None and self.data.validation.exact_match, False)):
+            if value != default:
+                raise rule(path, f"applies to task vlm only (this is task {self.task}); remove it or set task=vlm")
+        return self
+
+    @model_validator(mode="after")
+    def _qlora_keeps_vision_frozen(self) -> TrainConfig:
+        # bitsandbytes + peft freeze the whole 4-bit base before the adapters go on; a trainable vision tower
+        # would silently stay frozen.
+        if self.peft.method == "qlora" and self.model.vision != "frozen":
+            raise rule("model.vision", "qlora trains LoRA adapters on a frozen 4-bit base; use peft.method=lora to "
+                       "train the vision side too, or model.vision=frozen")
+        return self
+
+    @model_validator(mode="after")
     def _warmup_within_steps(self) -> TrainConfig:
         steps = self.schedule.max_steps
         if steps is not None and self.lr_schedule.warmup_steps > steps:
@@ -370,8 +423,10 @@ class TrainConfig(Section):
             seq_len=self.data.max_seq_len,
             micro_batch=self.schedule.micro_batch_size,
             grad_accum=self.schedule.accumulation_steps(world_size),
-            # One image per VLM sample, as the advisor plans it, until the vlm data section says how many.
-            images=1 if self.task == "vlm" else 0,
+            # VLM samples have data.max_images images at most (one when unlimited: the advisor's plan), resized
+            # within the processor's pixel bounds.
+            images=(self.data.max_images or 1) if self.task == "vlm" else 0,
+            **({"min_pixels": self.data.min_pixels, "max_pixels": self.data.max_pixels} if self.task == "vlm" else {}),
             # The longest clip a speech run keeps (Wav2Vec2's activations grow with it; Whisper always sees 30 s).
             **({"audio_seconds": self.data.max_seconds} if self.task == "asr" and self.data.max_seconds else {}),
             grad_ckpt=self.distributed.activation_checkpointing,

@@ -1,8 +1,9 @@
 """The data column mappings of a training config: how one dataset row becomes a prompt and an answer.
 
-`InstructionFormat`, `CompletionFormat` and `ChatFormat` are the `data.instruction|completion|chat`
-sections of `TrainConfig` (trainer/config.py); the task adapters call their `prompt`/`answer`/`completion`
-methods on each row. Column paths (`answers.text.0`) step into nested dicts and lists. Also home of the
+`InstructionFormat`, `CompletionFormat`, `ChatFormat` and `ImageTextFormat` (task vlm) are the
+`data.instruction|completion|chat|image_text` sections of `TrainConfig` (trainer/config.py); the task
+adapters call their `prompt`/`answer`/`completion` methods on each row. Column paths (`answers.text.0`)
+step into nested dicts and lists, and into JSON strings (`ground_truth.gt_parse`). Also home of the
 `Section` base and `rule` error every config section uses (torch-free).
 """
 
@@ -35,6 +36,8 @@ def column_value(row: Mapping[str, object], path: str) -> object:
     """Follow a column path (`answers.text.0`) into one dataset row."""
     value: object = row
     for step in path.split("."):
+        if isinstance(value, str) and value[:1] in "{[":  # a JSON string column (CORD-v2's ground_truth)
+            value = _parse_json(value, path)
         if isinstance(value, Mapping) and step in value:
             value = value[step]
         elif isinstance(value, Sequence) and not isinstance(value, str) and step.lstrip("-").isdigit():
@@ -45,6 +48,15 @@ def column_value(row: Mapping[str, object], path: str) -> object:
     return value
 
 
+def _parse_json(text: str, path: str) -> object:
+    import json
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"column path `{path}` steps into a string that is not JSON ({err.msg})", field="data") from None
+
+
 def _check_column(value: str) -> str:
     if not _COLUMN_PATH.match(value):
         raise ValueError(f"`{value}` is not a column path (a column name, then `.key` or `.0` steps)")
@@ -52,6 +64,13 @@ def _check_column(value: str) -> str:
 
 
 ColumnPath = Annotated[str, AfterValidator(_check_column)]
+
+
+def _check_placeholders(template: str) -> str:
+    for name in _PLACEHOLDER.findall(template):
+        if not _COLUMN_PATH.match(name):
+            raise ValueError(f"placeholder `{{{name}}}` is not a column path (no format specs or expressions)")
+    return template
 
 
 def _pick(row: Mapping[str, object], column: str, index_column: str | None) -> str:
@@ -79,10 +98,7 @@ class InstructionFormat(Section):
     @field_validator("prompt_template")
     @classmethod
     def _placeholders_are_columns(cls, value: str) -> str:
-        for name in _PLACEHOLDER.findall(value):
-            if not _COLUMN_PATH.match(name):
-                raise ValueError(f"placeholder `{{{name}}}` is not a column path (no format specs or expressions)")
-        return value
+        return _check_placeholders(value)
 
     def prompt(self, row: Mapping[str, object]) -> str:
         return _PLACEHOLDER.sub(lambda m: str(column_value(row, m.group(1))), self.prompt_template)
@@ -136,7 +152,10 @@ class ChatFormat(Section):
     """A list of {role, content} messages, rendered with the tokenizer's chat template."""
 
     messages_column: ColumnPath = Field("messages", description="Column with the list of {role, content} messages.")
-
+    images_column: ColumnPath = Field(
+        "images", description="task vlm, TRL form: column with the row's images (paths relative to the data file, "
+        "bytes or images), taken in order by `{\"type\": \"image\"}` content items that carry no image of their own.",
+    )
 
 class AudioFormat(Section):
     """Speech rows (task asr): an audio column (a path, HF Audio bytes/path, or samples) and a transcript."""
@@ -150,3 +169,36 @@ class AudioFormat(Section):
         None, ge=1, description="Rate in Hz of raw sample arrays that do not state theirs; files and HF Audio "
         "values carry their own rate and are resampled to the model's.",
     )
+
+
+class ImageTextFormat(Section):
+    """task vlm, column rows: image(s) from one column, a prompt template over columns, the answer from one column."""
+
+    image_column: ColumnPath = Field(
+        description="Column with the image: a path relative to the data file, bytes, an HF Image, or a list of them."
+    )
+    prompt_template: str = Field(
+        "Describe the image.", description="The user's text after the image, with `{column}` placeholders, e.g. "
+        "`{question}` for VQA data.",
+    )
+    answer_column: ColumnPath = Field(
+        description="Column path with the assistant's answer; a dict or list is written as compact JSON, and a path "
+        "may step into a JSON string (CORD-v2: `ground_truth.gt_parse`).",
+    )
+    system_prompt: str | None = Field(None, description="An optional system message before the user turn.")
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _placeholders_are_columns(cls, value: str) -> str:
+        return _check_placeholders(value)
+
+    def prompt(self, row: Mapping[str, object]) -> str:
+        return _PLACEHOLDER.sub(lambda m: str(column_value(row, m.group(1))), self.prompt_template)
+
+    def answer(self, row: Mapping[str, object]) -> str:
+        import json
+
+        value = column_value(row, self.answer_column)
+        if isinstance(value, Mapping | list):
+            return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        return str(value)

@@ -137,8 +137,10 @@ def apply_lora(
     alpha: float,
     dropout: float,
     targets: str | list[str] | tuple[str, ...] = "all-linear",
+    modules_to_save: list[str] | None = None,
 ) -> nn.Module:
-    """Wrap the language model's linears with peft LoRA adapters; everything else is frozen."""
+    """Wrap the language model's linears with peft LoRA adapters; everything else is frozen, except
+    `modules_to_save` (full names), which train whole and are saved in the adapter (peft's option)."""
     from peft import LoraConfig, get_peft_model
 
     from automodel.catalog.errors import UserError
@@ -152,11 +154,31 @@ def apply_lora(
         )
     # Exact full names: peft treats a list entry as a name suffix, so these match only themselves.
     lora_config = LoraConfig(
-        r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=names, bias="none"
+        r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=names, bias="none",
+        modules_to_save=modules_to_save or None,
     )
     with warnings.catch_warnings():  # peft 0.21 calls a transformers-5-deprecated alias; not the user's concern
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         return get_peft_model(model, lora_config)
+
+
+def trainable_outside_language_model(model: nn.Module) -> list[str]:
+    """Full names of the outermost modules outside the language model whose parameters all train (a VLM's
+    vision tower or projector that the task left trainable); [] for a text-only or speech model."""
+    base = base_model(model)
+    scope = language_model(base)
+    if scope is base:
+        return []
+    inside = {id(m) for m in scope.modules()}
+    names: list[str] = []
+    for name, module in base.named_modules():
+        params = list(module.parameters())
+        if (not name or id(module) in inside or any(name.startswith(n + ".") for n in names) or not params
+                or any(id(m) in inside for m in module.modules())):
+            continue
+        if all(p.requires_grad for p in params):
+            names.append(name)
+    return names
 
 
 def qlora_quantization_kwargs() -> dict[str, Any]:

@@ -14,14 +14,17 @@ if TYPE_CHECKING:
 
 def adapt(model: nn.Module, peft: PeftConfig) -> nn.Module:
     """Wrap the model with LoRA adapters (base frozen), or train it in full: every weight but those the task
-    adapter's `prepare_model` froze (a speech model's feature encoder)."""
+    adapter's `prepare_model` froze (a speech model's feature encoder, a VLM's vision tower). With LoRA,
+    modules outside the language model that the task left trainable (a VLM's projector or vision tower)
+    train whole and are saved in the adapter (peft's `modules_to_save`)."""
     if peft.method == "none":
         return model
     from automodel.catalog.errors import UserError
-    from automodel.trainer.modeling import apply_lora
+    from automodel.trainer.modeling import apply_lora, trainable_outside_language_model
 
     try:
-        return apply_lora(model, rank=peft.rank, alpha=peft.alpha, dropout=peft.dropout, targets=peft.target_modules)
+        return apply_lora(model, rank=peft.rank, alpha=peft.alpha, dropout=peft.dropout, targets=peft.target_modules,
+                          modules_to_save=trainable_outside_language_model(model))
     except UserError as err:  # name the config path, not the estimator's flag
         raise UserError(err.message, field="peft.target_modules", hint=err.hint) from None
 
