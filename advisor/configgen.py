@@ -79,6 +79,10 @@ def _data_section(modality: str, dataset: str | None, plan: Plan) -> dict[str, o
         # `audio` and `text` columns (data.audio maps other names); language left to the user's data. Clips
         # longer than the estimate assumed are dropped, so the run stays within the estimated memory.
         data.update({"format": "audio", "max_seconds": plan.audio_seconds})
+    if modality == "vlm":
+        # Chat rows with image items; samples hold at most the images, and images the pixels, that the
+        # estimate assumed (the processor's own bounds when the plan leaves them unset).
+        data.update({"max_images": plan.images or None, "min_pixels": plan.min_pixels, "max_pixels": plan.max_pixels})
     return data
 
 
@@ -100,7 +104,11 @@ def header(rec: Recommendation, dataset: str | None) -> str:
     elif dataset is None:
         lines += [
             f"# >>> FILL IN data.source: `{PLACEHOLDER_DATASET}` is a placeholder. Give your own .jsonl file with a",
-            "# >>> `messages` column ([{role, content}, ...]) or an HF dataset name, and adjust data.format.",
+            *(["# >>> `messages` column whose user turns hold image items ({type: image, image: path relative to",
+                "# >>> the file}, {type: text, text: ...}), or an HF dataset name; or set data.format=image_text",
+                "# >>> with data.image_text columns (image_column, prompt_template, answer_column). See docs/training.md."]
+              if rec.model.modality == "vlm" else
+              ["# >>> `messages` column ([{role, content}, ...]) or an HF dataset name, and adjust data.format."]),
             f"# Launch: {launch_command(rec, '<this file>')}",
         ]
     return "\n".join(lines) + "\n"

@@ -52,14 +52,15 @@ def _image_only_from_pretrained(source: str, trust_remote_code: bool) -> Any:
     from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 
     try:
-        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+        name = _processor_class_name(source)
+        if name is None:
+            model_type = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code).model_type
+            name = {"qwen2_vl": "Qwen2VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor"}.get(model_type)
         image_processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, ImportError) as err:
         raise UserError(f"cannot load a processor for {source!r}: {err}".splitlines()[0], field="model.name",
                         hint=PROCESSOR_HINT) from None
-    name = _processor_class_name(source) or {"qwen2_vl": "Qwen2VLProcessor",
-                                             "qwen2_5_vl": "Qwen2_5_VLProcessor"}.get(config.model_type)
     cls = getattr(transformers, name or "", None)
     if cls is None:
         raise UserError(f"the processor of {source!r} needs torchvision, which is not installed", field="model.name",

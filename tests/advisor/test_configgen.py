@@ -103,3 +103,17 @@ def test_asr_config_has_an_audio_data_section_that_gives_the_plan_back() -> None
         assert cfg.to_plan(rec.plan.gpus) == rec.plan
         longer = rec.plan.model_copy(update={"audio_seconds": 12.0})
         assert build_config(replace(rec, plan=longer)).to_plan(rec.plan.gpus).audio_seconds == 12.0
+
+
+def test_written_vlm_config_trains_once_the_data_source_is_replaced(tmp_path, capsys) -> None:
+    """The VLM pick's config has a VLM data section: with the placeholder replaced by chat rows with images
+    (and, offline, the pick's model swapped for a tiny random one) `finetune vlm` runs it as written."""
+    from tests.trainer.vlm_assets import make_assets, model_dir
+
+    path = write_config(picks("vlm", 24, "lora")[0], tmp_path / "v.yaml")
+    rows = make_assets.write_rows(tmp_path / "data", "train", 8, 0)
+    assert main(["finetune", "vlm", "-c", str(path), f"data.source={rows}", f"model.name={model_dir(tmp_path, 'gemma')}",
+                 "model.init=random", "schedule.epochs=null", "schedule.max_steps=1", "schedule.global_batch_size=2",
+                 "schedule.micro_batch_size=2", "checkpoint.export=none", "logging.progress_bar=false",
+                 f"output_dir={tmp_path / 'out'}"]) == 0
+    assert "run summary" in capsys.readouterr().err

@@ -119,13 +119,13 @@ def test_task_mismatch_with_the_yaml(tiny_config: Path, capsys: pytest.CaptureFi
     assert "task: the config is for task `asr`" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(importlib.util.find_spec("automodel.trainer.tasks.vlm") is not None,
-                    reason="the vlm task adapter has landed")
-def test_finetune_vlm_says_not_implemented(tiny_config: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert automodel(["finetune", "vlm", "-c", str(tiny_config), "task=vlm"]) == 2
-    assert "vlm task adapter is not implemented yet" in capsys.readouterr().err
+@pytest.mark.skipif(importlib.util.find_spec("automodel.trainer.tasks.asr") is not None,
+                    reason="the asr task adapter has landed")
+def test_finetune_asr_says_not_implemented(tiny_config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert automodel(["finetune", "asr", "-c", str(tiny_config), "task=asr"]) == 2
+    assert "asr task adapter is not implemented yet" in capsys.readouterr().err
     # a dry run still validates and estimates (what `recommend --write-config` promises for every task)
-    assert automodel(["finetune", "vlm", "-c", str(tiny_config), "task=vlm", "--dry-run"]) == 0
+    assert automodel(["finetune", "asr", "-c", str(tiny_config), "task=asr", "--dry-run"]) == 0
     assert "peak reserved" in capsys.readouterr().out
 
 

@@ -141,16 +141,14 @@ def collate(samples: list[VlmSample], processor: Any) -> dict[str, torch.Tensor]
     width = max(len(s.input_ids) for s in rows)
     pad = processor.tokenizer.pad_token_id
     batch: dict[str, torch.Tensor] = {}
-    for key in encoded[0]:
-        values = [e[key] for e in encoded]
+    for key in dict.fromkeys(k for e in encoded for k in e):  # a text-only row has no pixel keys
+        values = [e.get(key) for e in encoded]
         if key in TOKEN_KEYS:
             fill = pad if key == "input_ids" else 0
             batch[key] = torch.stack([torch.nn.functional.pad(v[0], (0, width - v.shape[1]), value=fill)
-                                      for v in values])
+                                      if v is not None else torch.zeros(width, dtype=torch.long) for v in values])
         else:
-            present = [v for v in values if v is not None]
-            if present:
-                batch[key] = torch.cat(present, dim=0)
+            batch[key] = torch.cat([v for v in values if v is not None], dim=0)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
     for row, sample in enumerate(samples):
         labels[row, : len(sample.labels)] = torch.tensor(sample.labels)

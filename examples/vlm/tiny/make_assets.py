@@ -95,7 +95,7 @@ def corpus() -> list[str]:
     return words + [answer_for(c, col, s) for c in (1, 2, 3) for col in COLOURS for s in SHAPES]
 
 
-def make_tokenizer(style: str, vocab_size: int = 160) -> Any:
+def make_tokenizer(style: str, vocab_size: int = 400) -> Any:
     """A byte-level BPE tokenizer with the special tokens of a Gemma-3 (`gemma`) or Qwen2-VL (`qwen`) processor."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast

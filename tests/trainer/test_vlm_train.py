@@ -1,0 +1,139 @@
+"""vlm on the shared engine: what trains, a short run whose loss falls, export reload, image-less batches,
+two processes equal to one."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from automodel.trainer.config import config_from_data
+from automodel.trainer.metrics import read_metrics
+from automodel.trainer.tasks import vlm
+from tests.trainer.vlm_assets import ROOT, make_assets, model_dir, processor, run_config
+
+
+def _model(tmp_path: Path, style: str, **sections):
+    from automodel.trainer.modeling import build_model
+    from automodel.trainer.peft import adapt
+
+    cfg = config_from_data(run_config(tmp_path, style, tmp_path / "x.jsonl", **sections))
+    config = json.loads((model_dir(tmp_path, style) / "config.json").read_text())
+    model = build_model(config, device="cpu", seed=0)
+    vlm.prepare_model(model, cfg)
+    return adapt(model, cfg.peft)
+
+
+def _trainable(model) -> set[str]:
+    """Trainable parameter names, without peft's `modules_to_save.default.` infix."""
+    return {name.replace("modules_to_save.default.", "") for name, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("style", ["gemma", "qwen"])
+def test_lora_trains_the_language_model_linears_only_and_vision_modes_add_their_parts(tmp_path: Path,
+                                                                                     style: str) -> None:
+    tower = "vision_tower" if style == "gemma" else "visual"
+    lora = _trainable(_model(tmp_path, style))
+    assert lora and all("lora_" in n and ".language_model." in n for n in lora)  # no vision tower, no lm_head
+    projector = _trainable(_model(tmp_path, style, model={"vision": "projector"})) - lora
+    assert projector and all(("multi_modal_projector" if style == "gemma" else "merger") in n for n in projector)
+    full = _trainable(_model(tmp_path, style, model={"vision": "full"})) - lora
+    assert any(tower in n and ("layers" in n or "blocks" in n) for n in full) and projector <= full
+    everything = _trainable(_model(tmp_path, style, peft={"method": "none"}, checkpoint={"export": "merged"}))
+    assert not any(tower in n for n in everything) and any("lm_head" in n for n in everything)
+
+
+def test_a_batch_without_images_gets_a_blank_image_row_that_changes_nothing(tmp_path: Path) -> None:
+    """Every forward runs the vision tower (FSDP2's all-gathers are collective): an image-less batch gets
+    a blank-image row with no targets; the text rows' loss and gradients are unchanged."""
+    import torch
+
+    proc = processor("qwen")
+    rows = [{"messages": [{"role": "user", "content": "say hi"}, {"role": "assistant", "content": "hi"}]}]
+    (tmp_path / "t.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    from automodel.trainer.config import DataConfig
+
+    sample = vlm.build_samples(DataConfig(source=str(tmp_path / "t.jsonl"), format="chat"), proc,
+                               validation=False, seed=0)[0]
+    batch = vlm.collate([sample], proc)
+    assert batch["input_ids"].shape[0] == 2 and "pixel_values" in batch
+    assert (batch["labels"][1] == -100).all() and vlm.count_targets(batch) == sample.num_targets - 0
+    model = _model(tmp_path, "qwen", model={"vision": "full"})
+    loss = vlm.forward_loss(model, batch)
+    loss.backward()
+    alone = {k: v[:1] for k, v in batch.items() if k in ("input_ids", "attention_mask", "labels")}
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    reference = vlm.forward_loss(model, alone)
+    reference.backward()
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
+    visual = [n for n in grads if ".visual." in n]
+    assert visual and all(torch.count_nonzero(grads[n]) == 0 for n in visual)  # ran, contributed nothing
+    for name, p in model.named_parameters():
+        if p.grad is not None and ".visual." not in name:
+            torch.testing.assert_close(p.grad, grads[name], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("style", ["gemma", "qwen"])
+def test_short_run_loss_falls_and_exact_match_is_reported(tmp_path: Path, style: str) -> None:
+    from automodel.trainer.recipe import run
+
+    train = make_assets.write_rows(tmp_path / "data", "train", 16, 0)
+    val = make_assets.write_rows(tmp_path / "data", "val", 4, 1)
+    cfg = config_from_data(run_config(tmp_path, style, train, data={"validation": {
+        "source": str(val), "exact_match": True}}))
+    result = run(cfg)
+    losses = [m["loss"] for m in read_metrics(tmp_path / "out" / "metrics.jsonl")]
+    assert losses[-1] < 0.9 * losses[0]
+    assert 0.0 <= result.val_metrics["val_exact_match"] <= 1.0 and result.val_loss is not None
+
+
+def test_adapter_and_processor_export_load_in_a_new_process(tmp_path: Path) -> None:
+    from automodel.trainer.recipe import run
+
+    train = make_assets.write_rows(tmp_path / "data", "train", 8, 0)
+    cfg = config_from_data(run_config(tmp_path, "qwen", train, schedule={"max_steps": 1},
+                                      checkpoint={"export": "both"}))
+    result = run(cfg)
+    code = f"""
+import json, torch
+from transformers import AutoConfig, AutoModelForImageTextToText
+from peft import PeftModel
+from automodel.trainer.tasks.vlm import load_processor
+adapter, merged = {result.exports['adapter']!r}, {result.exports['merged']!r}
+processor = load_processor(adapter)  # AutoProcessor, or the image-only Qwen2-VL processor without torchvision
+base = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained({str(model_dir(tmp_path, 'qwen'))!r}))
+peft_model = PeftModel.from_pretrained(base, adapter)
+full = AutoModelForImageTextToText.from_pretrained(merged)
+print(json.dumps([type(processor).__name__, type(full).__name__, type(peft_model).__name__]))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [
+        "Qwen2VLProcessor", "Qwen2VLForConditionalGeneration", "PeftModel"]
+
+
+def test_two_processes_match_one(tmp_path: Path) -> None:
+    """`--nproc-per-node 2` (gloo, FSDP2 over decoder and vision blocks) gives the one-process losses."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    short = ["schedule.max_steps=3", "schedule.val_every=null", "schedule.checkpoint_every=null",
+             "schedule.log_every=1", "schedule.micro_batch_size=4", "schedule.global_batch_size=8",
+             "logging.progress_bar=false", "checkpoint.export=none", "data.validation=null", "model.vision=full"]
+    runs = {}
+    for n in (1, 2):
+        cmd = [sys.executable, "-m", "automodel.advisor.cli", "finetune", "vlm", "-c",
+               str(ROOT / "examples" / "vlm" / "tiny_offline.yaml"), *(["--nproc-per-node", "2"] if n == 2 else []),
+               f"output_dir={tmp_path / f'np{n}'}", *short]
+        runs[n] = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert runs[n].returncode == 0, runs[n].stderr[-3000:]
+    one, two = (read_metrics(tmp_path / f"np{n}" / "metrics.jsonl") for n in (1, 2))
+    assert [m["step"] for m in one] == [m["step"] for m in two] == [1, 2, 3]
+    for a, b in zip(one, two, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
