@@ -119,12 +119,20 @@ print(json.dumps([type(processor).__name__, type(full).__name__, type(peft_model
 
 
 def test_two_processes_match_one(tmp_path: Path) -> None:
-    """`--nproc-per-node 2` (gloo, FSDP2 over decoder and vision blocks) gives the one-process losses."""
+    """`--nproc-per-node 2` (gloo, FSDP2 over decoder and vision blocks) gives the one-process losses. Two
+    rows are text-only: length bucketing puts them in one micro batch, which rank 0 runs while rank 1 runs
+    images; without the blank-image row rank 1's vision all-gathers would wait forever."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
+    train = make_assets.write_rows(tmp_path / "data", "train", 14, 0)
+    with open(train, "a") as f:
+        for i in (1, 2):
+            f.write(json.dumps({"messages": [{"role": "user", "content": f"Count to {i}."},
+                                             {"role": "assistant", "content": " ".join(make_assets.COUNTS[:i])}]}) + "\n")
     short = ["schedule.max_steps=3", "schedule.val_every=null", "schedule.checkpoint_every=null",
-             "schedule.log_every=1", "schedule.micro_batch_size=4", "schedule.global_batch_size=8",
-             "logging.progress_bar=false", "checkpoint.export=none", "data.validation=null", "model.vision=full"]
+             "schedule.log_every=1", "schedule.micro_batch_size=2", "schedule.global_batch_size=8",
+             "logging.progress_bar=false", "checkpoint.export=none", "data.validation=null", "model.vision=full",
+             "lr_schedule.warmup_steps=1", f"data.source={train}"]
     runs = {}
     for n in (1, 2):
         cmd = [sys.executable, "-m", "automodel.advisor.cli", "finetune", "vlm", "-c",
@@ -137,3 +145,36 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
     for a, b in zip(one, two, strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+
+
+def test_interrupted_run_resumes_to_identical_losses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine's resume (weights, optimizer, schedule, RNG; data position = step) carries over to vlm:
+    a run stopped after its step-2 checkpoint and rerun logs the uninterrupted run's losses exactly."""
+    from automodel.trainer.recipe import run
+
+    train = make_assets.write_rows(tmp_path / "data", "train", 16, 0)
+
+    def cfg(name: str):
+        return config_from_data(run_config(tmp_path, "gemma", train, output_dir=str(tmp_path / name),
+                                           schedule={"max_steps": 4, "checkpoint_every": 2},
+                                           model={"vision": "full"}))
+
+    run(cfg("straight"))
+    real, calls = vlm.forward_loss, {"n": 0}
+
+    def dies_in_step_3(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 2 * 2 + 1:  # the first micro batch of step 3 (2 micro batches per step)
+            raise KeyboardInterrupt
+        return real(model, batch)
+
+    monkeypatch.setattr(vlm, "forward_loss", dies_in_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg("resumed"))
+    monkeypatch.setattr(vlm, "forward_loss", real)
+    assert run(cfg("resumed")).resumed_from == 2
+
+    def losses(name: str) -> list[tuple[int, float]]:
+        return [(m["step"], m["loss"]) for m in read_metrics(tmp_path / name / "metrics.jsonl")]
+
+    assert losses("resumed") == losses("straight")
