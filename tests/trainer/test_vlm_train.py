@@ -93,29 +93,33 @@ def test_short_run_loss_falls_and_exact_match_is_reported(tmp_path: Path, style:
 
 
 def test_adapter_and_processor_export_load_in_a_new_process(tmp_path: Path) -> None:
+    """The adapter directory stands on its own (its base is the run's saved random init); the processor is
+    saved beside both exports."""
     from automodel.trainer.recipe import run
 
     train = make_assets.write_rows(tmp_path / "data", "train", 8, 0)
-    cfg = config_from_data(run_config(tmp_path, "qwen", train, schedule={"max_steps": 1},
-                                      checkpoint={"export": "both"}))
+    cfg = config_from_data(run_config(tmp_path, "gemma", train, schedule={"max_steps": 1},
+                                      checkpoint={"export": "both"}, model={"vision": "projector"}))
     result = run(cfg)
     code = f"""
-import json, torch
-from transformers import AutoConfig, AutoModelForImageTextToText
-from peft import PeftModel
-from automodel.trainer.tasks.vlm import load_processor
+import json
+from transformers import AutoModelForImageTextToText, AutoProcessor
+from peft import AutoPeftModel
 adapter, merged = {result.exports['adapter']!r}, {result.exports['merged']!r}
-processor = load_processor(adapter)  # AutoProcessor, or the image-only Qwen2-VL processor without torchvision
-base = AutoModelForImageTextToText.from_config(AutoConfig.from_pretrained({str(model_dir(tmp_path, 'qwen'))!r}))
-peft_model = PeftModel.from_pretrained(base, adapter)
+processor = AutoProcessor.from_pretrained(adapter)
+model = AutoPeftModel.from_pretrained(adapter)
 full = AutoModelForImageTextToText.from_pretrained(merged)
-print(json.dumps([type(processor).__name__, type(full).__name__, type(peft_model).__name__]))
+AutoProcessor.from_pretrained(merged)
+trained = [n for n, _ in model.named_parameters() if "modules_to_save" in n]
+print(json.dumps([type(processor).__name__, type(model.get_base_model()).__name__, type(full).__name__, len(trained)]))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-2000:]
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == [
-        "Qwen2VLProcessor", "Qwen2VLForConditionalGeneration", "PeftModel"]
+    name, base, full, projector = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (name, base, full) == ("Gemma3Processor", "Gemma3ForConditionalGeneration",
+                                  "Gemma3ForConditionalGeneration")
+    assert projector > 0  # the trained projector travels in the adapter
 
 
 def test_two_processes_match_one(tmp_path: Path) -> None:
