@@ -167,3 +167,21 @@ def test_vlm_fields_are_refused_for_other_tasks(tmp_path: Path, override: str, f
     data = run_config(tmp_path, "gemma", tmp_path / "x.jsonl", task="llm")
     with pytest.raises(UserError, match=field):
         config_from_data(data, [override])
+
+
+def test_max_pixels_sets_the_qwen_resize_and_is_refused_for_a_fixed_size_processor(tmp_path: Path) -> None:
+    big = tmp_path / "big.jsonl"
+    make_assets.draw(2, "red", "square", random.Random(0), size=200).save(tmp_path / "big.png")
+    row = {"messages": [{"role": "user", "content": [{"type": "image", "image": "big.png"}]},
+                        {"role": "assistant", "content": "two red squares"}]}
+    big.write_text(json.dumps(row) + "\n")
+    proc = make_assets.tiny_processor("qwen")  # configured in place: not the shared cached one
+    pad = proc.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+
+    def image_tokens(**pixels: int) -> int:
+        return vlm.build_samples(_data(big, **pixels), proc, validation=False, seed=0)[0].input_ids.count(pad)
+
+    assert image_tokens(max_pixels=28 * 28 * 4) == 4 and image_tokens(max_pixels=28 * 28 * 16) == 16
+    with pytest.raises(UserError) as err:
+        vlm.build_samples(_data(big, max_pixels=1000), processor("gemma"), validation=False, seed=0)
+    assert err.value.field == "data.max_pixels"
