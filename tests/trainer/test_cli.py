@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -117,16 +116,6 @@ def test_task_mismatch_with_the_yaml(tiny_config: Path, capsys: pytest.CaptureFi
     tiny_config.write_text(yaml.safe_dump({**data, "task": "asr"}))
     assert automodel(["finetune", "llm", "-c", str(tiny_config), "--dry-run"]) == 2
     assert "task: the config is for task `asr`" in capsys.readouterr().err
-
-
-@pytest.mark.skipif(importlib.util.find_spec("automodel.trainer.tasks.asr") is not None,
-                    reason="the asr task adapter has landed")
-def test_finetune_asr_says_not_implemented(tiny_config: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert automodel(["finetune", "asr", "-c", str(tiny_config), "task=asr"]) == 2
-    assert "asr task adapter is not implemented yet" in capsys.readouterr().err
-    # a dry run still validates and estimates (what `recommend --write-config` promises for every task)
-    assert automodel(["finetune", "asr", "-c", str(tiny_config), "task=asr", "--dry-run"]) == 0
-    assert "peak reserved" in capsys.readouterr().out
 
 
 def test_dry_run_prints_config_and_estimate_without_secrets(tiny_config: Path,
