@@ -12,7 +12,7 @@ from pathlib import Path
 import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
-IMPORT_NAME = {"pyyaml": "yaml", "huggingface_hub": "huggingface_hub"}  # distribution -> module
+IMPORT_NAME = {"pyyaml": "yaml", "huggingface_hub": "huggingface_hub", "pillow": "PIL"}  # distribution -> module
 # Imported, not declared: installed by a declared package (pydantic_core by pydantic, pyarrow by datasets),
 # or optional: bitsandbytes is imported only when QLoRA runs, which says how to install it.
 TRANSITIVE = {"pydantic_core": "pydantic", "pyarrow": "datasets"}
