@@ -82,6 +82,10 @@ def test_a_json_string_column_becomes_the_compact_json_answer(tmp_path: Path) ->
 def test_over_long_samples_are_dropped_counted_and_most_dropped_is_an_error(tmp_path: Path, capsys) -> None:
     proc = processor("gemma")
     source = _rows(tmp_path, n=8)
+    rows = [json.loads(line) for line in source.read_text().splitlines()]
+    for i, row in enumerate(rows[:3]):  # three replies longer than the rest, by 2, 4 and 6 words
+        row["messages"][1]["content"][0]["text"] += " and red" * (i + 1)
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
     lengths = sorted(len(s.input_ids) for s in vlm.build_samples(_data(source), proc, validation=False, seed=0))
     limit = next(n for n in reversed(lengths) if 1 <= sum(1 for m in lengths if m > n) <= 4)
     kept = vlm.build_samples(_data(source, max_seq_len=limit), proc, validation=False, seed=0)
