@@ -124,6 +124,15 @@ class AudioDims:
     conv_strides: tuple[int, ...]
     params: int
     linears: tuple[LinearLayer, ...]
+    frozen_params: int = 0  # parameters the model itself never trains (Whisper's sinusoidal encoder positions)
+    mels: int = 0  # Whisper: log-mel bins per input frame
+
+    def input_bytes(self, seconds: float) -> int:
+        """The fp32 input of one sample as the feature extractor returns it: Whisper's (mels, 3000) log-mel
+        features whatever the clip; wav2vec2's raw 16 kHz samples."""
+        if self.kind == "whisper":
+            return 4 * self.mels * 2 * WHISPER_FRAMES_PER_WINDOW
+        return 4 * int(seconds * WAV2VEC2_SAMPLE_RATE)
 
     def frames(self, seconds: float) -> int:
         """Encoder positions per sample. Whisper: 1500 whatever the clip (its feature extractor pads or
@@ -224,8 +233,9 @@ def audio_dims(data: dict[str, object], kind: Literal["whisper", "wav2vec2"]) ->
         positions = _get(data, {"max_source_positions": 1500}, "max_source_positions", where)
         params = (sum(x.params for x in lin) + layers * 4 * d + mels * d * 3 + d + d * d * 3 + d
                   + positions * d + 2 * d)
+        # The encoder's sinusoidal positions are a parameter transformers freezes (requires_grad False).
         return AudioDims("whisper", layers, d, _get(data, {}, "encoder_attention_heads", where), ffn,
-                         (d, d), (3, 3), (1, 2), params, lin)
+                         (d, d), (3, 3), (1, 2), params, lin, frozen_params=positions * d, mels=mels)
     dims = tuple(int(x) for x in data.get("conv_dim", ()))  # type: ignore[union-attr]
     kernels = tuple(int(x) for x in data.get("conv_kernel", ()))  # type: ignore[union-attr]
     strides = tuple(int(x) for x in data.get("conv_stride", ()))  # type: ignore[union-attr]

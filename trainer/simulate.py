@@ -39,9 +39,13 @@ accumulated gradients are the sharded ones and show under gradients (Sharded Gra
 Terms are the composition at the peak, so a term that is not alive then (gradients at the start of
 backward) reads 0; peak_allocated is their sum.
 
-Limits: bitsandbytes (QLoRA, 8-bit AdamW) and speech models are refused with a UserError; VLMs run a
-text-only step (their towers' weights count, image activations and, for full fine-tuning, the towers'
-gradients and optimizer state do not); MoE routing on fake tensors is not what real tokens route.
+Inputs (trainer/simulate_inputs.py): a VLM step feeds its images (Qwen2-VL/2.5-VL pixel_values and
+image_grid_thw at the plan's image size, Gemma 3's 896 px pixel_values) through the vision tower; a
+Whisper step 30 s of log-mel features and its decoder labels; a wav2vec2 step the plan's seconds of raw
+audio and a CTC loss. Speech models are traced at full depth (no extrapolation).
+
+Limits: bitsandbytes (QLoRA, 8-bit AdamW) and speech inference are refused with a UserError; MoE routing
+on fake tensors is not what real tokens route.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ from automodel.catalog.errors import UserError
 from automodel.catalog.memory.analytic import reserve_model  # both engines turn allocated into reserved alike
 from automodel.catalog.memory.plan import MemoryEstimate, Plan
 from automodel.trainer import modeling
+from automodel.trainer import simulate_inputs as sim_inputs
 
 SIM_DEPTHS = (2, 3)
 _TOTAL = "Total"
@@ -82,9 +87,13 @@ class SimRun:
 def estimate_simulated(config: dict[str, Any], plan: Plan) -> MemoryEstimate:
     """Per-GPU memory of `plan` on the model `config` describes, by simulation (see the module docstring)."""
     check_supported(config, plan)
-    depth = text_depth(config)
-    depths = (depth,) if depth <= SIM_DEPTHS[-1] else SIM_DEPTHS
-    runs = [simulate_run(config, plan, d) for d in depths]
+    config = sim_inputs.sim_config(config)
+    # Speech models run at full depth: Whisper's encoder and decoder depths are separate keys (and
+    # differ, e.g. large-v3-turbo's 32 / 4), and their models are small enough to trace whole.
+    speech = sim_inputs.model_type(config) in sim_inputs.SPEECH
+    depth = 0 if speech else text_depth(config)
+    depths = (depth,) if speech or depth <= SIM_DEPTHS[-1] else SIM_DEPTHS
+    runs = [simulate_run(config, plan, None if speech else d) for d in depths]
 
     def at_depth(values: list[int]) -> int:
         return max(0, _extrapolate(values, depths, depth))
@@ -179,7 +188,7 @@ def _assumptions(
         (
             f"{depth} decoder layers extrapolated linearly from simulations at {depths[0]} and {depths[1]}"
             if len(depths) == 2
-            else f"all {depth} decoder layers simulated"
+            else f"all {depth or 'encoder and decoder'} layers simulated"
         ),
         f"peak at {peak_phase} (phase/region) of a steady-state step (optimizer states already allocated)"
         if plan.mode == "train"
@@ -212,11 +221,7 @@ def _assumptions(
         notes.append(
             "CPU offload: sharded weights, gradients and optimizer state counted in host memory, not here"
         )
-    if "vision_config" in config or "audio_config" in config:
-        notes.append(
-            "multimodal: a text-only step is simulated: the towers' weights count, image activations "
-            "(and with --method full the towers' gradients and optimizer state) do not"
-        )
+    notes += sim_inputs.describe(config, plan)
     return tuple(notes)
 
 
@@ -245,11 +250,11 @@ def check_supported(config: dict[str, Any], plan: Plan) -> None:
     """Refuse what fake tensors cannot run, with a way out."""
     from automodel.catalog.params import model_class_for
 
-    if model_class_for(config).__name__ in ("AutoModelForCTC", "AutoModelForSpeechSeq2Seq"):
+    if plan.mode == "inference" and model_class_for(config).__name__ in ("AutoModelForCTC", "AutoModelForSpeechSeq2Seq"):
         raise UserError(
-            "--simulate covers text and vision-language models; speech models are estimated analytically",
+            "--simulate covers the training step of speech models; their inference is estimated analytically",
             field="simulate",
-            hint="drop --simulate",
+            hint="drop --simulate, or drop --mode inference",
         )
     if plan.method == "qlora" or plan.optimizer == "adamw-8bit":
         raise UserError(
@@ -283,8 +288,9 @@ def prepare_model(config: dict[str, Any], plan: Plan, mesh: Any, *, device: str,
     return model
 
 
-def simulate_run(config: dict[str, Any], plan: Plan, depth: int) -> SimRun:
-    """Build, shard and step the model truncated to `depth` layers, on fake tensors over a fake group."""
+def simulate_run(config: dict[str, Any], plan: Plan, depth: int | None) -> SimRun:
+    """Build, shard and step the model truncated to `depth` layers (None: as configured), on fake
+    tensors over a fake group."""
     import torch.distributed as dist
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.distributed.device_mesh import init_device_mesh
@@ -296,46 +302,49 @@ def simulate_run(config: dict[str, Any], plan: Plan, depth: int) -> SimRun:
     dist.init_process_group("fake", rank=0, world_size=plan.gpus, store=FakeStore())
     try:
         mesh = init_device_mesh("cpu", (plan.gpus,))  # before fake mode: the mesh's tensors are real
-        model = prepare_model(with_depth(config, depth), plan, mesh, device="meta")
+        config = config if depth is None else with_depth(config, depth)
+        model = prepare_model(config, plan, mesh, device="meta")
         trainable = _unique_numel(p for p in model.parameters() if p.requires_grad)
         # `params` is the base model's count: LoRA adapters are reported apart.
         params = _unique_numel(model.parameters()) - _unique_numel(_adapters(model))
-        with FakeTensorMode(allow_non_fake_inputs=True), _unpacked_sequences():
+        with FakeTensorMode(allow_non_fake_inputs=True), _unpacked_sequences(), sim_inputs.fake_friendly():
             model.to_empty(device="cpu")  # FSDP2 meta-device init: the meta shards become fake storages
             if not isinstance(model, FSDPModule):
                 modeling.base_model(model).tie_weights()  # to_empty unties shared tensors
             adapters = _adapters(model)
-            peaks = track_step(model, plan)
+            peaks = track_step(model, plan, config)
     finally:
         dist.destroy_process_group()
-    return SimRun(depth, peaks, params, trainable, sum(_local_bytes(p) for p in adapters))
+    return SimRun(depth or 0, peaks, params, trainable, sum(_local_bytes(p) for p in adapters))
 
 
-def track_step(model: torch.nn.Module, plan: Plan) -> dict[str, dict[str, int]]:
+def track_step(model: torch.nn.Module, plan: Plan, config: dict[str, Any] | None = None) -> dict[str, dict[str, int]]:
     """A warm-up step, then one tracked step: bytes per category at each (phase, region) peak.
 
-    Works on fake and on real tensors alike (the tests run it on both)."""
-    vocab = modeling.base_model(model).config.get_text_config().vocab_size
-    length = plan.seq_len + plan.new_tokens if plan.mode == "inference" else plan.seq_len
-    input_ids = torch.zeros(plan.micro_batch, length, dtype=torch.long)
+    The micro batch is the task's (trainer/simulate_inputs.py: tokens, images, audio). Works on fake and
+    on real tensors alike (the tests run it on both)."""
+    hf = modeling.base_model(model).config
+    vocab = hf.get_text_config().vocab_size
+    batch = sim_inputs.make_batch(model, config or hf.to_dict(), plan)
+    inputs = tuple(t for t in batch.inputs.values() if isinstance(t, torch.Tensor))
     if plan.mode == "inference":
         # Prefill of the whole context with the cache on; logits of the last position only, as
         # transformers' generate() asks for.
-        tracker = _tracker_for(model, None, vocab=vocab, tokens=plan.micro_batch, inputs=(input_ids,))
+        tracker = _tracker_for(model, None, vocab=vocab, tokens=plan.micro_batch, inputs=inputs)
         with torch.no_grad(), tracker:
             tracker.begin_phase("forward")
-            out = model(input_ids=input_ids, use_cache=True, logits_to_keep=1)
+            out = model(**batch.inputs, use_cache=True, logits_to_keep=1)
         cache = out.cache if "cache" in out else out.past_key_values  # renamed in transformers 5
         kv = sum(_local_bytes(t) for t in _cache_tensors(cache))
         return {key: {**snap, "kv_cache": kv} for key, snap in tracker.peaks.items()}
-    labels = input_ids.clone()
     optimizer = modeling.build_optimizer(model, name=plan.optimizer, lr=1e-5)
-    _train_step(model, optimizer, plan, input_ids, labels, None)  # steady state: optimizer states exist
+    device = inputs[0].device.type
+    _train_step(model, optimizer, plan, batch, device, None)  # steady state: optimizer states exist
     tracker = _tracker_for(
-        model, optimizer, vocab=vocab, tokens=input_ids.numel(), inputs=(input_ids, labels)
+        model, optimizer, vocab=vocab, tokens=batch.logits_rows, inputs=(*inputs, batch.labels)
     )
     with tracker:
-        _train_step(model, optimizer, plan, input_ids, labels, tracker)
+        _train_step(model, optimizer, plan, batch, device, tracker)
     return tracker.peaks
 
 
@@ -352,7 +361,8 @@ def _tracker_for(model, optimizer, *, vocab: int, tokens: int, inputs: tuple) ->
     return tracker
 
 
-def _train_step(model, optimizer, plan: Plan, input_ids, labels, tracker: _RegionPeaks | None) -> None:  # noqa: ANN001
+def _train_step(model, optimizer, plan: Plan, batch: sim_inputs.Batch, device: str,  # noqa: ANN001
+                tracker: _RegionPeaks | None) -> None:
     """One optimizer step as the trainer runs it. With gradient accumulation two micro batches stand
     for all of them: the first leaves its gradients alive (reduce-scattered to their shards under FSDP2,
     as the trainer syncs every micro batch), the second adds to them; a third would repeat the second."""
@@ -362,8 +372,8 @@ def _train_step(model, optimizer, plan: Plan, input_ids, labels, tracker: _Regio
             if j:
                 tracker.reset_mod_stats()  # the trackers refuse a module's second forward otherwise
             tracker.begin_phase("forward")
-        with modeling.compute_autocast(plan.precision, input_ids.device.type):
-            loss = modeling.forward_loss(model, input_ids, labels)
+        with modeling.compute_autocast(plan.precision, device):
+            loss = sim_inputs.step_loss(model, batch)
         if tracker:
             tracker.begin_phase("backward")
         loss.backward()

@@ -112,7 +112,10 @@ def decoder_layer_bytes(d: ArchDims, tr: Trainable, c: int, *, cross_tokens_rati
         attn += 2 * (FP32 * h + FP32 + w_keep * h)
     if d.cross_attention:  # Whisper decoder: q/out per decoder token; k/v over encoder frames
         attn += norm(("q_proj",)) + c * 2 * q + FP32 * d.heads + (c * q if tr.needs_input("out_proj") else 0)
-        attn += cross_tokens_ratio * c * 2 * kv
+        # k/v over the encoder frames, and what their LoRA adapters keep: each one's copy of the encoder
+        # states (own copies under autocast) and lora_A's output.
+        attn += cross_tokens_ratio * (c * 2 * kv + c * h * tr.input_copies("k_proj", "v_proj")
+                                      + tr.lora_extra("k_proj", "v_proj", c=c))
     mlp = mlp_bytes(d, tr, c)
     return attn + mlp
 

@@ -129,9 +129,10 @@ def estimate_analytic(config: dict[str, object], plan: Plan, *, params: int | No
     full = plan.method == "full"
     param_bytes = 4 if plan.precision in ("bf16-mixed", "fp32") else 2  # storage of trainable params
     adapters = _adapter_params(d, plan)
-    trainable = total if full else adapters
+    frozen = (d.audio.frozen_params if d.audio is not None else 0) * scale  # never trained, even in full
+    trainable = total - frozen if full else adapters
     if full:
-        weights = total * param_bytes
+        weights = (total - frozen) * param_bytes + frozen * c
     elif plan.method == "lora":
         weights = total * c
     else:
@@ -163,6 +164,8 @@ def estimate_analytic(config: dict[str, object], plan: Plan, *, params: int | No
         per_frame, _ = audio_encoder_bytes(d.audio, c, trains_audio)
         enc_layer = per_frame * b * frames
         front = conv_front_end_bytes(d.audio, plan.audio_seconds, c, full) * b
+        if trains_audio and d.model_type == "whisper":  # the encoder's final LayerNorm keeps an fp32 input copy
+            front += FP32 * d.audio.width * b * frames
     vit_depth = d.vision.depth if d.vision is not None else 0
     enc_depth = d.audio.layers if d.audio is not None else 0
     head_in = (FP32 * d.hidden + (2 * c * d.hidden if full else 0)) * tokens  # final norm (+ head input)
@@ -173,6 +176,8 @@ def estimate_analytic(config: dict[str, object], plan: Plan, *, params: int | No
     pixels = pixel_bytes(d.vision) * b * patches if d.vision is not None else 0.0
     vit_fwd = vit_forward_bytes(d.vision, c) * b * patches if d.vision is not None else 0.0
     head_in += pixels
+    if d.audio is not None:  # the batch's fp32 log-mel features or raw samples, held through the step
+        head_in += d.audio.input_bytes(plan.audio_seconds) * b
     stream = FP32 if autocast_1gpu and full else c  # fp32 embeddings make the residual stream fp32
     if plan.grad_ckpt:
         kept = stream * d.hidden * tokens * d.layers + head_in + front
