@@ -2,7 +2,7 @@
 
 Each command lives in its own module that exposes `register(subparsers)` (adds its parser and sets
 `func`) and keeps torch out of its imports. The trainer's own commands (`finetune`, `validate`,
-`config`) take free-form `key.sub=value` overrides, so they are handed to `automodel.trainer.cli`
+`config`, `doctor`) take free-form `key.sub=value` overrides, so they are handed to `automodel.trainer.cli`
 before argparse sees them; that lazy hand-off is the CLI's only edge into the trainer beyond
 `trainer.config`.
 
@@ -24,13 +24,14 @@ COMMAND_MODULES: tuple[str, ...] = (
     "automodel.advisor.commands_estimate",
     "automodel.advisor.commands_recommend",
 )
-TRAINER_COMMANDS = ("finetune", "validate", "config")
+TRAINER_COMMANDS = ("finetune", "validate", "config", "doctor")
 
 EPILOG = """\
 commands handed to the trainer:
   finetune {llm,vlm,asr} -c CFG.yaml [overrides]   fine-tune from a validated config
   validate -c CFG.yaml [overrides]                 check a config without training
   config schema                                    print the config's JSON Schema
+  doctor [--output-dir DIR] [--json]               what this machine can train (versions, GPUs, disk)
 
 examples:
   automodel recommend --task llm --use-case chat --gpu-mem 24

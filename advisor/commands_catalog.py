@@ -268,11 +268,49 @@ def _run_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def gpus_table(rows: list[dict[str, Any]], width: int) -> Any:
+    """The GPU table; aliases only where they fit (120+ columns), never squeezed one per line."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(
+        title="GPUs (memory as torch reports it; dense tensor TFLOP/s)",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+        highlight=False,
+    )
+    columns = ["name", "memory", "bf16", "bf16 TF/s", "fp16 TF/s", "bandwidth", "aliases"]
+    columns = columns if width >= 120 else columns[:-1]
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("name", "aliases") else "right",
+                         no_wrap=column != "aliases")
+    for g in rows:
+        cells = [
+            g["name"],
+            f"{g['memory_gib']:.2f} GiB ({g['marketed_gb']} GB)",
+            _yes_no(g["bf16"]),
+            f"{g['bf16_tflops']:g}" if g["bf16_tflops"] else "-",
+            f"{g['fp16_tflops']:g}",
+            f"{g['bandwidth_gbs']:g} GB/s",
+            ", ".join(g["aliases"]),
+        ]
+        table.add_row(*cells[: len(columns)])
+    return table
+
+
 def _run_gpus(args: argparse.Namespace) -> int:
     rows = gpu_rows()
     if args.json:
         _print_json(rows)
         return 0
+    from rich.console import Console
+
+    console = Console()
+    console.print(gpus_table(rows, console.width))
+    if console.width < 120:
+        console.print("aliases: `automodel gpus --json`, or a terminal of 120+ columns", style="dim")
+    return 0
     from rich import box
     from rich.console import Console
     from rich.table import Table

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from automodel.catalog.errors import UserError, int_in
 from automodel.catalog.memory.headroom import HEADROOM, HEADROOM_RULE, headroom_limit
-from automodel.catalog.memory.plan import TERMS, MemoryEstimate, Plan, format_image_size
+from automodel.catalog.memory.plan import TERMS, MemoryEstimate, Plan, format_image_size, term_label
 from automodel.catalog.units import GIB, parse_memory
 
 _FLAG_FOR_FIELD = {
@@ -260,25 +260,40 @@ def sample_shape(config: dict[str, Any], plan: Plan) -> dict[str, int | None]:
     }
 
 
-def _render(name: str, plan: Plan, est: MemoryEstimate, budget: int | None, fit: Any,
-            shape: dict[str, int | None]) -> None:
-    from rich.console import Console
+def estimate_title(name: str, plan: Plan, engine: str) -> str:
+    """One line: the model and everything the figure depends on, checkpointing included."""
+    ckpt = ", grad ckpt on" if plan.grad_ckpt else ", grad ckpt off" if plan.mode == "train" else ""
+    return (f"{name}: {plan.mode}, {plan.method}" + (f" r={plan.lora_rank}" if plan.method != "full" else "")
+            + f", {plan.precision}, seq {plan.seq_len} x batch {plan.micro_batch}{ckpt}, "
+            f"{plan.gpus} GPU{'s' if plan.gpus > 1 else ''} ({engine})")
+
+
+def estimate_table(est: MemoryEstimate) -> Any:
+    """The per-GPU terms (zero ones left out), then the peaks."""
     from rich.table import Table
 
-    console = Console()
-    what = (f"{plan.mode}, {plan.method}" + (f" r={plan.lora_rank}" if plan.method != "full" else "")
-            + f", {plan.precision}, seq {plan.seq_len} x batch {plan.micro_batch}, {plan.gpus} GPU(s)")
-    table = Table(title=f"{name}: {what} ({est.engine})", title_justify="left")
-    table.add_column("term")
-    table.add_column("GiB / GPU", justify="right")
+    table = Table(highlight=False)
+    table.add_column("term", no_wrap=True)
+    table.add_column("GiB / GPU", justify="right", no_wrap=True)
     for term in TERMS:
         value = getattr(est, term)
         if value:
-            table.add_row(term.replace("_", " "), f"{value / GIB:.2f}")
+            table.add_row(term_label(term), f"{value / GIB:.2f}")
     table.add_section()
     table.add_row("peak allocated", f"{est.peak_allocated / GIB:.2f}")
     table.add_row("[bold]peak reserved (device)[/bold]", f"[bold]{est.peak_reserved / GIB:.2f}[/bold]")
-    console.print(table)
+    return table
+
+
+def _render(name: str, plan: Plan, est: MemoryEstimate, budget: int | None, fit: Any,
+            shape: dict[str, int | None]) -> None:
+    from rich.console import Console
+
+    console = Console()
+    # printed as a line of its own (a table title wraps to the table's width); no number highlighting
+    # inside model names such as llama-3.1-8b
+    console.print(estimate_title(name, plan, est.engine), highlight=False, markup=False)
+    console.print(estimate_table(est))
     console.print(f"params {est.params:,}  trainable {est.trainable_params:,}")
     if shape["image_tokens_per_image"] is not None:
         console.print(f"images {plan.images} x {format_image_size(plan.image_size)}: "

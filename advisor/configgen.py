@@ -41,6 +41,15 @@ def _peft_method(method: str, gpus: int) -> str:
     return PEFT_NAME[method]
 
 
+def check_dataset(dataset: str | None, rec: Recommendation) -> None:
+    """A local data file the user named exists and its first rows have the columns the written config reads
+    (a UserError naming the column and row otherwise); a Hub dataset is not opened here."""
+    from automodel.trainer.config import DataConfig
+
+    if dataset:
+        DataConfig.model_validate(_data_section(rec.model.modality, dataset, rec.plan)).check_columns()
+
+
 def build_config(rec: Recommendation, *, dataset: str | None = None, output_dir: str | None = None) -> TrainConfig:
     """The training config for one recommendation, validated by the trainer's own schema."""
     plan = rec.plan

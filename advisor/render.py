@@ -9,13 +9,14 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from automodel.advisor.explain import gib, method_text
 from automodel.advisor.rank import HEADROOM, Recommendation, Recommendations
 from automodel.catalog.memory.headroom import HEADROOM_RULE
-from automodel.catalog.memory.plan import MemoryEstimate
+from automodel.catalog.memory.plan import MemoryEstimate, term_label
 
 
 def strategy_text(rec: Recommendation) -> str:
@@ -27,7 +28,16 @@ def strategy_text(rec: Recommendation) -> str:
     return text + (", " + ", ".join(extras) if extras else "")
 
 
-def recommendations_table(result: Recommendations, top: int) -> Table:
+NARROW = 120  # below this many columns the reasons go under the table instead of into a squeezed column
+
+
+def _why(rec: Recommendation) -> str:
+    return rec.summary + (f"; ~{rec.train_seconds / 3600:.1f} h" if rec.train_seconds is not None else "")
+
+
+def recommendations_table(result: Recommendations, top: int, width: int = 200) -> Table:
+    """The ranked picks. Narrower than NARROW columns, the `why` column is left out: `reasons_below`
+    prints it under the table, so no column is squeezed to one word per line."""
     hw = result.profile.hardware
     # The memory always shows: with --gpu NAME --gpu-mem GB the plans are for GB, not the card's memory.
     gpu = f"{hw.gpu} ({gib(hw.memory_bytes)} GiB)" if hw.gpu else f"{gib(hw.memory_bytes)} GiB GPU"
@@ -37,26 +47,28 @@ def recommendations_table(result: Recommendations, top: int) -> Table:
         + f" on {hw.total_gpus} x {gpu} - priority {result.profile.requirements.priority}"
         + f", {result.profile.seq_len} tokens x {result.profile.requirements.batch}"
     )
-    table = Table(title=title, show_lines=False)
+    narrow = width < NARROW
+    table = Table(title=title, show_lines=False, box=box.SIMPLE_HEAD if narrow else box.HEAVY_HEAD,
+                  highlight=False)
     table.add_column("#", justify="right")
     table.add_column("model", no_wrap=True)
-    table.add_column("size", justify="right")
-    table.add_column("strategy")
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("strategy", min_width=12)
     table.add_column("GiB/GPU", justify="right", no_wrap=True)
-    table.add_column("score", justify="right")
-    table.add_column("why")
+    table.add_column("score", justify="right", no_wrap=True)
+    if not narrow:
+        table.add_column("why")
     for rec in result.top(top):
         m = rec.model
-        table.add_row(
-            str(rec.rank),
-            m.name,
-            m.display_params,
-            strategy_text(rec),
-            f"{gib(rec.estimate.peak_reserved)}/{gib(rec.gpu_mem_bytes)}",
-            f"{rec.score:.1f}",
-            rec.summary + (f"; ~{rec.train_seconds / 3600:.1f} h" if rec.train_seconds is not None else ""),
-        )
+        cells = [str(rec.rank), m.name, m.display_params, strategy_text(rec),
+                 f"{gib(rec.estimate.peak_reserved)}/{gib(rec.gpu_mem_bytes)}", f"{rec.score:.1f}"]
+        table.add_row(*cells, *([] if narrow else [_why(rec)]))
     return table
+
+
+def reasons_below(result: Recommendations, top: int) -> list[str]:
+    """The `why` of each pick as lines under a narrow table (`1. qwen3-4b: full FT needs 87 GiB`)."""
+    return [f"{rec.rank}. {rec.model.name}: {_why(rec)}" for rec in result.top(top)]
 
 
 def exclusions_table(result: Recommendations, limit: int | None = None) -> Table:
@@ -74,7 +86,7 @@ def breakdown_table(est: MemoryEstimate, gpu_mem_bytes: int) -> Table:
     table.add_column("GiB", justify="right")
     for term, value in est.breakdown().items():
         if value:
-            table.add_row(term, gib(value))
+            table.add_row(term_label(term), gib(value))
     table.add_row("peak allocated", gib(est.peak_allocated))
     table.add_row("peak reserved", gib(est.peak_reserved))
     table.add_row(f"GPU ({HEADROOM:.0%} limit)", f"{gib(gpu_mem_bytes)} ({gib(HEADROOM * gpu_mem_bytes)})")
@@ -124,8 +136,11 @@ def print_human(
     if not result.recommendations:
         print_no_fit(console, result)
         return
-    console.print(recommendations_table(result, top))
+    console.print(recommendations_table(result, top, console.width))
+    if console.width < NARROW:
+        for line in reasons_below(result, top):
+            console.print(line, highlight=False, markup=False)
     console.print(f"Fit rule: {HEADROOM_RULE}.", style="dim", highlight=False)
     if result.excluded:
         console.print(f"{len(result.excluded)} model(s) excluded (--json lists why).", style="dim")
-    console.print(next_step(result, argv, written), soft_wrap=True)
+    console.print(next_step(result, argv, written), soft_wrap=True, highlight=False)

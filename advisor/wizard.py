@@ -201,7 +201,7 @@ OUTPUT_QUESTIONS: tuple[Question, ...] = (
              lambda c: _free_path(c.pick.model.name), parse=_new_file),  # type: ignore[union-attr]
     Question("dataset", "strategy", "text",
              lambda c: "Training data (local .jsonl with a `messages` column, or HF dataset; empty = placeholder)?",
-             lambda c: ""),
+             lambda c: "", parse=str.strip),
 )
 
 
@@ -291,13 +291,15 @@ def run(asker: Callable[[Question, Context], Any] = ask, detected: Hardware | No
     config file is replaced only with `force` (`--force`)."""
     from rich.console import Console
 
-    from automodel.advisor.configgen import write_config
+    from automodel.advisor.configgen import check_dataset, write_config
     from automodel.advisor.hardware import detect
     from automodel.advisor.rank import recommend
     from automodel.advisor.render import (
+        NARROW,
         breakdown_table,
         launch_command,
         print_no_fit,
+        reasons_below,
         recommendations_table,
     )
 
@@ -312,7 +314,10 @@ def run(asker: Callable[[Question, Context], Any] = ask, detected: Hardware | No
         if not result.recommendations:
             print_no_fit(console, result)
             return 0
-        console.print(recommendations_table(result, TOP))
+        console.print(recommendations_table(result, TOP, console.width))
+        if console.width < NARROW:
+            for line in reasons_below(result, TOP):
+                console.print(line, highlight=False, markup=False)
         ctx.result = result
         rec = ctx.pick = result.recommendations[asker(PICK, ctx) - 1]
         console.print(breakdown_table(rec.estimate, rec.gpu_mem_bytes))
@@ -322,6 +327,7 @@ def run(asker: Callable[[Question, Context], Any] = ask, detected: Hardware | No
             if force and question.parse is _new_file:
                 question = replace(question, parse=None)
             ctx.answers[question.key] = asker(question, ctx)
+        check_dataset(ctx["dataset"] or None, rec)  # a local file without the columns: named, nothing written
         path = str(write_config(rec, ctx["path"], dataset=ctx["dataset"] or None, force=force))
         command = launch_command(rec, path)
         console.print(f"wrote {path}\nlaunch with: {command}", soft_wrap=True)

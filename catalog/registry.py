@@ -21,6 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import ValidationError
 
+from automodel.catalog import hub
 from automodel.catalog.errors import UserError
 from automodel.catalog.schema import FamilySpec, GPUSpec, GPUTable, ModelSpec
 
@@ -238,13 +239,9 @@ def _resolve_path(path: Path) -> ResolvedModel:
     )
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
 def _resolve_hub(repo_id: str) -> ResolvedModel:
     names = [m.name for m in load_catalog().models] + [m.hf_id for m in load_catalog().models]
-    if _offline():
+    if hub.offline():
         raise UserError(
             f"{repo_id!r} is not in the catalog and HF_HUB_OFFLINE is set, so its config.json cannot be fetched"
             f"{_did_you_mean(repo_id, names)}",
@@ -260,6 +257,15 @@ def _resolve_hub(repo_id: str) -> ResolvedModel:
         RepositoryNotFoundError,
     )
 
+    problem = hub.unreachable(repo_id)  # one quick try instead of the client's five retries
+    if problem is not None:
+        try:
+            path = hf_hub_download(repo_id=repo_id, filename="config.json", local_files_only=True)
+        except LocalEntryNotFoundError:
+            raise UserError(f"cannot reach the Hugging Face Hub to fetch {repo_id}'s config.json ({problem}), "
+                            "and no copy is cached", field="MODEL", hint=hub.OFFLINE_HINT) from None
+        return ResolvedModel(name=repo_id.split("/")[-1], hf_id=repo_id, config=_read_config_file(Path(path)),
+                             spec=None, source="hub")
     try:
         # Only config.json: never weights. HF_TOKEN is picked up by huggingface_hub itself.
         path = hf_hub_download(repo_id=repo_id, filename="config.json")

@@ -20,6 +20,7 @@ A checkpoint is written into `.tmp-step_N/`, fsynced, renamed to `step_N/` and o
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import random
@@ -286,3 +287,30 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     with _quiet_one_process():
         dcp.load({"model": state}, checkpoint_id=path / DCP_DIR, no_dist=True)
     return state
+
+
+def write_failure(output_dir: str | Path, step: int, err: BaseException) -> UserError | None:
+    """The UserError for checkpoint `step` failing to write for a reason the user fixes (an OSError such as a
+    full disk, also when torch.distributed.checkpoint wraps it), or None for any other error. The half-written
+    `.tmp-` directory goes; `latest` still names the previous complete checkpoint."""
+    cause: BaseException | None = err
+    oserror = None
+    seen = 0
+    while cause is not None and oserror is None and seen < 8:  # dcp wraps a rank's error in CheckpointException
+        if isinstance(cause, OSError):
+            oserror = cause
+        failures = getattr(cause, "failures", None)  # CheckpointException: {rank: exception}
+        nested = next(iter(failures.values()), None) if isinstance(failures, dict) and failures else None
+        cause = nested or cause.__cause__ or cause.__context__
+        seen += 1
+    if oserror is None:
+        return None
+    root = checkpoint_root(output_dir)
+    shutil.rmtree(root / f".tmp-{_PREFIX}{step:08d}", ignore_errors=True)
+    latest = find_latest(output_dir)
+    resume = (f"; {latest} is still the latest checkpoint and a rerun resumes from it" if latest is not None
+              else "; no checkpoint was written yet, so a rerun starts at step 0")
+    reason = "no space left on the device" if oserror.errno == errno.ENOSPC else (oserror.strerror or str(oserror))
+    return UserError(f"checkpoint at step {step} could not be written to {root}: {reason}{resume}",
+                     field="output_dir", hint="free disk space (or point output_dir at a larger disk, copying the "
+                     "run there) and rerun the same command")

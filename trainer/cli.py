@@ -25,6 +25,7 @@ from pydantic.fields import FieldInfo
 from automodel.catalog.errors import ArgumentParser, UserError, int_in, run_cli
 from automodel.trainer.config import TrainConfig, config_from_data, dump_yaml, read_yaml
 from automodel.trainer.data import is_local_source
+from automodel.trainer.environment import Environment, check_output_dir, missing_for, probe, readiness
 from automodel.trainer.launch import Topology, launch
 from automodel.trainer.overrides import section_of, split_overrides
 
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from automodel.catalog.registry import ResolvedModel
 
 TASKS = ("llm", "vlm", "asr")
+PLACEHOLDER = "REPLACE_ME"  # what `recommend --write-config` puts where the user's data goes
 
 EXAMPLES = """\
 examples:
@@ -77,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="check a config without training", epilog=EXAMPLES, allow_abbrev=False,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     with_config(val)
+
+    doc = sub.add_parser("doctor", help="what this machine can train: versions, GPUs, disk, per task x method",
+                         allow_abbrev=False)
+    doc.add_argument("--output-dir", default=".", help="where runs will write (free disk is measured there)")
+    doc.add_argument("--json", action="store_true", help="print one JSON document")
 
     conf = sub.add_parser("config", help="config utilities", allow_abbrev=False)
     conf.add_argument("action", choices=("schema",), help="schema: print the config's JSON Schema")
@@ -127,9 +134,16 @@ def _check_and_resolve(cfg: TrainConfig, world_size: int) -> tuple[list[str], Re
     if cfg.data.validation is not None and cfg.data.validation.source is not None:
         files.append(("data.validation.source", cfg.data.validation.source))
     for field, source in files:
+        if PLACEHOLDER in source:
+            raise UserError(f"`{source}` is a placeholder (written by `automodel recommend`), not a dataset",
+                            field=field, hint="give your data: a local .jsonl/.json/.csv/.parquet file or an HF "
+                            f"dataset name, e.g. {field}=data/train.jsonl")
         if is_local_source(source) and not Path(source).is_file():
             raise UserError(f"no such file: {source}", field=field,
                             hint="give an existing local file (relative to the current directory) or an HF dataset name")
+    if cfg.task == "llm":  # the llm formats' columns; vlm/asr rows are checked by their adapters
+        cfg.data.check_columns()
+    check_output_dir(cfg.output_dir, writable=False)  # the run also tries writing there; validate writes nothing
     if cfg.checkpoint.resume not in ("auto", "never") and not Path(cfg.checkpoint.resume).is_dir():
         raise UserError(f"no such checkpoint directory: {cfg.checkpoint.resume}", field="checkpoint.resume",
                         hint="use auto, never, or an existing checkpoint directory")
@@ -200,21 +214,28 @@ def schema_markdown(model: type[BaseModel] = TrainConfig, prefix: str = "") -> s
     return "\n\n".join(part for part in (table, *sections) if part)
 
 
-def render_estimate(estimate: MemoryEstimate, world_size: int) -> str:
-    """The estimator's per-GPU answer as a rich table (plain text when not a terminal)."""
+def render_estimate(estimate: MemoryEstimate, world_size: int, *, grad_ckpt: bool, width: int | None = None) -> str:
+    """The estimator's per-GPU answer as a rich table (plain text when not a terminal), at the terminal's
+    width (or `width`)."""
+    import shutil
+
     from rich.console import Console
     from rich.table import Table
 
+    from automodel.catalog.memory.plan import term_label
+
     gib = 1024**3
-    table = Table()
-    table.add_column("term")
-    table.add_column("GiB", justify="right")
+    table = Table(highlight=False)
+    table.add_column("term", no_wrap=True)
+    table.add_column("GiB", justify="right", no_wrap=True)
     for term, value in estimate.breakdown().items():
-        table.add_row(term, f"{value / gib:.2f}")
+        table.add_row(term_label(term), f"{value / gib:.2f}")
     table.add_row("peak allocated", f"{estimate.peak_allocated / gib:.2f}", style="bold")
     table.add_row("peak reserved", f"{estimate.peak_reserved / gib:.2f}", style="bold")
-    console = Console(file=io.StringIO(), width=110, force_terminal=sys.stdout.isatty())
-    console.print(f"memory estimate per GPU ({estimate.engine}, {world_size} GPU{'s' if world_size > 1 else ''}):")
+    console = Console(file=io.StringIO(), width=width or shutil.get_terminal_size().columns,
+                      force_terminal=sys.stdout.isatty(), highlight=False)
+    console.print(f"memory estimate per GPU ({estimate.engine}, {world_size} GPU{'s' if world_size > 1 else ''}, "
+                  f"grad ckpt {'on' if grad_ckpt else 'off'}):")
     console.print(table)
     console.print(f"params {estimate.params:,}, trainable {estimate.trainable_params:,}")
     for assumption in estimate.assumptions:
@@ -228,10 +249,66 @@ def dry_run(cfg: TrainConfig, world_size: int) -> str:
 
     summary, resolved = _check_and_resolve(cfg, world_size)
     result = estimate(resolved.config, cfg.to_plan(world_size))
-    return "\n".join([dump_yaml(cfg).rstrip(), "---", *summary, render_estimate(result, world_size)])
+    grad_ckpt = cfg.distributed.activation_checkpointing
+    return "\n".join([dump_yaml(cfg).rstrip(), "---", *summary, render_estimate(result, world_size, grad_ckpt=grad_ckpt)])
+
+
+def render_doctor(env: Environment) -> str:
+    """`automodel doctor` for people: the facts, then one row per task x method."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = Console(file=io.StringIO(), force_terminal=sys.stdout.isatty(), highlight=False)
+    facts = Table(title="this machine", show_header=False, box=None, padding=(0, 2, 0, 0))
+    facts.add_column(style="bold", no_wrap=True)
+    facts.add_column(overflow="fold")
+    facts.add_row("python", env.python)
+    for package in env.packages.values():
+        facts.add_row(package.name, package.describe() + (f" ({env.torch_build} build)" if package.name == "torch"
+                                                          and package.usable else ""))
+    gpus = ", ".join(f"{g.index}: {g.name} {g.memory_bytes / 2**30:.0f} GiB, bf16 {'yes' if g.bf16 else 'no'}"
+                     for g in env.gpus)
+    facts.add_row("GPUs", gpus or "none visible (CPU only)")
+    facts.add_row("NCCL", "available" if env.nccl else "not available (gloo only: CPU or one GPU)")
+    facts.add_row("HF token", "set (value not shown)" if env.hf_token_set else "not set (gated models need "
+                  "`hf auth login` or HF_TOKEN)")
+    facts.add_row("HF cache", env.hf_cache)
+    free = "unknown" if env.free_disk_bytes is None else f"{env.free_disk_bytes / 2**30:.1f} GiB free"
+    facts.add_row("disk", f"{free} at {env.output_dir}")
+    facts.add_row("host RAM", "unknown" if env.host_ram_bytes is None else f"{env.host_ram_bytes / 2**30:.1f} GiB")
+    console.print(facts)
+    ready = Table(title="ready to train?")
+    for name in ("task", "method", "verdict"):
+        ready.add_column(name, no_wrap=name != "verdict", overflow="fold")
+    for row in readiness(env):
+        verdict = (Text(f"ready on {row.device}", style="green") if row.ready
+                   else Text("missing: " + "; ".join(row.missing), style="red"))
+        ready.add_row(row.task, row.method, verdict)
+    console.print(ready)
+    return console.file.getvalue().rstrip()  # type: ignore[attr-defined]
+
+
+METHOD_OF_PEFT = {"none": "full", "lora": "lora", "qlora": "qlora"}
+
+
+def check_machine(cfg: TrainConfig) -> None:
+    """`finetune`'s pre-flight: the doctor's checks for this task x method, the first missing piece named."""
+    env = probe(cfg.output_dir, gpu_details=False)
+    method = METHOD_OF_PEFT[cfg.peft.method]
+    missing = missing_for(env, cfg.task, method)
+    if missing:
+        field = "peft.method" if method != "full" and any(m.split(" ")[0] in ("peft", "bitsandbytes") or "CUDA" in m
+                                                          for m in missing[:1]) else "task"
+        message = missing[0] if missing[0].startswith(method) else f"this machine cannot run {cfg.task} {method}: {missing[0]}"
+        raise UserError(message, field=field, hint="`automodel doctor` lists what this machine has and lacks")
 
 
 def run_command(args: argparse.Namespace, overrides: list[str]) -> int:
+    if args.command == "doctor":
+        env = probe(args.output_dir)
+        print(json.dumps(env.to_json(), indent=1) if args.json else render_doctor(env))
+        return 0
     if args.command == "config":
         schema = TrainConfig.model_json_schema()
         print(json.dumps(schema, indent=2) if args.format == "json" else schema_markdown())
@@ -253,6 +330,7 @@ def run_command(args: argparse.Namespace, overrides: list[str]) -> int:
     for line in check_run(cfg, topo.world_size):
         if line.startswith("warning"):
             print(line, file=sys.stderr)
+    check_machine(cfg)  # then what this machine lacks for the task x method (the doctor's checks)
     return launch(cfg, topo)
 
 
@@ -261,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> int:
         args, extra = build_parser().parse_known_args(args_list)
-        if args.command == "config" and extra:
+        if args.command in ("config", "doctor") and extra:
             raise UserError(f"unexpected arguments: {' '.join(extra)}", field="config schema")
         split_overrides(extra)  # malformed tokens fail here with the token named
         return run_command(args, extra)

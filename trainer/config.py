@@ -247,6 +247,17 @@ class DataConfig(Section):
             return AudioFormat() if self.format == "audio" else ChatFormat()
         return spec
 
+    def check_columns(self, rows: int = 3) -> None:
+        """The first `rows` rows of a local `source` have the columns `format` reads (a UserError naming the
+        field and the row otherwise). A Hub dataset is not opened here (that may download)."""
+        from automodel.trainer.data import is_local_source, read_rows
+        from automodel.trainer.data_formats import check_row
+
+        if not is_local_source(self.source):
+            return
+        for index, row in enumerate(read_rows(self.source, split=None, field="data.source", limit=rows)):
+            check_row(self.format_spec(), row, index, f"data.{self.format}")
+
 
 class ScheduleConfig(Section):
     global_batch_size: int = Field(8, ge=1, description="Sequences per optimizer step, summed over all ranks.")
@@ -461,10 +472,14 @@ def read_yaml(path: str | Path) -> dict[str, object]:
     """The raw mapping in a config file (no interpolation, no validation)."""
     file = Path(path)
     try:
-        text = file.read_text()
+        text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise UserError(f"cannot read config file {file}: {exc.strerror}", field="-c",
                         hint="pass an existing YAML file, e.g. examples/llm/tiny_offline.yaml") from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise UserError(f"{file} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line {line})", field="-c",
+                        hint="save the config as UTF-8 (e.g. `iconv -f latin1 -t utf-8 OLD > NEW`)") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -60,16 +60,35 @@ def read_rows(source: str, *, split: str | None, field: str, subset: str | None 
         if not path.is_file():
             raise UserError(f"data file {source} does not exist", field=field,
                             hint="give the path of a local .jsonl/.json/.parquet/.csv file")
-        return _read_local(path, field)[:limit]
+        return _read_local(path, field, limit)[:limit]
     return _read_hub(source, subset, split or "train", field, limit)
 
 
-def _read_local(path: Path, field: str) -> list[dict[str, Any]]:
+def _read_local(path: Path, field: str, limit: int | None = None) -> list[dict[str, Any]]:
+    try:
+        return _parse_local(path, field, limit)
+    except UnicodeDecodeError:
+        raw = path.read_bytes()  # the reader's error offset is within one buffered chunk: find the line here
+        try:
+            raw.decode("utf-8")
+            line = None
+        except UnicodeDecodeError as err:
+            line = raw[: err.start].count(b"\n") + 1
+        where = f" (line {line})" if line else ""
+        raise UserError(f"{path} is not UTF-8 text{where}", field=field,
+                        hint="save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8 OLD > NEW`)") from None
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror or err}", field=field) from None
+
+
+def _parse_local(path: Path, field: str, limit: int | None) -> list[dict[str, Any]]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         rows = []
         with open(path, encoding="utf-8") as f:
             for lineno, line in enumerate(f, 1):
+                if limit is not None and len(rows) >= limit:
+                    break  # a .jsonl is read only as far as needed
                 if not line.strip():
                     continue
                 try:
@@ -89,7 +108,11 @@ def _read_local(path: Path, field: str) -> list[dict[str, Any]]:
     elif suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        rows = pq.read_table(path).to_pylist()
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except Exception as err:  # pyarrow's ArrowInvalid & co: a damaged or non-parquet file
+            raise UserError(f"{path} is not a readable parquet file ({str(err).splitlines()[0]})",
+                            field=field) from None
     else:
         raise UserError(f"{path} has an unsupported suffix", field=field, hint=f"use one of {LOCAL_SUFFIXES}")
     if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
@@ -105,6 +128,9 @@ def _read_hub(name: str, subset: str | None, split: str, field: str, limit: int 
     except ImportError:
         raise UserError(f"{name!r} is not a local file, and loading Hub datasets needs `datasets`", field=field,
                         hint="pip install 'automodel-advisor[data]' or point at a local .jsonl file") from None
+    from automodel.catalog import hub
+
+    hub.require_reachable(name, field=field)  # at once, not after the client's retries
     try:
         dataset = datasets.load_dataset(name, subset, split=split)
     except Exception as err:  # offline, unknown name, gated, bad split: all are the user's to fix

@@ -202,3 +202,29 @@ class ImageTextFormat(Section):
         if isinstance(value, Mapping | list):
             return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
         return str(value)
+
+
+def check_row(spec: Section, row: Mapping[str, object], index: int,
+              section: str) -> None:
+    """Do the column lookups `spec` does on one row (no tokenizer): a missing column raises a UserError naming
+    the config field (`section` is `data.instruction`, ...) and the row. `validate` and the wizard run it on
+    a local file's first rows, so a misnamed column stops them, not the run minutes later."""
+    lookups: list[tuple[str, object]]
+    if isinstance(spec, ChatFormat):
+        lookups = [("messages_column", lambda: column_value(row, spec.messages_column))]
+    elif isinstance(spec, InstructionFormat):
+        lookups = [("prompt_template", lambda: spec.prompt(row)), ("answer_column", lambda: spec.answer(row))]
+    elif isinstance(spec, CompletionFormat):
+        lookups = [("prompt_column", lambda: spec.prompt(row)), ("completion_column", lambda: spec.completion(row))]
+    elif isinstance(spec, AudioFormat):
+        lookups = [("audio_column", lambda: column_value(row, spec.audio_column)),
+                   ("text_column", lambda: column_value(row, spec.text_column))]
+    else:
+        return
+    for name, lookup in lookups:
+        try:
+            lookup()  # type: ignore[operator]
+        except UserError as err:
+            raise UserError(f"row {index}: {err.message}", field=f"{section}.{name}", hint=err.hint) from None
+        except (IndexError, ValueError, TypeError) as err:
+            raise UserError(f"row {index}: {err}", field=f"{section}.{name}") from None

@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +69,17 @@ def torchrun_command(task: str, config_file: Path, topo: Topology) -> list[str]:
     return cmd + ["-m", "automodel.trainer.cli", "finetune", task, "-c", str(config_file)]
 
 
+def worker_environment(environ: Mapping[str, str], nproc_per_node: int, cpus: int) -> tuple[dict[str, str], str]:
+    """The workers' environment and a note on their CPU threads. torchrun sets OMP_NUM_THREADS=1 when it is
+    unset and prints a banner about it; the cores are shared out here instead (at least 1 per process),
+    and a value the user set is kept."""
+    env = dict(environ)
+    if env.get("OMP_NUM_THREADS"):
+        return env, f"OMP_NUM_THREADS={env['OMP_NUM_THREADS']} per process, as set"
+    env["OMP_NUM_THREADS"] = str(max(1, cpus // nproc_per_node))
+    return env, f"{env['OMP_NUM_THREADS']} CPU threads per process (OMP_NUM_THREADS; set it to override)"
+
+
 def write_launch_config(cfg: TrainConfig) -> Path:
     """The resolved config the workers read (secrets as `${NAME}`), in a file only this user can read."""
     fd, name = tempfile.mkstemp(prefix="automodel-launch-", suffix=".yaml")
@@ -89,8 +101,10 @@ def launch(cfg: TrainConfig, topo: Topology) -> int:
     cfg.schedule.accumulation_steps(topo.world_size)
     config_file = write_launch_config(cfg)
     cmd = torchrun_command(cfg.task, config_file, topo)
-    print(f"launching {topo.nproc_per_node} processes on this node: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+    env, threads = worker_environment(os.environ, topo.nproc_per_node, os.cpu_count() or 1)
+    print(f"launching {topo.nproc_per_node} processes on this node ({threads}): {' '.join(cmd[1:])}",
+          file=sys.stderr, flush=True)
     try:
-        return subprocess.run(cmd, check=False).returncode
+        return subprocess.run(cmd, check=False, env=env).returncode
     finally:
         config_file.unlink(missing_ok=True)

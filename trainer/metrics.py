@@ -92,7 +92,8 @@ def summary_table(result: Any) -> Any:
     from rich.table import Table
 
     table = Table(title="run summary", show_header=False)
-    table.add_row("steps", f"{result.steps} (resumed from {result.resumed_from})")
+    table.add_row("steps", f"{result.steps} (resumed from step {result.resumed_from})" if result.resumed_from
+                  else str(result.steps))
     table.add_row("final train loss", "n/a" if result.final_loss is None else f"{result.final_loss:.4f}")
     table.add_row("validation loss", "n/a" if result.val_loss is None else f"{result.val_loss:.4f}")
     table.add_row("tokens/s", f"{result.tokens_per_s:,.0f}")

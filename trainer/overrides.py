@@ -168,7 +168,9 @@ def typed_value(model: type[BaseModel], path: str, raw: str) -> Any:
     try:
         value = yaml.safe_load(text) if text != "" else None
     except yaml.YAMLError as exc:
-        raise UserError(f"cannot read `{raw}` as a value: {exc.problem}", field=path) from None
+        # a ReaderError (control characters) has no `problem`; its first line says what is wrong
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"cannot read `{raw}` as a value: {problem}", field=path) from None
     return _unpark(value, parked)
 
 

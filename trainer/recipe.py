@@ -17,13 +17,15 @@ from __future__ import annotations
 import json
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from automodel.catalog import hub
 from automodel.catalog.errors import UserError
-from automodel.trainer import checkpoint, distributed, export, metrics
+from automodel.trainer import checkpoint, distributed, environment, export, metrics
 from automodel.trainer.config import ModelConfig, TrainConfig, dump_yaml
 from automodel.trainer.data import epoch_batches, rank_micro_batches, steps_per_epoch
 from automodel.trainer.peft import adapt, check_runtime, prepare_quantized, trainable_parameters
@@ -54,8 +56,15 @@ class RunResult:
 def run(cfg: TrainConfig) -> RunResult:
     """Train `cfg` in this process (one of `WORLD_SIZE` when launched by torchrun)."""
     d = distributed.setup(cpu_collectives=cfg.distributed.cpu_offload)
+    out = Path(cfg.output_dir)
+    created = not out.exists()
     try:
         return _train(cfg, d)
+    except BaseException:
+        # a run that failed before it trained anything leaves no directory of its own behind
+        if d.is_main and created:
+            environment.remove_if_unused(out, cfg.logging.metrics_file)
+        raise
     finally:
         distributed.teardown(d)
 
@@ -71,8 +80,12 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
     _seed_everything(cfg.seed)
     out = Path(cfg.output_dir)
     if d.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(dump_yaml(cfg))
+        environment.check_output_dir(out)  # a file, under a file, read-only, /proc: named, exit 2
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.yaml").write_text(dump_yaml(cfg))
+        except OSError as err:
+            raise environment.output_dir_error(out, err) from None
     task = adapter_for(cfg.task)
     on_cuda = d.device.type == "cuda"
     precision = cfg.distributed.mixed_precision if on_cuda else "fp32"  # CPU computes in fp32
@@ -143,8 +156,9 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
                                 trainable_only=lora, d=d)
         start, loss_value, val_loss = state["step"], state["loss"], state["val_loss"]
         val_extra = dict(state.get("val_metrics") or {})
-        if d.is_main:
+        if d.is_main and start < total_steps:
             print(f"resuming from {resume_from} (step {start})", flush=True)
+    finished_before = start >= total_steps  # a rerun of a finished run: nothing to train
     log = metrics.MetricsFile(out / cfg.logging.metrics_file, resume_step=start, enabled=d.is_main)
     bar = metrics.progress_bar(total_steps, start, cfg.logging.progress_bar and d.is_main)
     lengths = [task.sample_length(s) for s in train_samples]
@@ -231,10 +245,23 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
                 window_counts.zero_()
                 window_start = time.perf_counter()
             if save_now:
-                checkpoint.save(out, done, model=model, optimizer=optimizer, scheduler=scheduler,
-                                trainable_only=lora, d=d, keep_last=cfg.checkpoint.keep_last,
-                                extra={"loss": loss_value, "val_loss": val_loss, "val_metrics": val_extra,
-                                       "total_steps": total_steps})
+                try:
+                    checkpoint.save(out, done, model=model, optimizer=optimizer, scheduler=scheduler,
+                                    trainable_only=lora, d=d, keep_last=cfg.checkpoint.keep_last,
+                                    extra={"loss": loss_value, "val_loss": val_loss, "val_metrics": val_extra,
+                                           "total_steps": total_steps})
+                except Exception as err:  # a full disk or a vanished mount: the previous checkpoint stays latest
+                    failure = checkpoint.write_failure(out, done, err)
+                    if failure is None:
+                        raise
+                    raise failure from None
+    except KeyboardInterrupt:
+        if d.is_main:
+            latest = checkpoint.find_latest(out)
+            print(f"\nstopped: rerun the same command to resume from {latest} (step {_step_of(latest)})"
+                  if latest is not None else "\nstopped before the first checkpoint: a rerun starts at step 0",
+                  file=sys.stderr, flush=True)
+        raise
     finally:
         if bar is not None:
             bar.stop()
@@ -246,9 +273,14 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
     # AutoPeftModel rebuilds the base with transformers alone.
     from automodel.catalog.params import model_class_for
 
-    exports = export.export_run(cfg.checkpoint.export, model, tokenizer, out, d, model_class=model_class_for(model_config),
-                                base=export.base_reference(source, init=cfg.model.init, output_dir=out),
-                                build_unsharded=lambda: build("cpu"))
+    wanted = {"adapter": ["adapter"], "merged": ["merged"], "both": ["adapter", "merged"]}.get(cfg.checkpoint.export, [])
+    if finished_before and all((out / name).is_dir() for name in wanted):
+        exports = {name: str(out / name) for name in wanted}  # written when the run finished
+    else:
+        exports = export.export_run(cfg.checkpoint.export, model, tokenizer, out, d,
+                                    model_class=model_class_for(model_config),
+                                    base=export.base_reference(source, init=cfg.model.init, output_dir=out),
+                                    build_unsharded=lambda: build("cpu"))
     result = RunResult(
         output_dir=str(out), steps=total_steps, resumed_from=start, final_loss=loss_value, val_loss=val_loss,
         tokens_per_s=run_counts[1].item() / max(elapsed, 1e-9),
@@ -256,6 +288,12 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
         estimate=_estimate(model_config, cfg.to_plan(d.world).model_copy(update={"precision": precision})),
         exports=exports, val_metrics=val_extra,
     )
+    if finished_before:
+        if d.is_main:
+            print(f"{out} already finished: {resume_from} is step {start} of {total_steps}, nothing to train. "
+                  "To train longer raise schedule.max_steps; to start over set checkpoint.resume=never "
+                  "or another output_dir.", file=sys.stderr)
+        return result
     if d.is_main:
         _write_summary(out / "summary.json", result)
         from rich.console import Console
@@ -325,11 +363,12 @@ def resolve_model(model: ModelConfig) -> tuple[str, dict[str, Any]]:
                 raise
     from transformers import AutoConfig
 
+    hub.require_reachable(hub_id, field="model.name")  # at once, not after five retries per file
     try:
         config = AutoConfig.from_pretrained(hub_id, trust_remote_code=model.trust_remote_code)
     except Exception as err:  # offline cache miss, gated, unknown id: all the user's to fix
         raise UserError(f"cannot load the config of {hub_id!r}: {str(err).splitlines()[0]}", field="model.name",
-                        hint="go online once to cache it (gated models need `huggingface-cli login` and "
+                        hint=f"go online once to cache it (gated models need {hub.LOGIN} and "
                         "accepting the license), or give a local model directory") from None
     return hub_id, config.to_dict()
 
@@ -358,10 +397,15 @@ def load_model(cfg: TrainConfig, source: str, config: dict[str, Any], *, device:
                 trust_remote_code=cfg.model.trust_remote_code, **quantize)
         except Exception as err:
             raise UserError(f"cannot load weights of {source!r}: {str(err).splitlines()[0]}", field="model.name",
-                            hint="go online once to cache them (gated models need `huggingface-cli login`), "
+                            hint=f"go online once to cache them (gated models need {hub.LOGIN}), "
                             "or set model.init=random to train from a config alone") from None
     model.config.use_cache = False
     return model
+
+
+def _step_of(path: Path) -> int:
+    """The step number of a checkpoint directory (step_00000012 -> 12)."""
+    return int(path.name.rsplit("_", 1)[-1])
 
 
 def _seed_everything(seed: int) -> None:

@@ -155,6 +155,11 @@ TERMS: tuple[str, ...] = (
 )
 
 
+def term_label(term: str) -> str:
+    """A term as people read it (`adapter_weights` -> `adapter weights`); JSON keeps the key."""
+    return term.replace("_", " ")
+
+
 @dataclass(frozen=True)
 class MemoryEstimate:
     """Per-GPU memory of one run, in bytes.

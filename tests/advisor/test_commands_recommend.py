@@ -126,7 +126,9 @@ def test_write_config_writes_a_qlora_top_pick_that_validates(capsys, tmp_path) -
     assert captured.err == ""  # the top pick itself is written: no note, no fallback to another row
     cfg = load_config(path)
     assert (cfg.model.name, cfg.peft.method, cfg.peft.rank) == (first["model"], "qlora", first["strategy"]["lora_rank"])
-    assert main(["validate", "-c", str(path)]) == 0 and "config ok" in capsys.readouterr().out
+    assert main(["validate", "-c", str(path)]) == 2 and "data.source" in capsys.readouterr().err  # placeholder
+    assert main(["validate", "-c", str(path), "data.source=someorg/chats"]) == 0
+    assert "config ok" in capsys.readouterr().out
 
 
 GRID = [

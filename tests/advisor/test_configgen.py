@@ -90,7 +90,10 @@ def test_unwritable_path_is_a_user_error(tmp_path) -> None:
 def test_finetune_dry_run_accepts_the_written_config(tmp_path, capsys) -> None:
     rec = picks("llm", 24, "lora")[0]
     path = write_config(rec, tmp_path / "run.yaml")
-    assert main(["finetune", "llm", "-c", str(path), "--dry-run"]) == 0
+    # as written, the placeholder stops it (naming data.source); with the user's data it runs
+    assert main(["finetune", "llm", "-c", str(path), "--dry-run"]) == 2
+    assert "error: data.source: `REPLACE_ME/your-dataset` is a placeholder" in capsys.readouterr().err
+    assert main(["finetune", "llm", "-c", str(path), "--dry-run", "data.source=someorg/chats"]) == 0
     out = capsys.readouterr().out
     assert f"{rec.estimate.peak_reserved / GIB:.2f}" in out  # the dry-run estimate is the recommendation one
 

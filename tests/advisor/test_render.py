@@ -92,3 +92,93 @@ def test_title_shows_the_memory_planned_for_when_gpu_mem_overrides_the_card() ->
     result = recommend(Profile(task=Task(modality="llm"), hardware=hw, requirements=Requirements()))
     text = render(print_human, result, 3, ["recommend"])
     assert "1 x A100-80GB (24.0 GiB)" in text
+
+
+# --- every table at 80 and at 200 columns -----------------------------------------------------------------
+
+
+def _cells(table) -> list[str]:
+    from rich.text import Text
+
+    return [Text.from_markup(str(cell)).plain for column in table.columns for cell in column._cells]
+
+
+def _squeezed(text: str, cells: list[str]) -> list[str]:
+    """Cells of two or more words none of whose neighbouring word pairs share a rendered line: rich wrapped
+    them one word per line (a folded or truncated cell still keeps its first two words together)."""
+    lines = text.splitlines()
+    bad = []
+    for cell in cells:
+        words = cell.split()
+        pairs = [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)]
+        if pairs and not any(pair in line for pair in pairs for line in lines):
+            bad.append(cell)
+    return bad
+
+
+def _render(renderable, width: int) -> str:
+    console = Console(width=width, record=True, file=open("/dev/null", "w"))
+    console.print(renderable)
+    return console.export_text()
+
+
+def _tables(width: int):
+    from automodel.advisor.commands_catalog import gpu_rows, gpus_table
+    from automodel.advisor.commands_estimate import estimate_table
+    from automodel.advisor.render import recommendations_table
+
+    llm, vlm = result_for("llm", 24), result_for("vlm", 80, gpus=8)
+    yield "recommend llm", recommendations_table(llm, 5, width)
+    yield "recommend vlm x8", recommendations_table(vlm, 5, width)
+    yield "gpus", gpus_table(gpu_rows(), width)
+    yield "estimate", estimate_table(llm.recommendations[0].estimate)
+    yield "breakdown", breakdown_table(llm.recommendations[0].estimate, 24 * GIB)
+
+
+def test_tables_read_well_at_80_and_200_columns() -> None:
+    for width in (80, 200):
+        for name, table in _tables(width):
+            text = _render(table, width)
+            assert max(map(len, text.splitlines())) <= width, (name, width)
+            assert not _squeezed(text, _cells(table)), (name, width, _squeezed(text, _cells(table)), text)
+
+
+def test_narrow_recommend_moves_the_reasons_under_the_table() -> None:
+    result = result_for("llm", 24)
+    for width, under in ((80, True), (200, False)):
+        console = Console(width=width, record=True, file=open("/dev/null", "w"))
+        print_human(console, result, 5, ["recommend"])
+        text = console.export_text()
+        first = result.recommendations[0]
+        assert (f"1. {first.model.name}: {first.summary}" in text) is under
+        assert first.summary in text
+
+
+def test_the_term_names_and_the_estimate_title_are_the_same_everywhere() -> None:
+    """`adapter weights` in estimate, the breakdown and --dry-run alike; the titles say checkpointing."""
+    from automodel.advisor.commands_estimate import estimate_title
+    from automodel.trainer.cli import render_estimate
+
+    rec = result_for("llm", 24).recommendations[0]
+    est = rec.estimate
+    dry = render_estimate(est, 1, grad_ckpt=rec.plan.grad_ckpt, width=80)
+    for text in (_render(breakdown_table(est, 24 * GIB), 80), dry):
+        assert "adapter weights" in text and "adapter_weights" not in text
+    assert f"grad ckpt {'on' if rec.plan.grad_ckpt else 'off'}" in dry
+    assert "grad ckpt on" in estimate_title("m", rec.plan.model_copy(update={"grad_ckpt": True}), "analytic")
+    assert "grad ckpt off" in estimate_title("m", rec.plan.model_copy(update={"grad_ckpt": False}), "analytic")
+    assert max(map(len, render_estimate(est, 1, grad_ckpt=True, width=200).splitlines())) > 80  # not 110
+
+
+def test_model_names_are_not_recoloured(monkeypatch, capsys) -> None:
+    """rich's highlighter would colour 3.2 and 1b inside llama-3.2-1b (escape codes split the name)."""
+    from automodel.advisor.cli import main
+
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["estimate", "llama-3.2-1b"]) == 0
+    assert "llama-3.2-1b: train" in capsys.readouterr().out
+    assert main(["recommend", "--task", "llm", "--gpu-mem", "24"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b[" in out  # coloured output, and yet
+    assert result_for("llm", 24).recommendations[0].model.name in out

@@ -221,3 +221,26 @@ def test_ctrl_c_in_a_pseudo_terminal(tmp_path) -> None:
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 130 and not list(tmp_path.iterdir())
+
+
+def test_dataset_answer_is_checked_before_the_config_is_written(tmp_path, monkeypatch) -> None:
+    """A local file must exist and have the `messages` column the written (chat) config reads: otherwise
+    the wizard stops naming the column and row, and writes nothing."""
+    from automodel.catalog.errors import UserError
+
+    monkeypatch.setattr(wizard, "launch", lambda rec, path: 0)
+    good = tmp_path / "chat.jsonl"
+    good.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n')
+    path = tmp_path / "ok.yaml"
+    assert wizard.run(Script(gpu="A10", path=str(path), dataset=str(good), launch=False), detected=None) == 0
+    assert load_config(path).data.source == str(good)
+    bad = tmp_path / "qa.jsonl"
+    bad.write_text('{"question": "q", "answer": "a"}\n')
+    path = tmp_path / "bad.yaml"
+    with pytest.raises(UserError) as err:
+        wizard.run(Script(gpu="A10", path=str(path), dataset=str(bad), launch=False), detected=None)
+    assert err.value.field == "data.chat.messages_column" and "row 0" in err.value.message
+    assert not path.exists()
+    with pytest.raises(UserError, match="does not exist"):
+        wizard.run(Script(gpu="A10", path=str(path), dataset=str(tmp_path / "missing.jsonl"), launch=False),
+                   detected=None)

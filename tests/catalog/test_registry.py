@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import huggingface_hub
+import huggingface_hub.constants
 import pytest
 from huggingface_hub.errors import (
     EntryNotFoundError,
@@ -16,6 +17,7 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
 )
 
+from automodel.catalog import hub as hub_module
 from automodel.catalog.errors import UserError
 from automodel.catalog.registry import find_gpu, find_model, load_catalog, resolve
 from tests.catalog.configs import tiny_llama
@@ -30,6 +32,16 @@ def _hub_error(cls: type[Exception], message: str) -> Exception:
     err = cls.__new__(cls)
     Exception.__init__(err, message)
     return err
+
+
+@pytest.fixture(autouse=True)
+def _hub_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reachability probe says the Hub answered (the tests below fake its answers), so nothing here
+    touches the network; the tests of the probe itself undo this."""
+    monkeypatch.setattr(hub_module, "unreachable", lambda repo_id, filename="config.json", **_: None)
+    # huggingface_hub reads HF_HUB_OFFLINE once, at its import: a test elsewhere that imported it under
+    # HF_HUB_OFFLINE=1 must not make every Hub test here an offline one
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
 
 
 @pytest.fixture
@@ -237,3 +249,41 @@ def test_context_length_from_catalog_or_config(tmp_path: Path) -> None:
     assert resolve(str(path)).context_length == 32768
     path.write_text(json.dumps({"model_type": "llama"}))
     assert resolve(str(path)).context_length is None
+
+
+@pytest.fixture
+def closed_port_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The Hub's address is a closed local port (refused at once; no real network) and the cache is empty."""
+    import huggingface_hub.constants
+
+    import automodel.catalog.hub
+
+    monkeypatch.undo()  # the autouse fake probe goes: these tests run the real one
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    assert automodel.catalog.hub.unreachable.__name__ == "unreachable"
+
+
+def test_unreachable_hub_fails_at_once_naming_offline_mode(closed_port_hub: None) -> None:
+    """One refused connection, no five retries: the message names HF_HUB_OFFLINE=1 and a local directory."""
+    with pytest.raises(UserError) as info:
+        resolve("someorg/x")
+    assert info.value.field == "MODEL" and "cannot reach the Hugging Face Hub" in info.value.message
+    assert "HF_HUB_OFFLINE=1" in info.value.hint and "local model directory" in info.value.hint
+
+
+def test_unreachable_hub_uses_a_cached_config(closed_port_hub: None, monkeypatch: pytest.MonkeyPatch,
+                                              tmp_path: Path) -> None:
+    cached = tmp_path / "cached-config.json"
+    cached.write_text(json.dumps(TINY_LLAMA))
+    calls = []
+
+    def from_cache(repo_id: str, filename: str, **kwargs: object) -> str:
+        calls.append(kwargs)
+        return str(cached)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", from_cache)
+    assert resolve("someorg/x").params == TINY_LLAMA_PARAMS
+    assert calls == [{"local_files_only": True}]

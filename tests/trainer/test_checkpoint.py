@@ -29,8 +29,13 @@ def test_keep_last_and_latest_pointer(tiny_config, tmp_path: Path) -> None:
 
 
 def test_crash_during_write_keeps_previous_latest(tiny_config, tmp_path: Path, monkeypatch) -> None:
+    """A full disk while step 4 is written: exit 2 (a UserError naming output_dir and the checkpoint that
+    stays latest), the half-written step removed, and the rerun resumes from step 2."""
+    import errno
+
     import torch
 
+    from automodel.catalog.errors import UserError
     from automodel.trainer.recipe import run
 
     args = ("schedule.max_steps=6", "schedule.checkpoint_every=2")
@@ -41,19 +46,20 @@ def test_crash_during_write_keeps_previous_latest(tiny_config, tmp_path: Path, m
         if str(path).endswith("step_00000004/rng_rank0.pt"):  # the shards are written, the rest is not
             assert (Path(path).parent / "dcp/.metadata").is_file()
             Path(path).write_bytes(b"half")
-            raise OSError("disk full")
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return real_save(obj, path, *a, **k)
 
     monkeypatch.setattr(torch, "save", crash_after_step_4_shards)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(UserError) as err:
         run(tiny_config(*args, output_dir=tmp_path / "crashed"))
     root = tmp_path / "crashed/checkpoints"
+    assert err.value.field == "output_dir" and "no space left" in err.value.message
+    assert f"{root / 'step_00000002'} is still the latest checkpoint" in err.value.message
     assert (root / "latest").read_text().strip() == "step_00000002"
-    assert not (root / "step_00000004").exists() and (root / ".tmp-step_00000004").exists()
+    assert not (root / "step_00000004").exists() and not list(root.glob(".tmp-*"))
     monkeypatch.setattr(torch, "save", real_save)
     result = run(tiny_config(*args, output_dir=tmp_path / "crashed"))
     assert result.resumed_from == 2
-    assert not list(root.glob(".tmp-*"))  # the leftover is cleaned by the next save
     losses = [r["loss"] for r in read_metrics(tmp_path / "crashed/metrics.jsonl")]
     assert losses == [r["loss"] for r in read_metrics(tmp_path / "straight/metrics.jsonl")]
 

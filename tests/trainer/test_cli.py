@@ -187,3 +187,30 @@ def test_cpu_offload_in_one_process_exits_2(tiny_config: Path, capsys: pytest.Ca
         err = capsys.readouterr().err
         assert err.startswith("error: distributed.cpu_offload: CPU offload needs FSDP2") and "Traceback" not in err
     assert automodel(["validate", "-c", str(tiny_config), "--nproc-per-node", "2", "distributed.cpu_offload=true"]) == 0
+
+
+def test_doctor_json_and_table(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert automodel(["doctor", "--json", "--output-dir", str(tmp_path)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    verdicts = {(r["task"], r["method"]): r for r in data["readiness"]}
+    assert verdicts["llm", "lora"]["ready"] and verdicts["llm", "full"]["ready"]  # CPU: for testing
+    assert data["output_dir"] == str(tmp_path) and data["free_disk_bytes"] > 0
+    assert automodel(["doctor"]) == 0
+    out = capsys.readouterr().out
+    assert "ready to train?" in out and "torch" in out and "host RAM" in out
+    assert automodel(["doctor", "extra"]) == 2
+
+
+def test_finetune_stops_first_on_what_the_machine_lacks(tiny_config: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    import dataclasses
+
+    from automodel.trainer import cli, environment
+
+    real = environment.probe(".", gpu_details=False)
+    packages = {k: v for k, v in real.packages.items() if k != "peft"}
+    monkeypatch.setattr(cli, "probe", lambda *a, **k: dataclasses.replace(real, packages=packages))
+    assert automodel(["finetune", "llm", "-c", str(tiny_config)]) == 2
+    err = capsys.readouterr().err
+    assert "peft.method: this machine cannot run llm lora: peft (not installed)" in err and "automodel doctor" in err
+    assert not list(tiny_config.parent.glob("out-*"))  # stopped before anything was written

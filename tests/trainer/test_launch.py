@@ -70,8 +70,9 @@ def test_many_processes_reexec_through_torchrun(tmp_path: Path, fake_recipe: lis
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[str, Any] = {}
 
-    def fake_run(cmd: list[str], check: bool) -> subprocess.CompletedProcess[str]:
+    def fake_run(cmd: list[str], check: bool, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         seen["cmd"] = cmd
+        seen["env"] = env
         seen["text"] = Path(cmd[-1]).read_text()  # what the workers will read
         seen["cfg"] = load_config(cmd[-1])
         return subprocess.CompletedProcess(cmd, 3)
@@ -154,3 +155,13 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
     assert one[-1]["loss"] < one[0]["loss"]
+
+
+def test_workers_get_their_share_of_cores_and_torchrun_no_banner() -> None:
+    from automodel.trainer.launch import worker_environment
+
+    env, note = worker_environment({"PATH": "/bin"}, nproc_per_node=4, cpus=16)
+    assert env == {"PATH": "/bin", "OMP_NUM_THREADS": "4"} and "4 CPU threads per process" in note
+    assert worker_environment({}, nproc_per_node=8, cpus=2)[0]["OMP_NUM_THREADS"] == "1"
+    env, note = worker_environment({"OMP_NUM_THREADS": "3"}, nproc_per_node=2, cpus=16)
+    assert env["OMP_NUM_THREADS"] == "3" and "as set" in note

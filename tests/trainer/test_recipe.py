@@ -138,7 +138,7 @@ def test_gated_or_missing_model_is_a_user_error(tiny_config, monkeypatch) -> Non
     with pytest.raises(UserError) as err:
         run(tiny_config("model.name=no-such-org/no-such-model", "model.init=pretrained"))
     assert err.value.field == "model.name" and "no-such-org/no-such-model" in err.value.message
-    assert "huggingface-cli login" in (err.value.hint or "")
+    assert "hf auth login" in (err.value.hint or "")
     # a local directory without weights: a clear message that points at model.init=random
     with pytest.raises(UserError) as err:
         run(tiny_config("model.init=pretrained"))
@@ -251,3 +251,23 @@ def test_cpu_offload_in_one_process_is_refused(tiny_config, tmp_path: Path) -> N
     with pytest.raises(UserError, match="CPU offload needs FSDP2") as err:
         run(tiny_config("distributed.cpu_offload=true"))
     assert err.value.field == "distributed.cpu_offload" and not (tmp_path / "run").exists()
+
+
+def test_the_runs_own_words_fresh_resumed_and_finished(tiny_config, tmp_path: Path, capsys) -> None:
+    """A fresh run says nothing about resuming; a longer rerun resumes from step N; rerunning a finished run
+    says so (no summary with 0 tokens/s, summary.json untouched)."""
+    from automodel.trainer.recipe import run
+
+    run(tiny_config("schedule.max_steps=2", "schedule.checkpoint_every=2"))
+    err = capsys.readouterr().err
+    assert "resumed" not in err and "already finished" not in err
+    summary = (tmp_path / "run/summary.json").read_text()
+    again = run(tiny_config("schedule.max_steps=2", "schedule.checkpoint_every=2"))
+    out, err = capsys.readouterr()
+    assert "already finished" in err and "step_00000002 is step 2 of 2" in err and "schedule.max_steps" in err
+    assert "tokens/s" not in err and "resuming" not in out
+    assert (tmp_path / "run/summary.json").read_text() == summary and again.steps == 2
+    run(tiny_config("schedule.max_steps=3", "schedule.checkpoint_every=2"))
+    out, err = capsys.readouterr()
+    assert "resuming from" in out and "resumed from step 2" in err
+

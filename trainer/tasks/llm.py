@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from automodel.catalog import hub
 from automodel.catalog.errors import UserError
 from automodel.trainer.config import DataConfig
 from automodel.trainer.data import IGNORE_INDEX, Sample, finish_sample, pack, read_rows
@@ -29,7 +30,7 @@ def load_processor(source: str, *, trust_remote_code: bool = False) -> Any:
     except (OSError, ValueError) as err:
         raise UserError(f"cannot load a tokenizer for {source!r}: {err}".splitlines()[0], field="model.name",
                         hint="give a local directory with tokenizer files, or go online once to cache the "
-                        "model (gated models also need `huggingface-cli login`)") from None
+                        f"model (gated models also need {hub.LOGIN})") from None
     if tokenizer.pad_token_id is None:  # common for base models; padding is always masked out anyway
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
