@@ -210,7 +210,9 @@ def test_bad_input(case: Case, tiny_assets: Path, tmp_path: Path, monkeypatch: p
     argv = [arg.replace("{cfg}", str(root / "cfg.yaml")).replace("{dir}", str(root)) for arg in case.argv]
     monkeypatch.chdir(root)
     if case.subprocess:
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HOME": str(root / "hf"), **case.env}
+        # the suite's environment minus offline mode (bench/memory_accuracy.py sets it when collected)
+        inherited = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+        env = {**inherited, "OMP_NUM_THREADS": "1", "HF_HOME": str(root / "hf"), **case.env}
         done = subprocess.run([sys.executable, "-m", "automodel.advisor.cli", *argv], env=env, capture_output=True,
                               text=True, timeout=300)
         code, out, err = done.returncode, done.stdout, done.stderr
