@@ -32,6 +32,8 @@ from automodel.trainer.peft import adapt, check_runtime, prepare_quantized, trai
 from automodel.trainer.tasks import TaskAdapter, adapter_for
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import torch
     from torch import nn
 
@@ -104,37 +106,14 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
                         field="schedule.global_batch_size", hint=f"use at most {len(train_samples)}")
     total_steps = cfg.schedule.max_steps or per_epoch * (cfg.schedule.epochs or 1)
 
-    # 3. model: weights (qlora: 4-bit on the GPU), LoRA or full, gradient checkpointing, precision, FSDP2 when world > 1
-    grad_ckpt = cfg.distributed.activation_checkpointing
-
-    base_dir = out / export.BASE_DIR
-
-    def build(device: str, *, save_base: bool = False) -> nn.Module:
-        base = load_model(cfg, source, model_config, device=device, cuda=on_cuda)
-        task.prepare_model(base, cfg)
-        if save_base:  # before adapters go on: the weights an exported adapter is loaded onto
-            export.save_base(base, tokenizer, base_dir, d)
-        return adapt(prepare_quantized(base, cfg.peft, grad_ckpt=grad_ckpt), cfg.peft)
-
+    # 3. model: weights (qlora: 4-bit on the GPU), LoRA or full, gradient checkpointing, precision, FSDP2 when
+    # world > 1 (built on the meta device, each rank loading only its shards)
     # A random init is saved with the run (a fresh start rewrites it: the seed or config may have changed).
+    base_dir = out / export.BASE_DIR
     fresh_start = checkpoint.resolve_resume(cfg.checkpoint.resume, out) is None
-    model = build("cpu", save_base=cfg.model.init == "random" and (fresh_start or not export.has_base(base_dir)))
-    quantized = cfg.peft.method == "qlora"  # placed, frozen and cast by bitsandbytes + peft already
-    if grad_ckpt and not quantized:
-        from automodel.trainer.modeling import enable_grad_ckpt
-
-        enable_grad_ckpt(model)
-    if on_cuda and not quantized:
-        from automodel.trainer.modeling import cast_for_training
-
-        cast_for_training(model, precision)
-    sharded = d.world > 1
-    if sharded:  # strategy is fsdp2 here (DistributedConfig.check_world_size above)
-        from automodel.trainer.modeling import shard_model
-
-        shard_model(model, d.mesh, precision=precision, cpu_offload=cfg.distributed.cpu_offload)
-    if not (sharded and cfg.distributed.cpu_offload) and not quantized:
-        model.to(d.device)
+    keep_base = cfg.model.init == "random" and (fresh_start or not export.has_base(base_dir))
+    model = build_for_run(cfg, task, source, model_config, d, precision,
+                          on_base=(lambda base: export.save_base(base, tokenizer, base_dir, d)) if keep_base else None)
     model.train()
     # Weights are initialised identically on every rank (above); dropout draws differ per rank from here on.
     torch.manual_seed(cfg.seed + d.rank)
@@ -280,7 +259,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
         exports = export.export_run(cfg.checkpoint.export, model, tokenizer, out, d,
                                     model_class=model_class_for(model_config),
                                     base=export.base_reference(source, init=cfg.model.init, output_dir=out),
-                                    build_unsharded=lambda: build("cpu"))
+                                    build_unsharded=lambda: _unsharded(cfg, task, source, model_config, on_cuda))
     result = RunResult(
         output_dir=str(out), steps=total_steps, resumed_from=start, final_loss=loss_value, val_loss=val_loss,
         tokens_per_s=run_counts[1].item() / max(elapsed, 1e-9),
@@ -300,6 +279,71 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
 
         Console(stderr=True).print(metrics.summary_table(result))
     return result
+
+
+def build_for_run(cfg: TrainConfig, task: TaskAdapter, source: str, model_config: dict[str, Any],
+                  d: distributed.Dist, precision: str, *,
+                  on_base: Callable[[nn.Module | None], Any] | None = None) -> nn.Module:
+    """The model the loop trains, on this rank's device: the base (pretrained or seeded random), the task's
+    freezing, LoRA or full, gradient checkpointing, training dtypes, FSDP2 with more than one process.
+
+    One process loads the whole model on the CPU and moves it. Several build it on the meta device and fill
+    only their own shards (trainer/loading.py), so no process holds the whole model. `on_base`, when given,
+    is called on every rank with the unadapted base where one process holds it whole (None on the others):
+    the saved random base (trainer/export.py)."""
+    import torch
+
+    on_cuda = d.device.type == "cuda"
+    grad_ckpt = cfg.distributed.activation_checkpointing
+    sharded = d.world > 1  # strategy is fsdp2 here (DistributedConfig.check_world_size)
+    if cfg.peft.method == "qlora":  # one process; placed, frozen and cast by bitsandbytes + peft already
+        return _unsharded(cfg, task, source, model_config, on_cuda, on_base=on_base)
+
+    def wrap(base: nn.Module) -> nn.Module:
+        """What the engine does to a base model, on the meta device or a real one."""
+        from automodel.trainer.modeling import cast_for_training, enable_grad_ckpt, shard_model
+
+        task.prepare_model(base, cfg)
+        model = adapt(base, cfg.peft)
+        if grad_ckpt:
+            enable_grad_ckpt(model)
+        if on_cuda:
+            cast_for_training(model, precision)
+        if sharded:
+            shard_model(model, d.mesh, precision=precision, cpu_offload=cfg.distributed.cpu_offload)
+        return model
+
+    from automodel.trainer.loading import init_lora
+
+    if not sharded:
+        base = load_model(cfg, source, model_config, device="cpu", cuda=on_cuda)
+        if on_base is not None:
+            on_base(base)
+        model = wrap(base)
+        init_lora(model, cfg.seed)  # from the seed alone: the adapters of every world size (trainer/loading.py)
+        return model.to(d.device)
+    from automodel.catalog.params import hf_config_from_dict
+    from automodel.trainer.loading import meta_model, sharded_model
+
+    meta = meta_model(task.model_class(), hf_config_from_dict(model_config), dtype=_load_dtype(cfg, on_cuda),
+                      attn_implementation=cfg.model.attn_implementation,
+                      trust_remote_code=cfg.model.trust_remote_code)
+    offload = cfg.distributed.cpu_offload  # FSDP2 keeps the shards in host memory
+    return sharded_model(meta, wrap, source=None if cfg.model.init == "random" else source,
+                         load_base=lambda: load_model(cfg, source, model_config, device="cpu", cuda=on_cuda),
+                         seed=cfg.seed, device=torch.device("cpu") if offload else d.device, d=d,
+                         log=lambda line: print(line, flush=True) if d.is_main else None, on_base=on_base)
+
+
+def _unsharded(cfg: TrainConfig, task: TaskAdapter, source: str, model_config: dict[str, Any],
+               on_cuda: bool, *, on_base: Callable[[nn.Module | None], Any] | None = None) -> nn.Module:
+    """The base with the task's freezing and LoRA (or QLoRA's preparation), on the CPU (qlora: its GPU)."""
+    base = load_model(cfg, source, model_config, device="cpu", cuda=on_cuda)
+    task.prepare_model(base, cfg)
+    if on_base is not None:  # before adapters go on: the weights an exported adapter is loaded onto
+        on_base(base)
+    grad_ckpt = cfg.distributed.activation_checkpointing
+    return adapt(prepare_quantized(base, cfg.peft, grad_ckpt=grad_ckpt), cfg.peft)
 
 
 def evaluate(model: nn.Module, task: TaskAdapter, tokenizer: Any, samples: list[Any], micro: int,
@@ -378,7 +422,7 @@ def load_model(cfg: TrainConfig, source: str, config: dict[str, Any], *, device:
     the config with `cfg.seed`."""
     import torch
 
-    dtype = torch.bfloat16 if cuda and cfg.model.dtype in ("bf16", "auto") else torch.float32
+    dtype = _load_dtype(cfg, cuda)
     quantize: dict[str, Any] = {}
     if cfg.peft.method == "qlora":  # NF4 weights straight onto this process's GPU; the rest in bf16
         from automodel.trainer.modeling import qlora_quantization_config
@@ -406,6 +450,12 @@ def load_model(cfg: TrainConfig, source: str, config: dict[str, Any], *, device:
 def _step_of(path: Path) -> int:
     """The step number of a checkpoint directory (step_00000012 -> 12)."""
     return int(path.name.rsplit("_", 1)[-1])
+
+
+def _load_dtype(cfg: TrainConfig, cuda: bool) -> torch.dtype:
+    import torch
+
+    return torch.bfloat16 if cuda and cfg.model.dtype in ("bf16", "auto") else torch.float32
 
 
 def _seed_everything(seed: int) -> None:
