@@ -42,6 +42,10 @@ DCP_DIR = "dcp"  # torch.distributed.checkpoint directory inside a step_N checkp
 _PREFIX = "step_"
 
 
+def step_name(step: int) -> str:
+    return f"{_PREFIX}{step:08d}"
+
+
 def checkpoint_root(output_dir: str | Path) -> Path:
     return Path(output_dir) / "checkpoints"
 
@@ -166,7 +170,7 @@ def save(output_dir: str | Path, step: int, *, model: nn.Module, optimizer: torc
     import torch.distributed.checkpoint as dcp
 
     root = checkpoint_root(output_dir)
-    final = root / f"{_PREFIX}{step:08d}"
+    final = root / step_name(step)
     tmp = root / f".tmp-{final.name}"
     if d.is_main:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -12,7 +12,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -105,6 +107,44 @@ def launch(cfg: TrainConfig, topo: Topology) -> int:
     print(f"launching {topo.nproc_per_node} processes on this node ({threads}): {' '.join(cmd[1:])}",
           file=sys.stderr, flush=True)
     try:
-        return subprocess.run(cmd, check=False, env=env).returncode
+        return run_forwarding_stop_signals(cmd, env=env)
     finally:
         config_file.unlink(missing_ok=True)
+
+
+def run_forwarding_stop_signals(cmd: list[str], *, env: dict[str, str]) -> int:
+    """Run torchrun; a SIGTERM or SIGUSR1 sent to this process goes on, as SIGTERM, to its workers.
+
+    The workers finish their step, checkpoint and exit 0 (trainer/preempt.py), so torchrun ends normally.
+    Signalling torchrun itself would work too but ends in its own SignalException traceback and a
+    non-zero exit; it still gets the signal when its workers cannot be found."""
+    child = subprocess.Popen(cmd, env=env)
+
+    def forward(signum: int, frame: object) -> None:
+        workers = _children(child.pid)
+        for pid in workers or [child.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        return child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _children(pid: int) -> list[int]:
+    """The direct children of `pid` (Linux /proc); [] where that cannot be read."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # fields after the parenthesised command name: state, ppid, ...
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from automodel.catalog import hub
 from automodel.catalog.errors import UserError
-from automodel.trainer import checkpoint, distributed, environment, export, metrics
+from automodel.trainer import checkpoint, distributed, environment, export, metrics, preempt
 from automodel.trainer.config import ModelConfig, TrainConfig, dump_yaml
 from automodel.trainer.data import epoch_batches, rank_micro_batches, steps_per_epoch
 from automodel.trainer.peft import adapt, check_runtime, prepare_quantized, trainable_parameters
@@ -53,6 +53,7 @@ class RunResult:
     estimate: Any = None
     exports: dict[str, str] = field(default_factory=dict)
     val_metrics: dict[str, float] = field(default_factory=dict)  # the task's extra figures (val_wer, ...)
+    preempted: bool = False  # stopped early by SIGTERM/SIGUSR1 with a checkpoint at `steps`; no export
 
 
 def run(cfg: TrainConfig) -> RunResult:
@@ -129,12 +130,14 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
     # 5. resume: weights/adapter, optimizer, schedule, RNG; the data position is the step number
     start, loss_value, val_loss = 0, None, None
     val_extra: dict[str, float] = {}
+    window_state = [0.0, 0.0, 0.0]  # a preempted run's unlogged window: loss sum (all ranks), targets, tokens
     resume_from = checkpoint.resolve_resume(cfg.checkpoint.resume, out)
     if resume_from is not None:
         state = checkpoint.load(resume_from, model=model, optimizer=optimizer, scheduler=scheduler,
                                 trainable_only=lora, d=d)
         start, loss_value, val_loss = state["step"], state["loss"], state["val_loss"]
         val_extra = dict(state.get("val_metrics") or {})
+        window_state = list(state.get("window") or window_state)
         if d.is_main and start < total_steps:
             print(f"resuming from {resume_from} (step {start})", flush=True)
     finished_before = start >= total_steps  # a rerun of a finished run: nothing to train
@@ -159,18 +162,24 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
     autocast = compute_autocast(precision, d.device.type)  # the simulator's forward region; off on CPU (fp32)
     # Logged figures cover the window since the last log line: loss per target token, tokens/s.
     # Kept on the device and read only when a line is logged: no host sync per step on a GPU.
-    window_loss = torch.zeros((), dtype=torch.float64, device=d.device)
-    window_counts = torch.zeros(2, dtype=torch.float64, device=d.device)  # target tokens, tokens
+    # (a run stopped between log lines resumes its window: rank 0 carries the all-ranks loss sum)
+    window_loss = torch.tensor(window_state[0] if d.is_main else 0.0, dtype=torch.float64, device=d.device)
+    window_counts = torch.tensor(window_state[1:], dtype=torch.float64, device=d.device)  # targets, tokens
     run_counts = torch.zeros(2, dtype=torch.float64, device=d.device)
     metrics.reset_peak(d.device)  # weights, optimizer and resumed state are in place: measure the steps
     window_start = run_start = time.perf_counter()
 
-    # 6. the loop: one iteration per optimizer step
+    # 6. the loop: one iteration per optimizer step; SIGTERM/SIGUSR1 end it after the current step with a
+    # checkpoint (trainer/preempt.py)
+    done, stopping = start, False
+    stop = preempt.StopRequest()
     try:
+        stop.__enter__()
         for step in range(start, total_steps):
             batches, local_tokens = micro_batches(step)
-            counts = torch.tensor([sum(int(task.count_targets(b)) for b in batches), local_tokens],
-                                  dtype=torch.float64).to(d.device, non_blocking=True)
+            # the third count is "a stop signal arrived on some rank": all ranks stop after the same step
+            counts = torch.tensor([sum(int(task.count_targets(b)) for b in batches), local_tokens,
+                                   float(stop.requested)], dtype=torch.float64).to(d.device, non_blocking=True)
             distributed.all_reduce_sum(counts, d)  # every rank's targets, before the first backward
             scale = d.world / counts[0].clamp(min=1.0)  # FSDP2 averages gradients over ranks; undo that
             # Under FSDP2 every micro batch's gradients are reduce-scattered (FSDP2's default, never turned
@@ -191,8 +200,9 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             done = step + 1
-            window_counts += counts
-            run_counts += counts
+            window_counts += counts[:2]
+            run_counts += counts[:2]
+            stopping = stop.requested if d.world == 1 else bool(counts[2].item())
 
             validate_now = val_samples and (done == total_steps or (cfg.schedule.val_every
                                                                     and done % cfg.schedule.val_every == 0))
@@ -223,17 +233,20 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
                 window_loss.zero_()
                 window_counts.zero_()
                 window_start = time.perf_counter()
-            if save_now:
+            if save_now or stopping:
+                window = [distributed.all_reduce_sum(window_loss.clone(), d).item(), *window_counts.tolist()]
                 try:
                     checkpoint.save(out, done, model=model, optimizer=optimizer, scheduler=scheduler,
                                     trainable_only=lora, d=d, keep_last=cfg.checkpoint.keep_last,
                                     extra={"loss": loss_value, "val_loss": val_loss, "val_metrics": val_extra,
-                                           "total_steps": total_steps})
+                                           "total_steps": total_steps, "window": window})
                 except Exception as err:  # a full disk or a vanished mount: the previous checkpoint stays latest
                     failure = checkpoint.write_failure(out, done, err)
                     if failure is None:
                         raise
                     raise failure from None
+            if stopping:
+                break
     except KeyboardInterrupt:
         if d.is_main:
             latest = checkpoint.find_latest(out)
@@ -242,8 +255,17 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
                   file=sys.stderr, flush=True)
         raise
     finally:
+        stop.__exit__()
         if bar is not None:
             bar.stop()
+    if stopping:
+        if d.is_main:
+            print(f"stopped by {stop.name()} after step {done} of {total_steps}; checkpoint "
+                  f"{checkpoint.checkpoint_root(out) / checkpoint.step_name(done)}. To resume, run the same command "
+                  "again (checkpoint.resume=auto picks it up).", file=sys.stderr, flush=True)
+        return RunResult(output_dir=str(out), steps=done, resumed_from=start, final_loss=loss_value,
+                         val_loss=val_loss, tokens_per_s=0.0, peak_memory_bytes=None, peak_memory_kind="",
+                         val_metrics=val_extra, preempted=True)
     elapsed = time.perf_counter() - run_start
     peak, peak_kind = metrics.peak_memory(d.device)  # before export, whose full-tensor gathers are no training step
 

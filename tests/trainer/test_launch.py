@@ -49,7 +49,7 @@ def fake_recipe(monkeypatch: pytest.MonkeyPatch) -> list[TrainConfig]:
 
 def test_one_process_runs_in_process(tmp_path: Path, fake_recipe: list[TrainConfig],
                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("must not spawn"))
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("must not spawn"))
     cfg = make(tmp_path)
     assert launch(cfg, Topology()) == 0
     assert fake_recipe == [cfg]
@@ -57,7 +57,7 @@ def test_one_process_runs_in_process(tmp_path: Path, fake_recipe: list[TrainConf
 
 def test_inside_a_worker_runs_in_process(tmp_path: Path, fake_recipe: list[TrainConfig],
                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("must not spawn"))
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("must not spawn"))
     for name, value in zip(WORKER_VARS, ("1", "2", "1"), strict=True):
         monkeypatch.setenv(name, value)
     assert in_worker()
@@ -70,14 +70,19 @@ def test_many_processes_reexec_through_torchrun(tmp_path: Path, fake_recipe: lis
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     seen: dict[str, Any] = {}
 
-    def fake_run(cmd: list[str], check: bool, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-        seen["cmd"] = cmd
-        seen["env"] = env
-        seen["text"] = Path(cmd[-1]).read_text()  # what the workers will read
-        seen["cfg"] = load_config(cmd[-1])
-        return subprocess.CompletedProcess(cmd, 3)
+    class FakeTorchrun:
+        pid = -1
 
-    monkeypatch.setattr(subprocess, "run", fake_run)
+        def __init__(self, cmd: list[str], env: dict[str, str]) -> None:
+            seen["cmd"] = cmd
+            seen["env"] = env
+            seen["text"] = Path(cmd[-1]).read_text()  # what the workers will read
+            seen["cfg"] = load_config(cmd[-1])
+
+        def wait(self) -> int:
+            return 3
+
+    monkeypatch.setattr(subprocess, "Popen", FakeTorchrun)
     cfg = make(tmp_path, "peft.rank=4")
     assert launch(cfg, Topology(nproc_per_node=2)) == 3  # torchrun's exit code comes back
     assert fake_recipe == []
@@ -88,6 +93,7 @@ def test_many_processes_reexec_through_torchrun(tmp_path: Path, fake_recipe: lis
     assert "secret" not in seen["text"] and "${HF_TOKEN}" in seen["text"]
     assert seen["cfg"] == cfg  # the workers validate the very same config
     assert not Path(cmd[-1]).exists()  # removed once torchrun returned
+    assert "OMP_NUM_THREADS" in seen["env"]  # each worker's thread count is set (worker_environment)
 
 
 def test_multi_node_command() -> None:
@@ -99,7 +105,7 @@ def test_multi_node_command() -> None:
 
 
 def test_indivisible_batch_fails_before_spawning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("must not spawn"))
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("must not spawn"))
     with pytest.raises(UserError) as err:
         launch(make(tmp_path), Topology(nproc_per_node=3))
     assert err.value.field == "schedule.global_batch_size"
