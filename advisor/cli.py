@@ -24,7 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "automodel.advisor.commands_estimate",
     "automodel.advisor.commands_recommend",
 )
-TRAINER_COMMANDS = ("finetune", "validate", "config", "doctor")
+TRAINER_COMMANDS = ("finetune", "validate", "config", "doctor", "slurm")
 
 EPILOG = """\
 commands handed to the trainer:
@@ -32,6 +32,7 @@ commands handed to the trainer:
   validate -c CFG.yaml [overrides]                 check a config without training
   config schema                                    print the config's JSON Schema
   doctor [--output-dir DIR] [--json]               what this machine can train (versions, GPUs, disk)
+  slurm -c CFG.yaml --nodes N --gpus-per-node G    write an sbatch script for N nodes
 
 examples:
   automodel recommend --task llm --use-case chat --gpu-mem 24

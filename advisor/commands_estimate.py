@@ -282,6 +282,9 @@ def estimate_table(est: MemoryEstimate) -> Any:
     table.add_section()
     table.add_row("peak allocated", f"{est.peak_allocated / GIB:.2f}")
     table.add_row("[bold]peak reserved (device)[/bold]", f"[bold]{est.peak_reserved / GIB:.2f}[/bold]")
+    if est.host_peak:
+        table.add_section()
+        table.add_row("host RAM / process (peak)", f"{est.host_peak / GIB:.2f}")
     return table
 
 

@@ -21,7 +21,7 @@ _PATTERN = re.compile(r"^\s*(-?(?:\d+(?:\.\d+)?|\.\d+))\s*([a-zA-Z]*)\s*$")
 MAX_PER_GPU = 1024**4
 
 
-def parse_memory(text: str | float, *, field: str = "--gpu-mem") -> int:
+def parse_memory(text: str | float, *, field: str = "--gpu-mem", limit: int | None = MAX_PER_GPU) -> int:
     """Bytes for one GPU's memory; a UserError naming `field` for anything else, a size <= 0 or one
     beyond MAX_PER_GPU."""
     if isinstance(text, int | float) and not isinstance(text, bool):
@@ -35,7 +35,7 @@ def parse_memory(text: str | float, *, field: str = "--gpu-mem") -> int:
     if value <= 0:
         raise UserError(f"memory size must be positive, got {text!r}", field=field, hint="e.g. 24GB")
     size = int(value * _UNITS[unit])
-    if size > MAX_PER_GPU:
+    if limit is not None and size > limit:
         raise UserError(f"{text!r} is {size / GIB:,.0f} GiB per GPU, more than any GPU has", field=field,
                         hint="give the memory of one GPU (e.g. 80GB); the number of GPUs is --gpus")
     return size

@@ -43,6 +43,8 @@ examples:
   automodel finetune llm -c examples/llm/llama_3_2_1b_squad.yaml --dry-run --nproc-per-node 8
   automodel finetune llm -c cfg.yaml --nproc-per-node 8 --nnodes 2 --node-rank 0 \\
       --master-addr 10.0.0.1 --master-port 29500
+  automodel finetune llm -c cfg.yaml --nproc-per-node 8 --nnodes 2 --rdzv-endpoint node001:29500 --rdzv-id job7
+  automodel slurm -c cfg.yaml --nodes 2 --gpus-per-node 8 --partition gpu --time 24:00:00 -o job.sbatch
   automodel validate -c examples/llm/qwen_3_0p6b_hellaswag.yaml --peft.rank 32
   automodel config schema > train-config.schema.json
 
@@ -73,8 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--node-rank", type=int_in(0), default=0, help="this node's rank (multi-node)")
     ft.add_argument("--master-addr", help="rank-0 node address (multi-node)")
     ft.add_argument("--master-port", type=int_in(1, 65535), help="rank-0 node port (multi-node)")
+    ft.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="torchrun c10d rendezvous (multi-node, instead of "
+                    "--master-addr/--node-rank): the same on every node")
+    ft.add_argument("--rdzv-id", help="the job's id at the rendezvous (the same on every node; default automodel)")
     ft.add_argument("--dry-run", action="store_true", help="validate, print the resolved config and the memory "
                     "estimate, and exit")
+    ft.add_argument("--host-mem", metavar="GB", help="RAM per node for --dry-run's host-memory check (default: "
+                    "this machine's)")
 
     val = sub.add_parser("validate", help="check a config without training", epilog=EXAMPLES, allow_abbrev=False,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -84,6 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
                          allow_abbrev=False)
     doc.add_argument("--output-dir", default=".", help="where runs will write (free disk is measured there)")
     doc.add_argument("--json", action="store_true", help="print one JSON document")
+
+    sl = sub.add_parser("slurm", help="write an sbatch script that runs a config on N nodes", epilog=EXAMPLES,
+                        allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sl.add_argument("-c", "--config", required=True, type=Path, help="training config YAML")
+    sl.add_argument("--nodes", type=int_in(1), required=True, help="nodes to run on")
+    sl.add_argument("--gpus-per-node", type=int_in(1), required=True, help="GPUs (processes) per node")
+    sl.add_argument("--partition", help="Slurm partition")
+    sl.add_argument("--account", help="Slurm account")
+    sl.add_argument("--time", help="time limit, HH:MM:SS or D-HH:MM:SS")
+    sl.add_argument("--job-name", default="automodel", help="Slurm job name (default automodel)")
+    sl.add_argument("-o", "--output", type=Path, help="write the script here (default: print it)")
 
     conf = sub.add_parser("config", help="config utilities", allow_abbrev=False)
     conf.add_argument("action", choices=("schema",), help="schema: print the config's JSON Schema")
@@ -232,6 +250,9 @@ def render_estimate(estimate: MemoryEstimate, world_size: int, *, grad_ckpt: boo
         table.add_row(term_label(term), f"{value / gib:.2f}")
     table.add_row("peak allocated", f"{estimate.peak_allocated / gib:.2f}", style="bold")
     table.add_row("peak reserved", f"{estimate.peak_reserved / gib:.2f}", style="bold")
+    if estimate.host_peak:
+        table.add_section()
+        table.add_row("host RAM / process (peak)", f"{estimate.host_peak / gib:.2f}")
     console = Console(file=io.StringIO(), width=width or shutil.get_terminal_size().columns,
                       force_terminal=sys.stdout.isatty(), highlight=False)
     console.print(f"memory estimate per GPU ({estimate.engine}, {world_size} GPU{'s' if world_size > 1 else ''}, "
@@ -243,12 +264,19 @@ def render_estimate(estimate: MemoryEstimate, world_size: int, *, grad_ckpt: boo
     return console.file.getvalue().rstrip()  # type: ignore[attr-defined]
 
 
-def dry_run(cfg: TrainConfig, world_size: int) -> str:
-    """Resolved YAML, checks and the memory estimate of this run."""
+def dry_run(cfg: TrainConfig, world_size: int, *, processes_per_node: int = 1, host_mem: str | None = None) -> str:
+    """Resolved YAML, checks and the memory estimate of this run (and a warning when a node's RAM, given or
+    detected, is too small for its processes' host memory)."""
     from automodel.catalog.memory.estimate import estimate
+    from automodel.catalog.memory.host import host_ram_warning, node_ram_bytes
+    from automodel.catalog.units import parse_memory
 
     summary, resolved = _check_and_resolve(cfg, world_size)
     result = estimate(resolved.config, cfg.to_plan(world_size))
+    ram = parse_memory(host_mem, field="--host-mem", limit=None) if host_mem is not None else node_ram_bytes()
+    warning = host_ram_warning(result.host_peak, processes_per_node, ram, given=host_mem is not None)
+    if warning:
+        summary.append(f"warning    {warning}")
     grad_ckpt = cfg.distributed.activation_checkpointing
     return "\n".join([dump_yaml(cfg).rstrip(), "---", *summary, render_estimate(result, world_size, grad_ckpt=grad_ckpt)])
 
@@ -313,16 +341,19 @@ def run_command(args: argparse.Namespace, overrides: list[str]) -> int:
         schema = TrainConfig.model_json_schema()
         print(json.dumps(schema, indent=2) if args.format == "json" else schema_markdown())
         return 0
+    if args.command == "slurm":
+        return write_slurm(args, overrides)
     world = args.nproc_per_node * args.nnodes
     if args.command == "validate":
         cfg = load(args.config, overrides)
         print("\n".join(["config ok", *check_run(cfg, world)]))
         return 0
     cfg = load(args.config, overrides, args.task)
-    topo = Topology(args.nproc_per_node, args.nnodes, args.node_rank, args.master_addr, args.master_port)
+    topo = Topology(args.nproc_per_node, args.nnodes, args.node_rank, args.master_addr, args.master_port,
+                    args.rdzv_endpoint, args.rdzv_id)
     topo.check()
     if args.dry_run:  # validation and the estimate work for every task, trained or not yet
-        print(dry_run(cfg, topo.world_size))
+        print(dry_run(cfg, topo.world_size, processes_per_node=topo.nproc_per_node, host_mem=args.host_mem))
         return 0
     check_task_implemented(args.task)
     # The same checks as `validate` before anything heavy loads: a typo in peft.target_modules must stop
@@ -332,6 +363,30 @@ def run_command(args: argparse.Namespace, overrides: list[str]) -> int:
             print(line, file=sys.stderr)
     check_machine(cfg)  # then what this machine lacks for the task x method (the doctor's checks)
     return launch(cfg, topo)
+
+
+def write_slurm(args: argparse.Namespace, overrides: list[str]) -> int:
+    """`automodel slurm`: check the config for nodes x GPUs, then write (or print) the sbatch script."""
+    from automodel.trainer.slurm import SlurmJob, render
+
+    cfg = load(args.config, overrides)
+    for line in check_run(cfg, args.nodes * args.gpus_per_node):
+        if line.startswith("warning"):
+            print(line, file=sys.stderr)
+    job = SlurmJob(task=cfg.task, config=args.config, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+                   overrides=list(overrides), partition=args.partition, account=args.account, time=args.time,
+                   job_name=args.job_name)
+    script = render(job)
+    if args.output is None:
+        print(script, end="")
+        return 0
+    try:
+        args.output.write_text(script)
+    except OSError as err:
+        raise UserError(f"cannot write {args.output}: {err.strerror}", field="-o",
+                        hint="give a writable path for the script") from None
+    print(f"wrote {args.output}: submit it with `sbatch {args.output}`", file=sys.stderr)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,27 +5,31 @@ One path for every task: `export_run` takes the task's processor (a tokenizer or
 both have `save_pretrained`) and the task's Auto model class, and writes what `checkpoint.export` asks.
 Exports stand on their own: the adapter's `base_model_name_or_path` names a base that loads in a new
 process (the Hub id, a local model directory as an absolute path, or the run's saved random base), so
-`AutoPeftModel.from_pretrained(OUT/adapter)` needs nothing but that directory. Weights are gathered on
-rank 0 through the same state-dict API as checkpoints, so one process and FSDP2 shards alike work.
-Every rank must call the exports; only rank 0 writes.
+`AutoPeftModel.from_pretrained(OUT/adapter)` needs nothing but that directory. The adapter is gathered
+on rank 0 through the same state-dict API as checkpoints; the merged model is streamed, one weight at a
+time, into files of at most MAX_SHARD_BYTES, so rank 0 never holds more than one file's tensors and
+nothing is built or loaded again. The optimizer state is never gathered. One process and FSDP2 shards
+alike work; every rank must call the exports; only rank 0 writes.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from automodel.trainer.checkpoint import model_state
 from automodel.trainer.distributed import Dist, barrier
-from automodel.trainer.peft import is_lora
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
+MAX_SHARD_BYTES = 5 * 2**30  # merged exports: files of at most 5 GiB, as the Hub's big models are split
 BASE_DIR = "base"  # under output_dir: the initial weights of a random-init run
 ADAPTER_NAME = "default"  # peft's name for the one adapter a run trains
 
@@ -110,36 +114,127 @@ def export_adapter(model: nn.Module, processor: Any, out: Path, d: Dist, *, mode
     return out
 
 
-def export_merged(model: nn.Module, processor: Any, out: Path, d: Dist,
-                  build_unsharded: Callable[[], nn.Module]) -> Path:
-    """Write `out` as a plain transformers model: LoRA merged into the base weights, safetensors.
+def export_merged(model: nn.Module, processor: Any, out: Path, d: Dist, *, dtype: torch.dtype,
+                  max_shard_bytes: int = MAX_SHARD_BYTES) -> Path:
+    """Write `out` as a plain transformers model: LoRA merged into the base weights, safetensors files of at
+    most `max_shard_bytes` (one `model.safetensors`, or numbered files and an index).
 
-    `build_unsharded` makes a fresh CPU copy with the same structure (adapters included); it receives
-    the gathered weights, is merged and saved, so the live (possibly sharded) model is left alone.
-    """
-    state = model_state(model, trainable_only=False)
-    if d.is_main:
-        fresh = build_unsharded()
-        fresh.load_state_dict(state, strict=True)
-        if is_lora(fresh):
-            fresh = fresh.merge_and_unload()
-        fresh.config.use_cache = True  # training turned the KV cache off; generation wants it back
-        tmp = _tmp_for(out)
-        with _quiet_saves():
-            fresh.save_pretrained(str(tmp), safe_serialization=True)
+    Streamed: weights are gathered one at a time (every rank joins each all-gather), a LoRA-wrapped weight
+    with its adapter (W + scaling x B @ A, in fp32), and rank 0 keeps at most one file's tensors before it
+    writes them. Nothing else is gathered or built: not the optimizer, not a second copy of the model."""
+    from automodel.trainer.loading import hf_key
+    from automodel.trainer.modeling import base_model
+
+    merges = _lora_merges(model)
+    tmp = _tmp_for(out) if d.is_main else None
+    writer = _ShardWriter(tmp, max_shard_bytes) if tmp is not None else None
+    for name, tensor in _exported_tensors(model):  # the same order on every rank: the gathers pair up
+        full = _full(tensor)
+        merge = merges.get(name)
+        if merge is not None:
+            lora_a, lora_b, scaling = merge
+            full_a, full_b = _full(lora_a), _full(lora_b)
+            if writer is not None:
+                full = full.float() + scaling * (full_b.float() @ full_a.float())
+        if writer is not None:
+            writer.add(hf_key(name), full.detach().to("cpu", dtype=dtype if full.is_floating_point() else full.dtype))
+    if writer is not None and tmp is not None:
+        writer.close()
+        base = base_model(model)
+        config = copy.deepcopy(base.config)
+        config.use_cache = True  # training turned the KV cache off; generation wants it back
+        config.dtype = dtype
+        config.save_pretrained(str(tmp))
+        generation = getattr(base, "generation_config", None)
+        if generation is not None and base.can_generate():
+            generation.save_pretrained(str(tmp))
         processor.save_pretrained(str(tmp))
         _replace_dir(tmp, out)
     barrier(d)
     return out
 
 
+def _full(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor: an all-gather for a FSDP2 shard (collective), the tensor itself otherwise."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def _exported_tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every base parameter once (a tied head is saved as its embedding, as save_pretrained does) and every
+    persistent buffer, in module order; the LoRA adapters are merged, not exported."""
+    from automodel.trainer.loading import is_lora_name
+
+    for name, param in model.named_parameters():
+        if not is_lora_name(name):
+            yield name, param
+    for module_name, module in model.named_modules():
+        for buf_name, buf in module.named_buffers(recurse=False):
+            if buf is not None and buf_name not in module._non_persistent_buffers_set:
+                yield (f"{module_name}.{buf_name}" if module_name else buf_name), buf
+
+
+def _lora_merges(model: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
+    """{live name of a LoRA-wrapped linear's base weight: (A weight, B weight, scaling)}."""
+    merges = {}
+    for module_name, module in model.named_modules():
+        lora_a = getattr(module, "lora_A", None)
+        if getattr(module, "base_layer", None) is None or lora_a is None or ADAPTER_NAME not in lora_a:
+            continue
+        merges[f"{module_name}.base_layer.weight"] = (
+            lora_a[ADAPTER_NAME].weight, module.lora_B[ADAPTER_NAME].weight, module.scaling[ADAPTER_NAME])
+    return merges
+
+
+class _ShardWriter:
+    """Tensors into safetensors files of at most `limit` bytes; `close` names them as save_pretrained does."""
+
+    def __init__(self, directory: Path, limit: int) -> None:
+        directory.mkdir(parents=True)
+        self.directory, self.limit = directory, limit
+        self.pending: dict[str, torch.Tensor] = {}
+        self.pending_bytes = self.total = 0
+        self.files: list[list[str]] = []
+
+    def add(self, key: str, value: torch.Tensor) -> None:
+        size = value.numel() * value.element_size()
+        if self.pending and self.pending_bytes + size > self.limit:
+            self._flush()
+        self.pending[key] = value.contiguous()
+        self.pending_bytes += size
+        self.total += size
+
+    def _flush(self) -> None:
+        from safetensors.torch import save_file
+
+        save_file(self.pending, str(self.directory / f"part-{len(self.files):05d}"), metadata={"format": "pt"})
+        self.files.append(list(self.pending))
+        self.pending, self.pending_bytes = {}, 0
+
+    def close(self) -> None:
+        if self.pending or not self.files:
+            self._flush()
+        count = len(self.files)
+        if count == 1:
+            (self.directory / "part-00000").rename(self.directory / "model.safetensors")
+            return
+        weight_map = {}
+        for i, keys in enumerate(self.files):
+            name = f"model-{i + 1:05d}-of-{count:05d}.safetensors"
+            (self.directory / f"part-{i:05d}").rename(self.directory / name)
+            weight_map.update(dict.fromkeys(keys, name))
+        index = {"metadata": {"total_size": self.total}, "weight_map": weight_map}
+        (self.directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
 def export_run(kind: str, model: nn.Module, processor: Any, output_dir: Path, d: Dist, *, model_class: Any,
-               base: str, build_unsharded: Callable[[], nn.Module]) -> dict[str, str]:
+               base: str, dtype: torch.dtype) -> dict[str, str]:
     """`checkpoint.export` for any task: {"adapter": path, "merged": path} for what was written."""
     exports: dict[str, str] = {}
     if kind in ("adapter", "both"):
         exports["adapter"] = str(export_adapter(model, processor, output_dir / "adapter", d,
                                                 model_class=model_class, base=base))
     if kind in ("merged", "both"):
-        exports["merged"] = str(export_merged(model, processor, output_dir / "merged", d, build_unsharded))
+        exports["merged"] = str(export_merged(model, processor, output_dir / "merged", d, dtype=dtype))
     return exports

@@ -37,6 +37,8 @@ class Topology:
     node_rank: int = 0
     master_addr: str | None = None
     master_port: int | None = None
+    rdzv_endpoint: str | None = None  # HOST:PORT of torchrun's c10d rendezvous (any node may start first)
+    rdzv_id: str | None = None  # the job's name at the rendezvous: the same on every node, new for every job
 
     @property
     def world_size(self) -> int:
@@ -49,9 +51,18 @@ class Topology:
             raise UserError("must be at least 1", field="--nnodes")
         if not 0 <= self.node_rank < self.nnodes:
             raise UserError(f"{self.node_rank} is not in [0, {self.nnodes})", field="--node-rank")
-        if self.nnodes > 1 and self.master_addr is None:
-            raise UserError("a multi-node run needs the rank-0 node's address", field="--master-addr",
-                            hint="pass --master-addr HOST --master-port PORT on every node")
+        if self.rdzv_endpoint is not None:
+            host, _, port = self.rdzv_endpoint.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise UserError(f"{self.rdzv_endpoint!r} is not HOST:PORT", field="--rdzv-endpoint",
+                                hint="e.g. --rdzv-endpoint node001:29500 (the same on every node)")
+            if self.master_addr is not None:
+                raise UserError("give either --rdzv-endpoint or --master-addr, not both", field="--rdzv-endpoint",
+                                hint="c10d rendezvous (--rdzv-endpoint) needs no node ranks or master address")
+        if self.nnodes > 1 and self.master_addr is None and self.rdzv_endpoint is None:
+            raise UserError("a multi-node run needs a meeting point", field="--master-addr",
+                            hint="pass --rdzv-endpoint HOST:PORT --rdzv-id JOB on every node, or "
+                            "--master-addr HOST --master-port PORT --node-rank R")
 
 
 def in_worker(environ: dict[str, str] | None = None) -> bool:
@@ -63,7 +74,10 @@ def in_worker(environ: dict[str, str] | None = None) -> bool:
 def torchrun_command(task: str, config_file: Path, topo: Topology) -> list[str]:
     """The torchrun re-exec for this run (no overrides, no secrets: everything is in the file)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={topo.nproc_per_node}"]
-    if topo.nnodes == 1 and topo.master_addr is None and topo.master_port is None:
+    if topo.rdzv_endpoint is not None:  # c10d: the nodes meet at the endpoint; torchrun assigns node ranks
+        cmd += [f"--nnodes={topo.nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={topo.rdzv_endpoint}",
+                f"--rdzv-id={topo.rdzv_id or 'automodel'}"]
+    elif topo.nnodes == 1 and topo.master_addr is None and topo.master_port is None:
         cmd.append("--standalone")  # local rendezvous on a free port
     else:
         cmd += [f"--nnodes={topo.nnodes}", f"--node-rank={topo.node_rank}",

@@ -281,7 +281,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
         exports = export.export_run(cfg.checkpoint.export, model, tokenizer, out, d,
                                     model_class=model_class_for(model_config),
                                     base=export.base_reference(source, init=cfg.model.init, output_dir=out),
-                                    build_unsharded=lambda: _unsharded(cfg, task, source, model_config, on_cuda))
+                                    dtype=_load_dtype(cfg, on_cuda))
     result = RunResult(
         output_dir=str(out), steps=total_steps, resumed_from=start, final_loss=loss_value, val_loss=val_loss,
         tokens_per_s=run_counts[1].item() / max(elapsed, 1e-9),

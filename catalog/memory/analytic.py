@@ -23,6 +23,7 @@ from automodel.catalog.memory.activations import (
     sliding_mask_bytes,
     vit_layer_bytes,
 )
+from automodel.catalog.memory.host import host_assumption, host_memory
 from automodel.catalog.memory.inputs import (
     ctc_words,
     input_lines,
@@ -234,12 +235,14 @@ def estimate_analytic(config: dict[str, object], plan: Plan, *, params: int | No
     vision = held + pixels + vit_saved + vit_fwd + weight_casts  # the vision tower's forward
     peak_alloc = resident + max(fwd_end, start_bwd, end_bwd, step, vision)
     factor, overhead = reserve_model(plan)
+    host = host_memory(d, plan, total=int(total), trainable=int(trainable))
+    assumptions.append(host_assumption(host, plan))
     return MemoryEstimate(
         engine="analytic", params=int(total), trainable_params=int(trainable), weights=int(weights),
         adapter_weights=int(adapter_weights), gradients=int(gradients), optimizer=int(optimizer),
         activations=int(activations), logits=int(logits), kv_cache=0, comm_buffers=int(comm),
         overhead=overhead, peak_allocated=int(peak_alloc), peak_reserved=int(math.ceil(peak_alloc * factor)) + overhead,
-        assumptions=tuple(assumptions),
+        assumptions=tuple(assumptions), host_peak=host.peak, host=tuple(host.breakdown().items()),
     )
 
 

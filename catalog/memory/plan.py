@@ -184,6 +184,9 @@ class MemoryEstimate:
     peak_allocated: int
     peak_reserved: int
     assumptions: tuple[str, ...] = field(default_factory=tuple)
+    # host (CPU) RAM per process: the peak, and its terms (catalog/memory/host.py); 0 / () when not estimated
+    host_peak: int = 0
+    host: tuple[tuple[str, int], ...] = ()
 
     def breakdown(self) -> dict[str, int]:
         """Term -> bytes, in render order."""
@@ -199,5 +202,7 @@ class MemoryEstimate:
             "peak_allocated_bytes": self.peak_allocated,
             "peak_reserved_bytes": self.peak_reserved,
             "breakdown": self.breakdown(),
+            "host_peak_bytes": self.host_peak,
+            "host_breakdown": dict(self.host),
             "assumptions": list(data["assumptions"]),
         }

@@ -105,3 +105,34 @@ def test_base_reference_is_loadable_from_anywhere(tmp_path: Path, monkeypatch: p
     assert base_reference("models/tiny", init="random", output_dir=out) == str(tmp_path / "runs/a/base")
     assert base_reference("models/tiny", init="pretrained", output_dir=out) == str(tmp_path / "models/tiny")
     assert base_reference("Qwen/Qwen3-0.6B", init="pretrained", output_dir=out) == "Qwen/Qwen3-0.6B"
+
+
+def test_merged_export_streams_into_files_and_reloads(tiny_config, tmp_path: Path) -> None:
+    """Small files force several: numbered safetensors plus an index, as save_pretrained writes them; stock
+    transformers reloads them with the live model's merged logits. No optimizer, no second model built."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from automodel.trainer.distributed import Dist
+    from automodel.trainer.export import export_merged
+    from automodel.trainer.loading import init_lora
+    from automodel.trainer.modeling import build_model
+    from automodel.trainer.peft import adapt
+
+    cfg = tiny_config()
+    config = json.loads((Path(cfg.model.name) / "config.json").read_text())
+    model = adapt(build_model(config, device="cpu", seed=0), cfg.peft)
+    init_lora(model, seed=1)
+    with torch.no_grad():  # B is zero after init: give the adapters something to merge
+        for name, param in model.named_parameters():
+            if ".lora_B." in name:
+                param.normal_(0, 0.05)
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model.name)
+    out = export_merged(model, tokenizer, tmp_path / "merged", Dist(rank=0, world=1, device=torch.device("cpu")),
+                        dtype=torch.float32, max_shard_bytes=30_000)
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    files = sorted(set(index["weight_map"].values()))
+    assert len(files) > 2 and files[-1].endswith(f"-of-{len(files):05d}.safetensors")
+    assert not any("lora" in key or "base_layer" in key for key in index["weight_map"])
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()
+    torch.testing.assert_close(_logits(merged), _logits(model.eval()), rtol=1e-5, atol=1e-5)

@@ -104,6 +104,21 @@ def test_multi_node_command() -> None:
     assert topo.world_size == 16
 
 
+def test_rendezvous_command() -> None:
+    """c10d rendezvous (what `automodel slurm` uses): no node rank or master address, torchrun assigns them."""
+    topo = Topology(nproc_per_node=4, nnodes=2, rdzv_endpoint="node001:29400", rdzv_id="job7")
+    topo.check()
+    cmd = torchrun_command("llm", Path("/o/c.yaml"), topo)
+    assert cmd[3:8] == ["--nproc-per-node=4", "--nnodes=2", "--rdzv-backend=c10d", "--rdzv-endpoint=node001:29400",
+                        "--rdzv-id=job7"]
+    for bad in ("node001", "node001:x", ":29400", "node001:70000"):
+        with pytest.raises(UserError) as err:
+            Topology(nnodes=2, rdzv_endpoint=bad).check()
+        assert err.value.field == "--rdzv-endpoint"
+    with pytest.raises(UserError, match="not both"):
+        Topology(nnodes=2, rdzv_endpoint="h:1", master_addr="h").check()
+
+
 def test_indivisible_batch_fails_before_spawning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("must not spawn"))
     with pytest.raises(UserError) as err:
