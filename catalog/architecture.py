@@ -41,6 +41,18 @@ _POSITIVE_KEYS = frozenset({
 })
 
 
+# transformers 5 models without an SDPA attention path (`_supports_sdpa` False on their model class): the
+# engine runs them with eager attention, which materialises the seq x seq scores. The one list: the engine
+# (trainer/modeling.py, recipe.py), the simulator and the analytic estimate all read it, and
+# tests/trainer/test_modeling.py checks it against transformers for every catalog architecture.
+EAGER_ATTENTION = frozenset({"gemma2", "bloom"})
+
+
+def attention_implementation(model_type: str, requested: str = "sdpa") -> str:
+    """The attention the engine runs: `requested`, except sdpa on a model without an SDPA path -> eager."""
+    return "eager" if requested == "sdpa" and model_type in EAGER_ATTENTION else requested
+
+
 @dataclass(frozen=True)
 class LinearLayer:
     """One kind of nn.Linear: its leaf name (what peft target names match), shape and how many exist."""

@@ -48,29 +48,23 @@ def build_model(
     device: str | torch.device = "meta",
     dtype: torch.dtype | None = None,
     seed: int | None = None,
+    attn_implementation: str = ATTN_IMPLEMENTATION,
 ) -> nn.Module:
-    """The transformers model for a config dict, on `device` (random init unless meta), in `dtype` (fp32)."""
+    """The transformers model for a config dict, on `device` (random init unless meta), in `dtype` (fp32),
+    with `attn_implementation` (sdpa becomes eager for the few architectures without an SDPA path:
+    catalog.architecture.attention_implementation, the one list)."""
     import torch
 
+    from automodel.catalog.architecture import attention_implementation
     from automodel.catalog.params import hf_config_from_dict, model_class_for
 
     hf_config = hf_config_from_dict(config)
     model_cls = model_class_for(config)
     if seed is not None:
         torch.manual_seed(seed)
+    attn = attention_implementation(hf_config.model_type, attn_implementation)
     with torch.device(device):
-        try:
-            model = model_cls.from_config(
-                hf_config, dtype=dtype or torch.float32, attn_implementation=ATTN_IMPLEMENTATION
-            )
-        except ValueError as exc:
-            # A few architectures (Gemma 2's soft-capped attention) have no SDPA path in transformers 5;
-            # they run transformers' eager attention, which materialises the seq x seq scores.
-            if "scaled_dot_product_attention" not in str(exc):
-                raise
-            model = model_cls.from_config(
-                hf_config_from_dict(config), dtype=dtype or torch.float32, attn_implementation="eager"
-            )
+        model = model_cls.from_config(hf_config, dtype=dtype or torch.float32, attn_implementation=attn)
     model.train()
     return model
 

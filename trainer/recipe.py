@@ -344,11 +344,13 @@ def build_for_run(cfg: TrainConfig, task: TaskAdapter, source: str, model_config
         model = wrap(base)
         init_lora(model, cfg.seed)  # from the seed alone: the adapters of every world size (trainer/loading.py)
         return model.to(d.device)
+    from automodel.catalog.architecture import attention_implementation
     from automodel.catalog.params import hf_config_from_dict
     from automodel.trainer.loading import meta_model, sharded_model
 
-    meta = meta_model(task.model_class(), hf_config_from_dict(model_config), dtype=_load_dtype(cfg, on_cuda),
-                      attn_implementation=cfg.model.attn_implementation,
+    hf_config = hf_config_from_dict(model_config)
+    meta = meta_model(task.model_class(), hf_config, dtype=_load_dtype(cfg, on_cuda),
+                      attn_implementation=attention_implementation(hf_config.model_type, cfg.model.attn_implementation),
                       trust_remote_code=cfg.model.trust_remote_code)
     offload = cfg.distributed.cpu_offload  # FSDP2 keeps the shards in host memory
     return sharded_model(meta, wrap, source=None if cfg.model.init == "random" else source,
@@ -407,36 +409,26 @@ def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
 
 
 def resolve_model(model: ModelConfig) -> tuple[str, dict[str, Any]]:
-    """(where the tokenizer/weights come from: a local dir or Hub id, the HF config dict)."""
-    path = Path(model.name).expanduser()
-    if path.is_file() and path.suffix == ".json":
-        return str(path.parent), json.loads(path.read_text())
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise UserError(f"{path} has no config.json", field="model.name", hint="point at a model directory")
-        return str(path), json.loads((path / "config.json").read_text())
-    hub_id = model.name
-    try:
-        from automodel.catalog.registry import resolve
-    except ImportError:  # the catalog is optional here: an HF id works without it
-        resolve = None
-    if resolve is not None:
-        try:
-            resolved = resolve(model.name)
-            hub_id = resolved.hf_id or model.name
-        except UserError:
-            if "/" not in model.name:
-                raise
-    from transformers import AutoConfig
+    """(where the tokenizer/weights come from: a local model directory or a Hub id, the config dict), from
+    the catalog's one resolution (catalog.registry.resolve: catalog names, Hub ids, directories, config.json
+    files), with its errors naming `model.name`."""
+    from automodel.catalog.registry import resolve
 
-    hub.require_reachable(hub_id, field="model.name")  # at once, not after five retries per file
     try:
-        config = AutoConfig.from_pretrained(hub_id, trust_remote_code=model.trust_remote_code)
-    except Exception as err:  # offline cache miss, gated, unknown id: all the user's to fix
-        raise UserError(f"cannot load the config of {hub_id!r}: {str(err).splitlines()[0]}", field="model.name",
-                        hint=f"go online once to cache it (gated models need {hub.LOGIN} and "
-                        "accepting the license), or give a local model directory") from None
-    return hub_id, config.to_dict()
+        resolved = resolve(model.name)
+    except UserError as err:
+        hint = err.hint
+        if "/" in model.name and not Path(model.name).expanduser().exists():  # a Hub id: gated ones need a login
+            login = f"gated models need {hub.LOGIN} and accepting the license"
+            hint = f"{hint}; {login}" if hint else login
+        raise UserError(err.message, field="model.name", hint=hint) from None
+    if resolved.source == "path":
+        path = Path(model.name).expanduser()
+        return str(path if path.is_dir() else path.parent), resolved.config
+    source = resolved.hf_id or model.name
+    if resolved.source == "catalog":  # its config is stored; the tokenizer and weights still come from the Hub
+        hub.require_reachable(source, field="model.name")  # at once, not after five retries per file
+    return source, resolved.config
 
 
 def load_model(cfg: TrainConfig, source: str, config: dict[str, Any], *, device: str, cuda: bool) -> nn.Module:
@@ -452,14 +444,17 @@ def load_model(cfg: TrainConfig, source: str, config: dict[str, Any], *, device:
         dtype = torch.bfloat16
         quantize = {"quantization_config": qlora_quantization_config(),
                     "device_map": {"": torch.cuda.current_device()}}
+    from automodel.catalog.architecture import attention_implementation
+
+    attn = attention_implementation(str(config.get("model_type")), cfg.model.attn_implementation)
     if cfg.model.init == "random":
         from automodel.trainer.modeling import build_model
 
-        model = build_model(config, device=device, dtype=dtype, seed=cfg.seed)
+        model = build_model(config, device=device, dtype=dtype, seed=cfg.seed, attn_implementation=attn)
     else:
         try:
             model = adapter_for(cfg.task).model_class().from_pretrained(
-                source, dtype=dtype, attn_implementation=cfg.model.attn_implementation,
+                source, dtype=dtype, attn_implementation=attn,
                 trust_remote_code=cfg.model.trust_remote_code, **quantize)
         except Exception as err:
             raise UserError(f"cannot load weights of {source!r}: {str(err).splitlines()[0]}", field="model.name",

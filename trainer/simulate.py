@@ -246,10 +246,27 @@ def with_depth(config: dict[str, Any], depth: int) -> dict[str, Any]:
     return out
 
 
+# The torch versions the simulator was tested on: it reads torch's private memory-tracking and fake-tensor
+# APIs (torch.distributed._tools), whose behaviour changes between releases. pyproject.toml pins the same.
+SUPPORTED_TORCH = ((2, 13), (2, 13))
+
+
+def check_torch_version(version: str = torch.__version__) -> None:
+    """UserError on a torch outside SUPPORTED_TORCH: a wrong number would look like a right one."""
+    parts = version.split("+")[0].split(".")
+    found = (int(parts[0]), int(parts[1])) if len(parts) > 1 and parts[0].isdigit() and parts[1].isdigit() else None
+    low, high = SUPPORTED_TORCH
+    if found is None or not low <= found <= high:
+        raise UserError(f"--simulate supports torch {low[0]}.{low[1]} to {high[0]}.{high[1]}; this is torch {version}",
+                        field="--simulate", hint="drop --simulate (the analytic estimate needs no torch), or "
+                        f"pip install 'torch>={low[0]}.{low[1]},<{high[0]}.{high[1] + 1}'")
+
+
 def check_supported(config: dict[str, Any], plan: Plan) -> None:
     """Refuse what fake tensors cannot run, with a way out."""
     from automodel.catalog.params import model_class_for
 
+    check_torch_version()
     if plan.mode == "inference" and model_class_for(config).__name__ in ("AutoModelForCTC", "AutoModelForSpeechSeq2Seq"):
         raise UserError(
             "--simulate covers the training step of speech models; their inference is estimated analytically",
@@ -511,7 +528,9 @@ def _unpacked_sequences():
 
 
 def _eager_attention(config: dict[str, Any]) -> bool:
-    return modeling.build_model(with_depth(config, 1)).config._attn_implementation == "eager"
+    from automodel.catalog.architecture import attention_implementation
+
+    return attention_implementation(str(config.get("model_type"))) == "eager"
 
 
 def _adapters(model: torch.nn.Module) -> list[torch.nn.Parameter]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from automodel.catalog.architecture import ArchDims, dims_from_config
+from automodel.catalog.architecture import EAGER_ATTENTION, ArchDims, dims_from_config
 from automodel.catalog.memory.activations import (
     FP32,
     Eager,
@@ -36,9 +36,6 @@ from automodel.catalog.memory.inputs import (
 from automodel.catalog.memory.plan import MemoryEstimate, Plan
 
 GIB = 1024**3
-# transformers 5 models without an SDPA path (`_supports_sdpa` False): the engine falls back to eager
-# attention (catalog/modeling.build_model), which materialises the scores.
-EAGER_ATTENTION = frozenset({"gemma2", "bloom"})
 # bitsandbytes NF4 with double quantisation (Dettmers et al. 2023, QLoRA, Sec. 3): 4-bit codes, one 8-bit
 # absmax per 64 weights, one fp32 second-level constant per 256 absmax blocks.
 NF4_BYTES = 0.5 + 1 / 64 + FP32 / (64 * 256)

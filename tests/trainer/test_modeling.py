@@ -270,3 +270,27 @@ def test_qlora_quantization_config_is_nf4_double_quant_bf16_compute():
         "load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
         "bnb_4bit_compute_dtype": torch.bfloat16,
     }
+
+
+def test_the_one_eager_list_matches_transformers_for_every_catalog_architecture():
+    """catalog.architecture.EAGER_ATTENTION is the engine's, the simulator's and the estimator's list: it must
+    name exactly the catalog's architectures whose transformers class has no SDPA path."""
+    from automodel.catalog.architecture import EAGER_ATTENTION, attention_implementation
+    from automodel.catalog.errors import UserError
+    from automodel.catalog.params import hf_config_from_dict, model_class_for
+    from automodel.catalog.registry import load_catalog
+
+    seen = {}
+    for spec in load_catalog().models:
+        model_type = spec.config["model_type"]
+        if model_type in seen:
+            continue
+        try:
+            auto, hf_config = model_class_for(spec.config), hf_config_from_dict(spec.config)
+        except UserError:  # remote-code architectures (phi3small): automodel never builds them
+            continue
+        cls = auto._model_mapping[type(hf_config)]
+        seen[model_type] = cls._supports_sdpa
+    assert {t for t, sdpa in seen.items() if not sdpa} == {t for t in seen if t in EAGER_ATTENTION}
+    assert attention_implementation("gemma2") == "eager" and attention_implementation("llama") == "sdpa"
+    assert attention_implementation("gemma2", "flash_attention_2") == "flash_attention_2"

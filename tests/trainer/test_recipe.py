@@ -138,7 +138,8 @@ def test_gated_or_missing_model_is_a_user_error(tiny_config, monkeypatch) -> Non
     with pytest.raises(UserError) as err:
         run(tiny_config("model.name=no-such-org/no-such-model", "model.init=pretrained"))
     assert err.value.field == "model.name" and "no-such-org/no-such-model" in err.value.message
-    assert "hf auth login" in (err.value.hint or "")
+    assert "hf auth login" in (err.value.hint or "")  # gated models
+    assert "model directory" in (err.value.hint or "")  # the catalog's one resolution: the local way out
     # a local directory without weights: a clear message that points at model.init=random
     with pytest.raises(UserError) as err:
         run(tiny_config("model.init=pretrained"))
@@ -271,3 +272,24 @@ def test_the_runs_own_words_fresh_resumed_and_finished(tiny_config, tmp_path: Pa
     out, err = capsys.readouterr()
     assert "resuming from" in out and "resumed from step 2" in err
 
+
+def test_model_resolution_is_the_catalogs(tiny_config, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One resolution (catalog.registry.resolve): directories, config.json files and catalog names alike;
+    its errors name model.name."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a catalog name's Hub reachability check is not tested here
+    from automodel.catalog.errors import UserError
+    from automodel.catalog.registry import resolve
+    from automodel.trainer import recipe
+
+    cfg = tiny_config()
+    directory = Path(cfg.model.name)
+    source, config = recipe.resolve_model(cfg.model)
+    assert source == str(directory) and config == resolve(str(directory)).config
+    cfg_file = tiny_config(f"model.name={directory / 'config.json'}")
+    assert recipe.resolve_model(cfg_file.model) == (str(directory), config)
+    named = tiny_config("model.name=qwen2.5-0.5b-instruct")
+    source, config = recipe.resolve_model(named.model)
+    assert source == resolve("qwen2.5-0.5b-instruct").hf_id and config["model_type"] == "qwen2"
+    with pytest.raises(UserError) as err:
+        recipe.resolve_model(tiny_config("model.name=no-such-model-xyz").model)
+    assert err.value.field == "model.name"

@@ -346,3 +346,15 @@ def test_analytic_agrees_with_simulation(model, method, seq, batch, ckpt):
         f"analytic {ana.peak_allocated / 2**30:.3f} GiB vs simulated {sim.peak_allocated / 2**30:.3f} GiB; "
         f"terms (analytic, simulated): {terms}"
     )
+
+
+def test_unsupported_torch_is_a_user_error_not_a_wrong_number() -> None:
+    from automodel.catalog.errors import UserError
+    from automodel.trainer.simulate import check_torch_version
+
+    check_torch_version("2.13.0+cpu")
+    check_torch_version("2.13.1")
+    for version in ("2.5.1", "2.14.0", "3.0.0", "nightly"):
+        with pytest.raises(UserError, match="--simulate supports torch 2.13") as err:
+            check_torch_version(version)
+        assert err.value.field == "--simulate"
