@@ -55,6 +55,9 @@ def meta_model(model_class: type, hf_config: Any, *, dtype: torch.dtype, attn_im
     with init_empty_weights(include_buffers=False):
         model = model_class.from_config(hf_config, dtype=dtype, attn_implementation=attn_implementation,
                                         trust_remote_code=trust_remote_code)
+    # transformers ties the output head to the embeddings when it initialises weights, which it skips for
+    # parameters without storage: tie them here, or a tied model would train two separate matrices
+    model.tie_weights()
     model.config.use_cache = False
     return model
 

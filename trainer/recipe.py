@@ -345,11 +345,12 @@ def build_for_run(cfg: TrainConfig, task: TaskAdapter, source: str, model_config
         init_lora(model, cfg.seed)  # from the seed alone: the adapters of every world size (trainer/loading.py)
         return model.to(d.device)
     from automodel.catalog.architecture import attention_implementation
-    from automodel.catalog.params import hf_config_from_dict
+    from automodel.catalog.params import hf_config_from_dict, model_class_for
     from automodel.trainer.loading import meta_model, sharded_model
 
     hf_config = hf_config_from_dict(model_config)
-    meta = meta_model(task.model_class(), hf_config, dtype=_load_dtype(cfg, on_cuda),
+    # the concrete class for the config (a task's model_class() may be a from_pretrained dispatcher)
+    meta = meta_model(model_class_for(model_config), hf_config, dtype=_load_dtype(cfg, on_cuda),
                       attn_implementation=attention_implementation(hf_config.model_type, cfg.model.attn_implementation),
                       trust_remote_code=cfg.model.trust_remote_code)
     offload = cfg.distributed.cpu_offload  # FSDP2 keeps the shards in host memory

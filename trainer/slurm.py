@@ -56,13 +56,14 @@ def render(job: SlurmJob) -> str:
     """The sbatch script (bash)."""
     job.check()
     q = shlex.quote
+    # sbatch reads options up to the end of the line: the comments go on lines of their own
     headers = [f"--job-name={job.job_name}", f"--nodes={job.nodes}",
-               "--ntasks-per-node=1        # one launcher per node; it starts the node's workers",
-               f"--gpus-per-node={job.gpus_per_node}",
-               f"--signal=B:USR1@{SIGNAL_SECONDS}     # warning before the time limit: checkpoint, then requeue",
-               "--requeue                  # a requeued or preempted job starts again and resumes",
-               "--open-mode=append         # a requeued job appends to the same log",
-               "--output=%x-%j.out"]
+               "# one launcher per node; it starts the node's workers through torchrun",
+               "--ntasks-per-node=1", f"--gpus-per-node={job.gpus_per_node}",
+               f"# SIGUSR1 to this script {SIGNAL_SECONDS} s before the time limit: checkpoint, then requeue",
+               f"--signal=B:USR1@{SIGNAL_SECONDS}",
+               "# a requeued or preempted job starts again and resumes; it appends to the same log",
+               "--requeue", "--open-mode=append", "--output=%x-%j.out"]
     if job.partition:
         headers.append(f"--partition={job.partition}")
     if job.account:
@@ -78,7 +79,7 @@ def render(job: SlurmJob) -> str:
 # Written by `automodel slurm`: {job.nodes} node(s) x {job.gpus_per_node} GPU(s), config {job.config}.
 # Submit with `sbatch THIS_FILE`. Every node must see the config, the data and output_dir (a shared
 # filesystem): each rank writes its own checkpoint shard there.
-{chr(10).join("#SBATCH " + h for h in headers)}
+{chr(10).join(h if h.startswith("#") else "#SBATCH " + h for h in headers)}
 
 set -uo pipefail
 

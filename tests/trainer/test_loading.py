@@ -96,3 +96,18 @@ def test_two_processes_each_hold_about_half_while_loading(tiny_config, tiny_asse
         assert r["equal"] and r["checked"] == 2 + 9 * config["num_hidden_layers"] + 1  # embed, head, norm
         print(f"rank {r['rank']}: resident rise {r['peak_rise'] / 1e6:.0f} MB for a {size / 1e6:.0f} MB model")
         assert r["peak_rise"] < 0.65 * size, (r, size)
+
+
+def test_meta_build_keeps_tied_weights_tied(tiny_assets: Path) -> None:
+    """transformers skips tying for weights without storage; unless the meta build ties them, a tied model
+    (Whisper's head, Gemma's) would train two matrices on several processes and one on a single process."""
+    import torch
+
+    from automodel.catalog.params import hf_config_from_dict, model_class_for
+    from automodel.trainer.loading import meta_model
+
+    config = {**json.loads((tiny_assets / "model/config.json").read_text()), "tie_word_embeddings": True}
+    model = meta_model(model_class_for(config), hf_config_from_dict(config), dtype=torch.float32,
+                       attn_implementation="sdpa", trust_remote_code=False)
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert model.get_input_embeddings().weight.device.type == "meta"
