@@ -36,11 +36,13 @@ if TYPE_CHECKING:
     from torch import nn
 
 _PEFT_PREFIX = "base_model.model."
+_TRAINED_COPY = ".modules_to_save.default."  # peft's trainable copy of a module (a VLM's projector)
 
 
 def hf_key(name: str) -> str:
-    """The checkpoint key of a live parameter name: peft's wrapper prefix and `base_layer` removed."""
-    return name.removeprefix(_PEFT_PREFIX).replace(".base_layer.", ".")
+    """The checkpoint key of a live parameter name: peft's wrapper prefix, `base_layer` and the
+    `original_module` of a `modules_to_save` wrapper removed."""
+    return name.removeprefix(_PEFT_PREFIX).replace(".base_layer.", ".").replace(".original_module.", ".")
 
 
 def is_lora_name(name: str) -> bool:
@@ -67,7 +69,7 @@ def base_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     appear under each of their names, as the same tensor)."""
     out: dict[str, torch.Tensor] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
-        if not is_lora_name(name):
+        if not is_lora_name(name) and _TRAINED_COPY not in name:  # the copy is filled from its original
             out[hf_key(name)] = param
     for module_name, module in model.named_modules(remove_duplicate=False):
         for buf_name, buf in module.named_buffers(recurse=False):
@@ -247,5 +249,20 @@ def sharded_model(meta: nn.Module, wrap: Callable[[nn.Module], nn.Module], *, so
             on_base(base)
         broadcast_from_rank0(targets, None if base is None else base.state_dict(), d)
         del base
+    _copy_trained_copies(model)
     init_lora(model, seed)
     return model
+
+
+def _copy_trained_copies(model: nn.Module) -> None:
+    """peft's `modules_to_save` copies start equal to their originals (sharded alike: same module, same unit)."""
+    import torch
+    from torch.distributed.tensor import DTensor
+
+    params = dict(model.named_parameters(remove_duplicate=False))
+    with torch.no_grad():
+        for name, param in params.items():
+            if _TRAINED_COPY in name:
+                source = params[name.replace(_TRAINED_COPY, ".original_module.")]
+                local = param.to_local() if isinstance(param, DTensor) else param
+                local.copy_(source.to_local() if isinstance(source, DTensor) else source)

@@ -337,13 +337,15 @@ def build_for_run(cfg: TrainConfig, task: TaskAdapter, source: str, model_config
 
     from automodel.trainer.loading import init_lora
 
-    if not sharded:
+    # VLMs are still built whole on every rank: their meta build misses state the loader does not restore yet
+    # (a 2-process run fails in the embedding lookup), so they keep the one-process build, then FSDP2.
+    if not sharded or "vision_config" in model_config:
         base = load_model(cfg, source, model_config, device="cpu", cuda=on_cuda)
         if on_base is not None:
             on_base(base)
         model = wrap(base)
         init_lora(model, cfg.seed)  # from the seed alone: the adapters of every world size (trainer/loading.py)
-        return model.to(d.device)
+        return model if sharded and cfg.distributed.cpu_offload else model.to(d.device)
     from automodel.catalog.architecture import attention_implementation
     from automodel.catalog.params import hf_config_from_dict, model_class_for
     from automodel.trainer.loading import meta_model, sharded_model
