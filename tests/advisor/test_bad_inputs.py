@@ -22,6 +22,7 @@ import yaml
 from automodel.advisor.cli import main as automodel
 
 REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples"
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,19 @@ CASES = [
          files={"rows.csv": "question,input\ncopy,a b\n"}),
     Case("data-too-few-rows", [*F, "data.source={dir}/two.jsonl"], ("schedule.global_batch_size",),
          files={"two.jsonl": ROWS.splitlines()[0] + "\n" + ROWS.splitlines()[0] + "\n"}),
+    # the vlm and asr tiny examples, with a row whose image or clip is not there
+    Case("vlm-image-missing", ["finetune", "vlm", "-c", str(EXAMPLES / "vlm/tiny_offline.yaml"), "output_dir={dir}/out",
+                               f"model.name={EXAMPLES / 'vlm/tiny/model'}", "data.source={dir}/v.jsonl",
+                               f"data.validation.source={EXAMPLES / 'vlm/tiny/data/val.jsonl'}"],
+         ("data.source", "v.jsonl", "row 0", "imgs/nope.png"),
+         files={"v.jsonl": json.dumps({"messages": [
+             {"role": "user", "content": [{"type": "image", "image": "imgs/nope.png"}, {"type": "text", "text": "What?"}]},
+             {"role": "assistant", "content": [{"type": "text", "text": "a red circle"}]}]}) + "\n"}),
+    Case("asr-clip-missing", ["finetune", "asr", "-c", str(EXAMPLES / "asr/tiny_offline.yaml"), "output_dir={dir}/out",
+                              f"model.name={EXAMPLES / 'asr/tiny/whisper'}", "data.source={dir}/a.jsonl",
+                              f"data.validation.source={EXAMPLES / 'asr/tiny/data/val.jsonl'}"],
+         ("a.jsonl", "clips/nope.flac", "row 1"),
+         files={"a.jsonl": json.dumps({"audio": "clips/nope.flac", "text": "five six"}) + "\n"}),
     # output paths
     Case("output-dir-is-a-file", [*F, "output_dir={dir}/afile"], ("output_dir", "afile"), files={"afile": "x"}),
     Case("output-dir-under-a-file", [*F, "output_dir={dir}/afile/run"], ("output_dir", "afile"),
