@@ -24,6 +24,8 @@ from automodel.trainer.modeling import IGNORE_INDEX  # the label the loss skips,
 if TYPE_CHECKING:
     import torch
 
+    from automodel.trainer.config import DataConfig
+
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 # Global batches sorted together by length before they are shuffled again: large enough that a micro
 # batch holds near-equal lengths, small enough that the order stays random at the scale of an epoch.
@@ -49,6 +51,22 @@ class Sample:
     @property
     def num_targets(self) -> int:
         return sum(1 for label in self.labels if label != IGNORE_INDEX)
+
+
+def read_split(data: DataConfig, *, validation: bool) -> tuple[str, list[dict[str, Any]]] | None:
+    """(source, rows) of the training split or of the validation split (None when none is configured).
+
+    Validation reads `data.validation.source` (default: the training source, then with its own split);
+    the subset applies only when it is the training dataset. Every task adapter reads its rows here."""
+    if not validation:
+        return data.source, read_rows(data.source, split=data.split, subset=data.subset, field="data.source",
+                                      limit=data.num_samples)
+    if data.validation is None:
+        return None
+    source = data.validation.source or data.source
+    subset = data.subset if data.validation.source in (None, data.source) else None
+    return source, read_rows(source, split=data.validation.split, subset=subset, field="data.validation.source",
+                             limit=data.validation.num_samples)
 
 
 def read_rows(source: str, *, split: str | None, field: str, subset: str | None = None,

@@ -29,7 +29,7 @@ from typing import Any, Literal
 from automodel.catalog.errors import UserError
 from automodel.trainer.audio import AudioRef, audio_ref
 from automodel.trainer.config import DataConfig
-from automodel.trainer.data import IGNORE_INDEX, read_rows
+from automodel.trainer.data import IGNORE_INDEX, read_split
 from automodel.trainer.data_formats import AudioFormat, column_value
 
 FRAMES_PER_SECOND = 50  # Whisper: 100 mel frames/s halved by its conv; Wav2Vec2: 16 kHz / stride 320
@@ -102,15 +102,10 @@ def make_processor(processor: Any, config: dict[str, Any]) -> SpeechProcessor:
 
 def build_samples(data: DataConfig, sp: SpeechProcessor, *, validation: bool) -> list[SpeechSample]:
     """Read, check and label the rows of one split; dropped rows are counted and printed (rank 0)."""
-    if validation:
-        if data.validation is None:
-            return []
-        source, split = data.validation.source or data.source, data.validation.split
-        subset = data.subset if data.validation.source in (None, data.source) else None
-        limit, field = data.validation.num_samples, "data.validation.source"
-    else:
-        source, split, subset, limit, field = data.source, data.split, data.subset, data.num_samples, "data.source"
-    rows = read_rows(source, split=split, subset=subset, field=field, limit=limit)
+    split_rows = read_split(data, validation=validation)
+    if split_rows is None:
+        return []
+    source, rows = split_rows
     local = Path(source).expanduser()
     base_dir = local.parent if local.is_file() else None
     spec = data.format_spec()

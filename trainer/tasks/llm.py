@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from automodel.catalog import hub
 from automodel.catalog.errors import UserError
 from automodel.trainer.config import DataConfig
-from automodel.trainer.data import IGNORE_INDEX, Sample, finish_sample, pack, read_rows
+from automodel.trainer.data import IGNORE_INDEX, Sample, finish_sample, pack, read_split
 from automodel.trainer.data import collate as collate_samples
 from automodel.trainer.data_formats import ChatFormat, CompletionFormat, InstructionFormat, column_value
 
@@ -38,15 +38,10 @@ def load_processor(source: str, *, trust_remote_code: bool = False) -> Any:
 
 def build_samples(data: DataConfig, tokenizer: Any, *, validation: bool, seed: int) -> list[Sample]:
     """Read, format, tokenize, mask and truncate (and pack, for training) the rows of one split."""
-    if validation:
-        if data.validation is None:
-            return []
-        source, split = data.validation.source or data.source, data.validation.split
-        subset = data.subset if data.validation.source in (None, data.source) else None
-        limit, field = data.validation.num_samples, "data.validation.source"
-    else:
-        source, split, subset, limit, field = data.source, data.split, data.subset, data.num_samples, "data.source"
-    rows = read_rows(source, split=split, subset=subset, field=field, limit=limit)
+    split_rows = read_split(data, validation=validation)
+    if split_rows is None:
+        return []
+    source, rows = split_rows
     spec = data.format_spec()
     samples = []
     for index, row in enumerate(rows):

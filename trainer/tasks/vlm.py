@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from automodel.catalog.errors import UserError
 from automodel.trainer.config import DataConfig
-from automodel.trainer.data import IGNORE_INDEX, is_local_source, read_rows
+from automodel.trainer.data import IGNORE_INDEX, is_local_source, read_split
 from automodel.trainer.data_formats import ImageTextFormat
 from automodel.trainer.images import load_processor as _load_processor
 from automodel.trainer.images import open_image
@@ -59,15 +59,10 @@ def load_processor(source: str, *, trust_remote_code: bool = False) -> Any:
 
 def build_samples(data: DataConfig, processor: Any, *, validation: bool, seed: int) -> list[VlmSample]:
     """Read, check and encode one split's rows; drop (and count) over-long and too-many-image samples."""
-    if validation:
-        if data.validation is None:
-            return []
-        source, split = data.validation.source or data.source, data.validation.split
-        subset = data.subset if data.validation.source in (None, data.source) else None
-        limit, field = data.validation.num_samples, "data.validation.source"
-    else:
-        source, split, subset, limit, field = data.source, data.split, data.subset, data.num_samples, "data.source"
-    rows = read_rows(source, split=split, subset=subset, field=field, limit=limit)
+    split_rows = read_split(data, validation=validation)
+    if split_rows is None:
+        return []
+    source, rows = split_rows
     spec = data.format_spec()
     if not isinstance(spec, ImageTextFormat) and data.format != "chat":
         raise UserError(f"task vlm reads chat or image_text rows, not {data.format}", field="data.format",
