@@ -83,7 +83,21 @@ def _pick(row: Mapping[str, object], column: str, index_column: str | None) -> s
     return str(value)
 
 
-class InstructionFormat(Section):
+class _Templated(Section):
+    """A mapping whose `prompt_template` names columns in `{braces}` (checked once, filled per row)."""
+
+    prompt_template: str
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _placeholders_are_columns(cls, value: str) -> str:
+        return _check_placeholders(value)
+
+    def prompt(self, row: Mapping[str, object]) -> str:
+        return _PLACEHOLDER.sub(lambda m: str(column_value(row, m.group(1))), self.prompt_template)
+
+
+class InstructionFormat(_Templated):
     """Prompt from a template over columns, answer from one column."""
 
     prompt_template: str = Field(
@@ -94,14 +108,6 @@ class InstructionFormat(Section):
     answer_index_column: ColumnPath | None = Field(
         None, description="When set, `answer_column` is a list and this column holds the index of the answer in it."
     )
-
-    @field_validator("prompt_template")
-    @classmethod
-    def _placeholders_are_columns(cls, value: str) -> str:
-        return _check_placeholders(value)
-
-    def prompt(self, row: Mapping[str, object]) -> str:
-        return _PLACEHOLDER.sub(lambda m: str(column_value(row, m.group(1))), self.prompt_template)
 
     def answer(self, row: Mapping[str, object]) -> str:
         return _pick(row, self.answer_column, self.answer_index_column)
@@ -171,7 +177,7 @@ class AudioFormat(Section):
     )
 
 
-class ImageTextFormat(Section):
+class ImageTextFormat(_Templated):
     """task vlm, column rows: image(s) from one column, a prompt template over columns, the answer from one column."""
 
     image_column: ColumnPath = Field(
@@ -186,14 +192,6 @@ class ImageTextFormat(Section):
         "may step into a JSON string (CORD-v2: `ground_truth.gt_parse`).",
     )
     system_prompt: str | None = Field(None, description="An optional system message before the user turn.")
-
-    @field_validator("prompt_template")
-    @classmethod
-    def _placeholders_are_columns(cls, value: str) -> str:
-        return _check_placeholders(value)
-
-    def prompt(self, row: Mapping[str, object]) -> str:
-        return _PLACEHOLDER.sub(lambda m: str(column_value(row, m.group(1))), self.prompt_template)
 
     def answer(self, row: Mapping[str, object]) -> str:
         import json
