@@ -311,32 +311,6 @@ def _run_gpus(args: argparse.Namespace) -> int:
     if console.width < 120:
         console.print("aliases: `automodel gpus --json`, or a terminal of 120+ columns", style="dim")
     return 0
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(
-        title="GPUs (memory as torch reports it; dense tensor TFLOP/s)",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-        collapse_padding=True,
-    )
-    for column in ("name", "memory", "bf16", "bf16 TF/s", "fp16 TF/s", "bandwidth", "aliases"):
-        table.add_column(
-            column, justify="left" if column in ("name", "aliases") else "right", no_wrap=column != "aliases"
-        )
-    for g in rows:
-        table.add_row(
-            g["name"],
-            f"{g['memory_gib']:.2f} GiB ({g['marketed_gb']} GB)",
-            _yes_no(g["bf16"]),
-            f"{g['bf16_tflops']:g}" if g["bf16_tflops"] else "-",
-            f"{g['fp16_tflops']:g}",
-            f"{g['bandwidth_gbs']:g} GB/s",
-            ", ".join(g["aliases"]),
-        )
-    Console().print(table)
-    return 0
 
 
 LIST_EXAMPLES = """examples:
