@@ -117,6 +117,10 @@ class DistributedConfig(Section):
         "fsdp2", description="fsdp2: fully_shard each decoder block and the root when world size > 1; none: one process."
     )
     activation_checkpointing: bool = Field(True, description="Recompute each decoder block's activations in backward.")
+    chunked_loss: bool = Field(
+        True, description="Compute the output head and cross-entropy a chunk of target tokens at a time, never the "
+        "full tokens x vocab logits (trainer/loss.py); false: the plain head and F.cross_entropy.",
+    )
     cpu_offload: bool = Field(False, description="FSDP2 CPUOffloadPolicy: sharded params, grads, optimizer on host.")
     mixed_precision: Literal["bf16-mixed", "bf16", "fp32"] = Field(
         "bf16-mixed", description="bf16-mixed: fp32 master weights, bf16 compute; bf16: all bf16; fp32: all fp32. "
@@ -441,6 +445,7 @@ class TrainConfig(Section):
             # The longest clip a speech run keeps (Wav2Vec2's activations grow with it; Whisper always sees 30 s).
             **({"audio_seconds": self.data.max_seconds} if self.task == "asr" and self.data.max_seconds else {}),
             grad_ckpt=self.distributed.activation_checkpointing,
+            chunked_loss=self.distributed.chunked_loss,
             gpus=world_size,
             cpu_offload=self.distributed.cpu_offload,
         )

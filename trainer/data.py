@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from automodel.catalog.errors import UserError
-from automodel.trainer.modeling import IGNORE_INDEX  # the label the loss skips, shared with the simulator
+from automodel.trainer.loss import IGNORE_INDEX  # the label the loss skips
 
 if TYPE_CHECKING:
     import torch

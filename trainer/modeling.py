@@ -19,9 +19,10 @@ Engine choices made here (the analytic estimator models the same ones):
   (every decoder block is recomputed in backward);
 - sharding: FSDP2 `fully_shard` on every decoder block, then on the root, with more than one rank
   (one GPU trains the plain model); the forward runs under `compute_autocast`;
-- optimizer: torch AdamW / SGD with foreach kernels over the trainable parameters (bitsandbytes for 8-bit);
-- loss: cross-entropy in fp32 over shifted labels, summed (the engine divides by the global count);
-  `forward_loss` drops the model output at once, so the bf16 logits are freed before backward.
+- optimizer (`build_optimizer`, the recipe's and the simulator's): torch's fused AdamW on CUDA (no
+  state-sized temporary), foreach AdamW on CPU, foreach SGD, bitsandbytes for 8-bit;
+- loss: not here but in trainer/loss.py (summed fp32 cross-entropy at target tokens, the output head
+  applied a chunk of tokens at a time), which the task adapters and the simulator call.
 """
 
 from __future__ import annotations
@@ -34,12 +35,39 @@ if TYPE_CHECKING:
     from torch import nn
 
 PrecisionName = Literal["bf16-mixed", "bf16", "fp32"]
-IGNORE_INDEX = -100
 ATTN_IMPLEMENTATION = "sdpa"
 
 # Attribute paths of the language model inside multimodal wrappers (transformers 5 layout). LoRA
 # targets are looked up under the first one present; text-only and speech models use the whole model.
 _LANGUAGE_MODEL_PATHS: tuple[str, ...] = ("model.language_model", "language_model")
+
+
+def import_bitsandbytes_offline() -> None:
+    """Import bitsandbytes (if installed) without its Hub kernel fetch and the warning that follows.
+
+    On CPUs with AVX512-BF16, bitsandbytes 0.50 tries at import to download a 4-bit GEMM kernel from
+    the Hub through the `kernels` package (kernels-community/quantization-bitsandbytes) and logs
+    "Failed to load CPU gemm_4bit_forward ..." when it cannot; it then uses its own CPU kernels. The
+    engine never downloads code at run time: the `kernels` import is blocked while bitsandbytes loads
+    and that one logger is quiet. peft and transformers import bitsandbytes, so every engine path that
+    imports them calls this first."""
+    import importlib.util
+    import logging
+    import sys
+
+    if "bitsandbytes" in sys.modules or importlib.util.find_spec("bitsandbytes") is None:
+        return
+    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    level, blocked = logger.level, "kernels" not in sys.modules
+    logger.setLevel(logging.ERROR)
+    if blocked:
+        sys.modules["kernels"] = None  # type: ignore[assignment]  # `from kernels import ...` -> ImportError
+    try:
+        import bitsandbytes  # noqa: F401
+    finally:
+        logger.setLevel(level)
+        if blocked:
+            del sys.modules["kernels"]
 
 
 def build_model(
@@ -135,6 +163,7 @@ def apply_lora(
 ) -> nn.Module:
     """Wrap the language model's linears with peft LoRA adapters; everything else is frozen, except
     `modules_to_save` (full names), which train whole and are saved in the adapter (peft's option)."""
+    import_bitsandbytes_offline()
     from peft import LoraConfig, get_peft_model
 
     from automodel.catalog.errors import UserError
@@ -198,6 +227,7 @@ def qlora_quantization_config() -> Any:
 def prepare_for_kbit_training(model: nn.Module, *, grad_ckpt: bool) -> nn.Module:
     """peft's preparation of a 4-bit model: base frozen, non-quantised parameters in fp32, and (with
     `grad_ckpt`) non-reentrant gradient checkpointing, as `enable_grad_ckpt` sets it."""
+    import_bitsandbytes_offline()
     from peft import prepare_model_for_kbit_training
 
     with warnings.catch_warnings():  # peft 0.21 calls transformers-5-deprecated aliases; not the user's concern
@@ -255,18 +285,27 @@ def build_optimizer(
     name: Literal["adamw", "adamw-8bit", "sgd"],
     lr: float,
     weight_decay: float = 0.0,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    fused: bool = True,
 ) -> torch.optim.Optimizer:
-    """The optimizer over the trainable parameters. AdamW uses the foreach kernels: torch's default on
-    CUDA, pinned here so a CPU or fake-tensor run allocates the same temporaries as the GPU step."""
+    """The optimizer over the trainable parameters: the recipe's and the simulator's (one builder).
+
+    AdamW is torch's fused kernel (`fused`: the recipe on CUDA, the simulator, which measures a CUDA
+    step): one kernel per parameter group and no state-sized temporary, where the foreach kernels
+    allocate one (sqrt of exp_avg_sq) during the step. With `fused=False` (the recipe on CPU, whose
+    pinned losses come from the foreach kernels) AdamW and SGD use the foreach kernels."""
     import torch
 
     from automodel.catalog.errors import UserError
 
     params = [p for p in model.parameters() if p.requires_grad]
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=True)
+        kernel = {"fused": True} if fused else {"foreach": True}
+        return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **kernel)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, foreach=True)
+    import_bitsandbytes_offline()
     try:
         import bitsandbytes as bnb
     except ImportError as exc:
@@ -275,25 +314,7 @@ def build_optimizer(
             field="optimizer",
             hint="pip install bitsandbytes (CUDA only), or use adamw",
         ) from exc
-    return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay)
-
-
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Summed fp32 cross-entropy of next-token prediction; labels equal to -100 are ignored.
-
-    Labels are shifted (padded with -100) rather than the logits sliced, so no copy of the logits is
-    made beyond the fp32 upcast; no data-dependent op, so FakeTensorMode can trace it.
-    """
-    import torch.nn.functional as F
-
-    shifted = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
-    vocab = logits.shape[-1]
-    return F.cross_entropy(
-        logits.float().reshape(-1, vocab),
-        shifted.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
+    return bnb.optim.AdamW8bit(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
 
 def compute_autocast(precision: PrecisionName, device_type: str) -> Any:
@@ -303,16 +324,6 @@ def compute_autocast(precision: PrecisionName, device_type: str) -> Any:
     import torch
 
     return torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision != "fp32")
-
-
-def forward_loss(
-    model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor, **inputs: Any
-) -> torch.Tensor:
-    """The training forward: summed causal-LM loss, with no reference to the logits kept afterwards.
-
-    Holding the model output (and so its bf16 logits) across backward would keep vocab x tokens x 2
-    bytes alive at the start of backward; the trainer and the simulator both go through here."""
-    return causal_lm_loss(model(input_ids=input_ids, use_cache=False, **inputs).logits, labels)
 
 
 def base_model(model: nn.Module) -> nn.Module:

@@ -28,6 +28,7 @@ from automodel.catalog.errors import UserError
 from automodel.trainer import checkpoint, distributed, environment, export, metrics, preempt
 from automodel.trainer.config import ModelConfig, TrainConfig, dump_yaml
 from automodel.trainer.data import epoch_batches, rank_micro_batches, steps_per_epoch
+from automodel.trainer.loss import use_chunked_loss
 from automodel.trainer.peft import adapt, check_runtime, prepare_quantized, trainable_parameters
 from automodel.trainer.tasks import TaskAdapter, adapter_for
 
@@ -122,9 +123,11 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
     params = trainable_parameters(model)
     lora = cfg.peft.adapters
 
-    # 4. optimizer and schedule (foreach AdamW, as catalog.modeling.build_optimizer: the step the simulator measures)
-    optimizer = torch.optim.AdamW(params, lr=cfg.optimizer.lr, betas=cfg.optimizer.betas, eps=cfg.optimizer.eps,
-                                  weight_decay=cfg.optimizer.weight_decay, foreach=True)
+    # 4. optimizer and schedule: the builder the simulator measures (fused AdamW on CUDA, foreach on CPU)
+    from automodel.trainer.modeling import build_optimizer
+
+    optimizer = build_optimizer(model, name=cfg.optimizer.name, lr=cfg.optimizer.lr, betas=cfg.optimizer.betas,
+                                eps=cfg.optimizer.eps, weight_decay=cfg.optimizer.weight_decay, fused=on_cuda)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(cfg, step, total_steps))
 
     # 5. resume: weights/adapter, optimizer, schedule, RNG; the data position is the step number
@@ -326,6 +329,7 @@ def build_for_run(cfg: TrainConfig, task: TaskAdapter, source: str, model_config
         from automodel.trainer.modeling import cast_for_training, enable_grad_ckpt, shard_model
 
         task.prepare_model(base, cfg)
+        use_chunked_loss(base, cfg.distributed.chunked_loss)
         model = adapt(base, cfg.peft)
         if grad_ckpt:
             enable_grad_ckpt(model)
@@ -369,6 +373,7 @@ def _unsharded(cfg: TrainConfig, task: TaskAdapter, source: str, model_config: d
     task.prepare_model(base, cfg)
     if on_base is not None:  # before adapters go on: the weights an exported adapter is loaded onto
         on_base(base)
+    use_chunked_loss(base, cfg.distributed.chunked_loss)
     grad_ckpt = cfg.distributed.activation_checkpointing
     return adapt(prepare_quantized(base, cfg.peft, grad_ckpt=grad_ckpt), cfg.peft)
 

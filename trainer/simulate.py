@@ -7,12 +7,15 @@ one tracked step (forward + loss, backward, optimizer step) under `FSDPMemTracke
 (torch.distributed._tools). No memory is allocated and no collective runs; the tracker counts the
 bytes every storage would take on the rank.
 
-Speed: only two truncated depths are simulated (2 and 3 decoder layers; models of 3 layers or fewer
-run at full depth). The step's peak moves between places as depth grows (logits at the start of
-backward for shallow models, the last blocks' backward for deep ones), so StepTracker keeps the local
-peak of every region of the step (phase x before/first/last/after the decoder blocks); each region's
-peak is linear in depth, is extrapolated category by category from the two runs, and the largest
-extrapolated region is the answer. Llama-3.1-70B LoRA on 8 GPUs: about 5 s (bench/simulate_speed.py).
+Speed: only two truncated depths are simulated (3 and 4 decoder layers; models of 4 layers or fewer
+run at full depth). The step's peak moves between places as depth grows (the loss at the end of the
+forward for shallow models, the blocks' backward for deep ones), so StepTracker keeps the local
+peak of every region of the step (phase x before/first/middle/last/after the decoder blocks); each
+region's peak is linear in depth, is extrapolated category by category from the two runs, and the
+largest extrapolated region is the answer. Both depths have a middle block: with the chunked loss
+the peak of a deep full fine-tuning step is often the backward of the block below the last, while
+the last block's gradients are being reduce-scattered. Llama-3.1-70B LoRA on 8 GPUs: about 7 s
+(bench/simulate_speed.py).
 
 Verified (tests/trainer/test_simulate.py): on a 6-layer model every tracker category at every region
 peak is byte-identical between fake and real CPU tensors (Sharded/Unsharded Param, Buffer,
@@ -30,8 +33,10 @@ Tracker categories -> our terms:
   gradients, which autograd makes outside FSDP's hooks);
 - at an optimizer-phase peak, OptState includes foreach AdamW's temporaries (the tracker labels
   everything the step allocates as optimizer state);
-- logits = live storages shaped (tokens, vocab) at the peak (lm_head output, fp32 copy, log-softmax,
-  their gradients), tracked by this module because the tracker files them under Activation/Temp;
+- logits = live storages shaped (..., vocab) at the peak (the chunked loss's current chunk: its logits,
+  their fp32 copy, the softmax gradient; with `chunked_loss` off the full logits), tracked by this
+  module because the tracker files them under Activation/Temp; the loss's (tokens, hidden) target rows
+  and their gradient count as activations;
 - kv_cache (inference) = the returned cache's tensors; activations = Activation + Temp + Inputs - logits
   - kv_cache.
 With gradient accumulation the engine reduce-scatters every micro batch (trainer/recipe.py), so the
@@ -53,6 +58,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -67,8 +73,9 @@ from automodel.catalog.memory.analytic import reserve_model  # both engines turn
 from automodel.catalog.memory.plan import MemoryEstimate, Plan
 from automodel.trainer import modeling
 from automodel.trainer import simulate_inputs as sim_inputs
+from automodel.trainer.loss import use_chunked_loss
 
-SIM_DEPTHS = (2, 3)
+SIM_DEPTHS = (3, 4)
 _TOTAL = "Total"
 
 
@@ -199,7 +206,9 @@ def _assumptions(
         "FSDP2: every decoder block sharded, then the root (embeddings, final norm, lm_head)"
         if plan.gpus > 1
         else "one GPU: the plain model (no FSDP2), bf16 compute from autocast",
-        "loss: fp32 cross-entropy summed over tokens; logits = bf16/fp32 (tokens x vocab) tensors at the peak",
+        "loss: the trainer's (trainer/loss.py): fp32 cross-entropy summed over target tokens, "
+        + ("the head applied a chunk of tokens at a time" if plan.chunked_loss else "over full logits")
+        + "; logits = (..., vocab) tensors live at the peak",
         f"peak_reserved = peak_allocated x {fragmentation} (allocator) + {overhead / 2**30:.2f} GiB "
         "(CUDA context, NCCL), the analytic engine's constants",
     ]
@@ -284,6 +293,7 @@ def check_supported(config: dict[str, Any], plan: Plan) -> None:
 def prepare_model(config: dict[str, Any], plan: Plan, mesh: Any, *, device: str, seed: int | None = None):
     """The model as the engine runs it: built, LoRA-wrapped, cast, checkpointed, FSDP2-sharded (N > 1)."""
     model = modeling.build_model(config, device=device, seed=seed)
+    use_chunked_loss(model, plan.chunked_loss)
     training = plan.mode == "train"
     if plan.method == "lora":  # inference too: an unmerged adapter is served as it was trained
         model = modeling.apply_lora(
@@ -360,7 +370,9 @@ def track_step(model: torch.nn.Module, plan: Plan, config: dict[str, Any] | None
     tracker = _tracker_for(
         model, optimizer, vocab=vocab, tokens=batch.logits_rows, inputs=(*inputs, batch.labels)
     )
-    with tracker:
+    with tracker, warnings.catch_warnings():
+        # torch's ModTracker warns when checkpointed blocks re-enter in backward; the regions stay right
+        warnings.filterwarnings("ignore", message="The module hierarchy tracking", category=UserWarning)
         _train_step(model, optimizer, plan, batch, device, tracker)
     return tracker.peaks
 
@@ -410,8 +422,8 @@ class _RegionPeaks:
     A region's peak is linear in depth, while the step's peak moves between regions as depth grows,
     which is why the simulator extrapolates regions, not the step's peak.
 
-    The tracker files logits under Activation/Temp; a storage first seen as a (tokens x vocab) tensor
-    (lm_head output, its fp32 copy, log-softmax, their gradients) is counted as logits until freed."""
+    The tracker files logits under Activation/Temp; a storage first seen as a (..., vocab) tensor (a
+    loss chunk's logits, their fp32 copy and gradient) is counted as logits until freed."""
 
     def _init_regions(self, model: torch.nn.Module, *, vocab: int, tokens: int) -> None:
         self.vocab, self.tokens = vocab, tokens
@@ -440,7 +452,7 @@ class _RegionPeaks:
     def _track(self, reftype, t: torch.Tensor) -> None:  # noqa: ANN001
         new = [st for st in get_untyped_storages(t) if st not in self._WINFO]
         super()._track(reftype, t)
-        if new and t.ndim >= 2 and t.shape[-1] == self.vocab and t.numel() == self.tokens * self.vocab:
+        if new and t.ndim >= 2 and t.shape[-1] == self.vocab:
             for st in new:
                 nbytes = st.nbytes()
                 self._logits_live += nbytes

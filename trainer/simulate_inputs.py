@@ -14,7 +14,7 @@ What each task's collator hands the model, at the plan's shapes (the values do n
   truncates every clip to) and min(seq_len, max_target_positions) decoder tokens as labels;
 - asr, wav2vec2 CTC: `input_values` of audio_seconds x 16 kHz fp32 and CHARS_PER_SECOND characters of
   transcript per second as CTC targets.
-Loss: the engine's summed fp32 cross-entropy (modeling.forward_loss / causal_lm_loss) over the logits,
+Loss: the engine's summed fp32 cross-entropy (trainer/loss.py causal_lm_loss) for decoder LMs and VLMs,
 or for CTC fp32 log-softmax + `F.ctc_loss` as Wav2Vec2ForCTC computes it (lengths given as Python ints).
 
 `fake_friendly()` lets transformers' multimodal code run on fake tensors: small index tensors built with
@@ -79,8 +79,19 @@ def make_batch(model: torch.nn.Module, config: dict[str, Any], plan: Plan) -> Ba
     if plan.images and kind == "gemma3":
         return _gemma3_batch(model, plan)
     length = plan.seq_len + plan.new_tokens if plan.mode == "inference" else plan.seq_len
-    input_ids = torch.zeros(b, length, dtype=torch.long)
-    return Batch({"input_ids": input_ids}, input_ids.clone(), "causal", input_ids.numel())
+    return _causal({"input_ids": torch.zeros(b, length, dtype=torch.long)}, [[0] * length] * b)
+
+
+def _causal(inputs: dict[str, Any], label_rows: list[list[int]]) -> Batch:
+    """A decoder-LM batch with the targets the collator would add (trainer/loss.py target_positions),
+    found on real tensors: reading labels is what fake tensors cannot do."""
+    from automodel.trainer.loss import target_positions
+
+    with _real_tensors():
+        targets = target_positions(torch.tensor(label_rows))
+    labels = torch.tensor(label_rows)
+    # cloned in the caller's mode: fake tensors under the simulator, as the model's inputs are
+    return Batch(inputs, labels, "causal", labels.numel(), {"targets": {k: v.clone() for k, v in targets.items()}})
 
 
 def _audio_frames(config: dict[str, Any], plan: Plan) -> int:
@@ -146,8 +157,7 @@ def _qwen_batch(model: torch.nn.Module, config: dict[str, Any], plan: Plan) -> B
             mm_token_type_ids=torch.tensor(types),
         )
     inputs["position_ids"] = position_ids
-    labels = torch.tensor([[-100 if t else 0 for t in row] for row in types])
-    return Batch(inputs, labels, "causal", labels.numel())
+    return _causal(inputs, [[-100 if t else 0 for t in row] for row in types])
 
 
 def _gemma3_batch(model: torch.nn.Module, plan: Plan) -> Batch:
@@ -160,19 +170,21 @@ def _gemma3_batch(model: torch.nn.Module, plan: Plan) -> Batch:
         "pixel_values": torch.zeros(plan.micro_batch * plan.images, hf.vision_config.num_channels, side, side),
         "token_type_ids": torch.tensor(types),
     }
-    labels = torch.tensor([[-100 if t else 0 for t in row] for row in types])
-    return Batch(inputs, labels, "causal", labels.numel())
+    return _causal(inputs, [[-100 if t else 0 for t in row] for row in types])
 
 
 def step_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     """The summed training loss of one micro batch (model output dropped at once, as the engine does)."""
     import torch.nn.functional as F
 
-    if batch.loss == "causal":
-        inputs = dict(batch.inputs)
-        return modeling.forward_loss(model, inputs.pop("input_ids"), batch.labels, **inputs)
-    if batch.loss == "seq2seq":
-        return modeling.causal_lm_loss(model(**batch.inputs, use_cache=False).logits, batch.labels)
+    from automodel.trainer.loss import causal_lm_loss
+
+    if batch.loss == "causal":  # the engine's one loss, chunked or not as the model was prepared
+        return causal_lm_loss(model, {**batch.inputs, "labels": batch.labels, **batch.extra["targets"]})
+    if batch.loss == "seq2seq":  # Whisper: labels are the decoder's next tokens already (no shift)
+        logits = model(**batch.inputs, use_cache=False).logits
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch.labels.reshape(-1),
+                               reduction="sum")
     logits = model(**batch.inputs).logits
     log_probs = F.log_softmax(logits, dim=-1, dtype=torch.float32).transpose(0, 1)
     frames, rows = log_probs.shape[0], log_probs.shape[1]

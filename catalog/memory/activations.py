@@ -203,3 +203,26 @@ def sliding_mask_bytes(d: ArchDims, batch: int, q_len: int, kv_len: int) -> floa
     (batch, 1, q, kv) mask for the sliding layers; it lives through forward (and backward: the
     memory-efficient kernel keeps its attn_bias). Full-attention layers without padding need none."""
     return float(batch * q_len * kv_len) if d.sliding_layers else 0.0
+
+
+# The chunked loss (trainer/loss.py) computes at most this many logits (tokens x vocab) at once:
+# 2^24 values, 64 MiB per fp32 copy (about 130 tokens of a 128k vocabulary).
+LOSS_CHUNK_LOGITS = 2**24
+
+
+def loss_chunk_tokens(vocab: int) -> int:
+    """Tokens per chunk of the engine's linear + cross-entropy: LOSS_CHUNK_LOGITS / vocab, rounded down
+    to a multiple of 8 (tensor-core friendly rows), at least 8. One rule for the trainer and the estimator."""
+    tokens = max(8, LOSS_CHUNK_LOGITS // max(1, vocab))
+    return tokens - tokens % 8
+
+
+def chunked_loss_bytes(vocab: int, hidden: int, tokens: int, c: int, *, softcap: bool) -> float:
+    """Peak bytes of the chunked linear + cross-entropy beyond its inputs (trainer/loss.py), for `tokens`
+    target rows: the gathered target rows and their gradient (c x hidden each, the gradient kept until
+    backward), plus one chunk's fp32 logits (the softmax and its gradient are made in place in them)
+    and either their c-byte matmul output (being upcast) or the gradient's c-byte cast (in fp32 both
+    are the fp32 tensor itself), and with soft-capping tanh's fp32 output."""
+    chunk = min(tokens, loss_chunk_tokens(vocab))
+    per_logit = FP32 + (c if c != FP32 else 0) + (FP32 if softcap else 0)
+    return 2 * c * hidden * tokens + per_logit * vocab * chunk

@@ -2,9 +2,10 @@
 
 `estimate_analytic(config, plan)` models what this repo's engine does (trainer/modeling.py): transformers
 5 with SDPA attention, peft LoRA on the language model's linears, the `cast_for_training` dtypes, FSDP2
-`fully_shard` per block + root, non-reentrant activation checkpointing per block, foreach AdamW, and an
-fp32 cross-entropy counted over every position. Pure arithmetic, no torch: milliseconds. Every term, formula and
-source is in docs/memory.md; the short version is in `estimate_analytic`'s docstring.
+`fully_shard` per block + root, non-reentrant activation checkpointing per block, fused AdamW, and the
+chunked fp32 cross-entropy (trainer/loss.py) counted over every position. Pure arithmetic, no torch:
+milliseconds. Every term, formula and source is in docs/memory.md; the short version is in
+`estimate_analytic`'s docstring.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from automodel.catalog.memory.activations import (
     Eager,
     Trainable,
     audio_encoder_bytes,
+    chunked_loss_bytes,
     conv_front_end_bytes,
     decoder_layer_bytes,
     inference_layer_bytes,
+    loss_chunk_tokens,
     sliding_mask_bytes,
     vit_layer_bytes,
 )
@@ -96,13 +99,16 @@ def estimate_analytic(config: dict[str, object], plan: Plan, *, params: int | No
     - adapter_weights: A x (4 bf16-mixed/fp32, 2 bf16) / N; A = r x (in + out) per adapted linear.
     - gradients: T x (dtype of the trainable param) / N, alive from backward to the step.
     - optimizer: AdamW 2 states in the param dtype (8 B/param for fp32 masters); 8-bit AdamW 2.03 B/param;
-      SGD 0. Foreach AdamW adds one state-sized temporary during the step (sqrt of exp_avg_sq).
+      SGD 0. The engine's AdamW on CUDA is torch's fused kernel: no state-sized temporary in the step
+      (foreach AdamW would add one, the sqrt of exp_avg_sq).
     - activations: per-token bytes per block from activations.py x layers x tokens (no grad ckpt), or
       block inputs (c x h per token per layer) + one recomputed block (grad ckpt); plus ViT/encoder parts.
-    - logits: 12 x vocab x tokens: at the log-softmax backward, its saved fp32 output, the fp32 incoming
-      gradient and the fp32 input gradient (the engine does not hold the c-byte logits or the fp32 upcast).
-      Every position counts: exact when every token is a target, an upper bound with answer-only loss
-      (the engine computes logits at target positions only).
+    - logits: the chunked loss (trainer/loss.py, default): 2 x c x hidden x tokens (target rows and their
+      gradient) + one chunk of min(tokens, 2^24 / vocab) tokens x vocab x (4 + c, + 4 soft-capped); with
+      every weight training the head's gradient is made in the loss's forward, and on one GPU the fp32
+      head's bf16 cast. chunked_loss off: 12 x vocab x tokens (at the log-softmax backward its saved fp32
+      output, the fp32 incoming gradient and the fp32 input gradient). Every position counts: exact when
+      every token is a target, an upper bound with answer-only loss (the engine computes target positions only).
     - kv_cache (inference): 2 x layers x kv_heads x head_dim x (prompt + new) x batch x c (sliding-window
       layers keep the window); generate keeps only the last position's logits.
     - comm_buffers (N > 1, FSDP2): unsharded compute copies of the root (embeddings, head, norms) through
@@ -138,8 +144,8 @@ def estimate_analytic(config: dict[str, object], plan: Plan, *, params: int | No
     weights /= n
     adapter_weights = adapters * param_bytes / n
     gradients = trainable * param_bytes / n
-    if plan.optimizer == "adamw":
-        optimizer, step_tmp = 2 * trainable * param_bytes / n, trainable * param_bytes / n
+    if plan.optimizer == "adamw":  # torch's fused AdamW (trainer/modeling.build_optimizer): no temporary
+        optimizer, step_tmp = 2 * trainable * param_bytes / n, 0.0
     elif plan.optimizer == "adamw-8bit":
         optimizer, step_tmp = trainable * ADAMW8_BYTES / n, 0.0
     else:
@@ -191,9 +197,27 @@ def estimate_analytic(config: dict[str, object], plan: Plan, *, params: int | No
     bwd_work = (c * inter * (3 if d.mlp == "gated" else 2) + 2 * c * d.hidden) * tokens
     if eager is not None:
         bwd_work = max(bwd_work, eager.backward_per_token(d) * tokens)
-    # The engine drops the model output after the loss: at the log-softmax backward the fp32 log-softmax
-    # output, its incoming gradient and the input gradient are live (12 B); in forward c + 4 + 4 <= 12.
-    logits = 12 * d.vocab * tokens
+    # The loss. Chunked (the engine's default, trainer/loss.py): the target rows and their gradient plus one
+    # chunk's logits; with every weight training, the head's gradient is made in the loss's forward (in the
+    # dtype the forward sees the head in: FSDP2's unsharded compute copy, else the parameter's), and on one
+    # GPU under autocast the fp32 head is cast to the compute dtype for the chunk matmuls. Plain: every
+    # position's logits; at the log-softmax backward the fp32 log-softmax output, its incoming gradient
+    # and the input gradient are live (12 B); in forward c + 4 + 4 <= 12.
+    head_params = d.params.lm_head or d.params.embedding  # tied: the embedding matrix is the head
+    head_grad_fwd = 0.0
+    if chunked_loss(plan, d):
+        softcap = config.get("final_logit_softcapping") is not None or \
+            (isinstance(config.get("text_config"), dict) and config["text_config"].get("final_logit_softcapping") is not None)
+        logits = chunked_loss_bytes(d.vocab, d.hidden, tokens, c, softcap=softcap)
+        if full:
+            head_grad_fwd = head_params * scale * (c if n > 1 else param_bytes)
+            logits += 2 * head_params * scale if autocast_1gpu else 0
+        loss_fwd = logits + head_grad_fwd  # at the loss's last chunk
+        loss_saved = c * d.hidden * tokens + head_grad_fwd  # the gradients it hands to backward
+    else:
+        logits = 12 * d.vocab * tokens
+        loss_fwd = (c + 8) * d.vocab * tokens  # logits, fp32 copy, log-softmax
+        loss_saved = logits
 
     root, blocks, block_grad, root_grad = _fsdp_buffers(d, plan, full, scale, c)
     comm = root + blocks + block_grad + root_grad
@@ -214,9 +238,9 @@ def estimate_analytic(config: dict[str, object], plan: Plan, *, params: int | No
     # so the gradients made in this backward are already inside `held`.
     held = gradients if plan.grad_accum > 1 else 0.0
     made = max(grads_blocks, held)
-    fwd_end = held + kept + (c + 8) * d.vocab * tokens + root + weight_casts  # logits, fp32 copy, log-softmax
+    fwd_end = held + kept + loss_fwd + root + weight_casts
     # every saved tensor at the loss's backward; FSDP2 blocks are not gathered yet
-    start_bwd = held + kept + logits + root + (0.0 if plan.grad_ckpt else weight_casts)
+    start_bwd = held + kept + loss_saved + root + (0.0 if plan.grad_ckpt else weight_casts)
     in_block = bwd_work + root + blocks + block_grad + head_grad  # a block's backward
     if weight_casts and plan.grad_ckpt:  # the recomputed block casts its weights again
         in_block += 2 * d.params_per_layer * scale
@@ -241,6 +265,13 @@ def estimate_analytic(config: dict[str, object], plan: Plan, *, params: int | No
         overhead=overhead, peak_allocated=int(peak_alloc), peak_reserved=int(math.ceil(peak_alloc * factor)) + overhead,
         assumptions=tuple(assumptions), host_peak=host.peak, host=tuple(host.breakdown().items()),
     )
+
+
+def chunked_loss(plan: Plan, d: ArchDims) -> bool:
+    """Whether the engine's loss for this plan is the chunked one (trainer/loss.py): language-model heads
+    (llm, vlm) with `plan.chunked_loss`; the speech adapter's losses (Whisper's decoder cross-entropy,
+    CTC) take the full logits."""
+    return plan.chunked_loss and d.audio is None
 
 
 def _fsdp_buffers(d: ArchDims, plan: Plan, full: bool, scale: float, c: int) -> tuple[float, float, float, float]:
@@ -351,18 +382,23 @@ def _assumptions(plan: Plan, d: ArchDims, config: dict[str, object]) -> list[str
                        "3-D expert tensors, not nn.Linear modules, and bitsandbytes quantises only nn.Linear (so "
                        "LoRA cannot target them either); only the attention projections are NF4.")
     out.append({
-        "adamw": "AdamW (torch, foreach): two states in the parameter dtype plus one state-sized temporary "
-                 "during the step; fused AdamW avoids the temporary, paged/offloaded optimizers save more.",
+        "adamw": "AdamW (torch, fused kernel on CUDA): two states in the parameter dtype and no state-sized "
+                 "temporary in the step (foreach AdamW would add one); paged/offloaded optimizers save more.",
         "adamw-8bit": "8-bit AdamW (bitsandbytes): two uint8 states + fp32 block scales (2.03 B/param).",
         "sgd": "SGD without momentum: no optimizer state.",
     }[plan.optimizer])
     out.append(f"Activations: Korthikanti et al. 2022 recounted for {stack_words(d)}; "
                + ("gradient checkpointing keeps block inputs and recomputes one block at a time."
                   if plan.grad_ckpt else "no checkpointing: every block's saved tensors live until backward."))
-    out.append("Logits: counted at every position, fp32 cross-entropy (c-byte logits + fp32 log-softmax + two "
-               "fp32 gradients): exact for completion or packed data, where every token is a target; an upper "
-               "bound with answer-only loss (the engine computes logits only at target tokens). Chunked/fused "
-               "cross-entropy (Liger, torchtune) removes most of this term.")
+    if chunked_loss(plan, d):
+        out.append(f"Logits: the engine's chunked linear + cross-entropy computes the head and the fp32 loss "
+                   f"{loss_chunk_tokens(d.vocab)} tokens at a time (2^24 logits) and makes the gradients in the "
+                   "forward: one chunk's logits plus the target rows and their gradient, never the full logits; "
+                   "every position counted as a target (an upper bound with answer-only loss).")
+    else:
+        out.append("Logits: chunked loss off: every position's logits, fp32 cross-entropy (c-byte logits + fp32 "
+                   "log-softmax + two fp32 gradients): exact for completion or packed data, where every token is a "
+                   "target; an upper bound with answer-only loss (the engine computes logits only at target tokens).")
     if d.model_type == "wav2vec2":  # CTC over frames, not next-token cross-entropy
         out[-1] = ctc_words(d)
     if plan.grad_accum > 1:

@@ -48,6 +48,10 @@ class Plan(BaseModel):
         "(with FSDP2 as shards: the trainer reduce-scatters every micro batch).",
     )
     grad_ckpt: bool = Field(True, description="Activation checkpointing per decoder block.")
+    chunked_loss: bool = Field(
+        True, description="The engine's chunked linear + cross-entropy (never the full logits); false: the plain "
+        "head and cross-entropy over every position's logits.",
+    )
     gpus: int = Field(1, ge=1, description="Data-parallel ranks; with more than one, FSDP2 shards weights, grads and optimizer state.")
     cpu_offload: bool = Field(False, description="FSDP2 CPUOffloadPolicy: sharded params, grads and optimizer state live in host memory.")
     new_tokens: int = Field(0, ge=0, description="Inference only: tokens generated after the prompt (KV cache grows to seq_len + new_tokens).")

@@ -10,6 +10,7 @@ import torch.distributed as dist  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from automodel.catalog.errors import UserError  # noqa: E402
+from automodel.trainer import loss as loss_fn  # noqa: E402
 from automodel.trainer import modeling  # noqa: E402
 from tests.catalog.configs import tiny_llama  # noqa: E402
 
@@ -40,7 +41,7 @@ def _batch(seed: int = 0, batch: int = 2, seq: int = 12) -> tuple[torch.Tensor, 
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, TINY_LLAMA["vocab_size"], (batch, seq), generator=gen)
     labels = ids.clone()
-    labels[:, :3] = modeling.IGNORE_INDEX  # a masked prompt
+    labels[:, :3] = -100  # a masked prompt
     return ids, labels
 
 
@@ -105,21 +106,15 @@ def test_cast_for_training_dtypes():
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
 
 
-def test_causal_lm_loss_matches_cross_entropy_and_traces_fake():
-    torch.manual_seed(0)
-    logits = torch.randn(2, 12, 128, dtype=torch.bfloat16)
-    _, labels = _batch()
-    expected = F.cross_entropy(
-        logits[:, :-1].float().reshape(-1, 128), labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum"
-    )
-    got = modeling.causal_lm_loss(logits, labels)
-    assert got.dtype == torch.float32
-    torch.testing.assert_close(got, expected)
-    from torch._subclasses.fake_tensor import FakeTensorMode
+def _loss(model, ids, labels):  # noqa: ANN001, ANN202
+    """The engine's one loss (trainer/loss.py)."""
+    return loss_fn.causal_lm_loss(model, {"input_ids": ids, "labels": labels})
 
-    with FakeTensorMode() as mode:
-        fake = modeling.causal_lm_loss(mode.from_tensor(logits), mode.from_tensor(labels))
-    assert fake.shape == () and fake.dtype == torch.float32
+
+def _plain_loss(logits, labels):  # noqa: ANN001, ANN202
+    """Summed fp32 cross-entropy of next-token prediction over every position's logits."""
+    vocab = logits.shape[-1]
+    return F.cross_entropy(logits[:, :-1].float().reshape(-1, vocab), labels[:, 1:].reshape(-1), reduction="sum")
 
 
 def _grads(grad_ckpt: bool) -> dict[str, torch.Tensor]:
@@ -127,7 +122,7 @@ def _grads(grad_ckpt: bool) -> dict[str, torch.Tensor]:
     if grad_ckpt:
         modeling.enable_grad_ckpt(model)
     ids, labels = _batch()
-    modeling.causal_lm_loss(model(input_ids=ids, use_cache=False).logits, labels).backward()
+    _loss(model, ids, labels).backward()
     return {n: p.grad for n, p in model.named_parameters()}
 
 
@@ -155,7 +150,7 @@ def test_shard_model_one_rank_matches_unsharded():
 
     ids, labels = _batch()
     reference = modeling.build_model(TINY_LLAMA, device="cpu", seed=2)
-    ref_loss = modeling.causal_lm_loss(reference(input_ids=ids, use_cache=False).logits, labels)
+    ref_loss = _plain_loss(reference(input_ids=ids, use_cache=False).logits, labels)
     ref_loss.backward()
 
     model = modeling.build_model(TINY_LLAMA, device="cpu", seed=2)
@@ -163,7 +158,7 @@ def test_shard_model_one_rank_matches_unsharded():
     assert isinstance(model, FSDPModule)
     assert all(isinstance(b, FSDPModule) for b in modeling.decoder_blocks(model))
     assert all(isinstance(p, DTensor) for p in model.parameters())
-    loss = modeling.causal_lm_loss(model(input_ids=ids, use_cache=False).logits, labels)
+    loss = _loss(model, ids, labels)  # the head's weight is the root's unsharded parameter
     loss.backward()
     torch.testing.assert_close(loss, ref_loss)
     ref_grads = dict(reference.named_parameters())
@@ -181,7 +176,7 @@ def test_shard_model_bf16_mixed_computes_in_bf16():
     ids, labels = _batch()
     logits = model(input_ids=ids, use_cache=False).logits
     assert logits.dtype == torch.bfloat16
-    modeling.causal_lm_loss(logits, labels).backward()
+    _loss(model, ids, labels).backward()
     # Master weights and their reduced gradients stay fp32.
     assert {p.grad.dtype for p in model.parameters()} == {torch.float32}
 
@@ -195,7 +190,7 @@ def test_build_optimizer_covers_only_trainable_params(name, states):
     params = [p for group in opt.param_groups for p in group["params"]]
     assert {id(p) for p in params} == {id(p) for p in model.parameters() if p.requires_grad}
     ids, labels = _batch()
-    modeling.causal_lm_loss(model(input_ids=ids, use_cache=False).logits, labels).backward()
+    _loss(model, ids, labels).backward()
     opt.step()
     tensors = [v for p in params for v in opt.state[p].values() if v.ndim > 0]
     assert len(tensors) == states * len(params)
@@ -248,15 +243,15 @@ def test_architectures_without_sdpa_fall_back_to_eager_attention():
     assert modeling.build_model(gemma2).config._attn_implementation == "eager"
 
 
-def test_forward_loss_under_autocast_matches_the_plain_loss():
+def test_the_loss_under_autocast_matches_the_plain_loss():
     model = modeling.build_model(TINY_LLAMA, device="cpu", seed=4)
     ids, labels = _batch()
-    expected = modeling.causal_lm_loss(model(input_ids=ids, use_cache=False).logits, labels)
-    torch.testing.assert_close(modeling.forward_loss(model, ids, labels), expected)
+    expected = _plain_loss(model(input_ids=ids, use_cache=False).logits, labels)
+    torch.testing.assert_close(_loss(model, ids, labels), expected)
     with modeling.compute_autocast("fp32", "cpu"):
         assert not torch.is_autocast_enabled("cpu")
     with modeling.compute_autocast("bf16-mixed", "cpu"):
-        bf16_loss = modeling.forward_loss(model, ids, labels)
+        bf16_loss = _loss(model, ids, labels)
     assert bf16_loss.dtype == torch.float32
     torch.testing.assert_close(bf16_loss, expected, rtol=0.05, atol=0.0)
 

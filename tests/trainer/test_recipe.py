@@ -56,17 +56,20 @@ def test_lr_schedule_warmup_and_decay(tiny_config) -> None:
 
 def test_target_only_logits_equal_full_logits_loss(tiny_assets: Path) -> None:
     import torch
+    import torch.nn.functional as F
 
-    from automodel.trainer.data import Sample, collate
-    from automodel.trainer.modeling import build_model, causal_lm_loss
-    from automodel.trainer.tasks.llm import forward_loss
+    from automodel.trainer.data import Sample
+    from automodel.trainer.modeling import build_model
+    from automodel.trainer.tasks.llm import collate, forward_loss
 
     config = json.loads((tiny_assets / "model/config.json").read_text())
     model = build_model(config, device="cpu", seed=1)
-    batch = collate([Sample((1, 5, 6, 7, 8), (-100, -100, -100, 7, 8)), Sample((1, 9, 10), (-100, 9, 10))], 0)
+    tokenizer = type("Tok", (), {"pad_token_id": 0})()
+    batch = collate([Sample((1, 5, 6, 7, 8), (-100, -100, -100, 7, 8)), Sample((1, 9, 10), (-100, 9, 10))], tokenizer)
     ours = forward_loss(model, batch)
-    ref = causal_lm_loss(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
-                         batch["labels"])
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    vocab = logits.shape[-1]
+    ref = F.cross_entropy(logits[:, :-1].reshape(-1, vocab), batch["labels"][:, 1:].reshape(-1), reduction="sum")
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
 
 

@@ -11,9 +11,10 @@ torch = pytest.importorskip("torch")
 from automodel.catalog.errors import UserError  # noqa: E402
 from automodel.catalog.memory.plan import TERMS, Plan  # noqa: E402
 from automodel.trainer import modeling, simulate  # noqa: E402
+from automodel.trainer.tasks import llm  # noqa: E402
 from tests.catalog.configs import tiny_llama  # noqa: E402
 
-# Six layers: the simulator runs 2 and 3 and extrapolates, the real step runs all six.
+# Six layers: the simulator runs 3 and 4 and extrapolates, the real step runs all six.
 TINY = tiny_llama(vocab_size=512, intermediate_size=160, num_hidden_layers=6, max_position_embeddings=512,
                   tie_word_embeddings=False)
 
@@ -49,7 +50,7 @@ def _real_step_peak(plan: Plan) -> int:
 
         def step() -> None:
             with modeling.compute_autocast(plan.precision, "cpu"):
-                loss = modeling.forward_loss(model, ids, ids)
+                loss = llm.forward_loss(model, {"input_ids": ids, "labels": ids})
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -78,6 +79,7 @@ from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
 from torch.distributed.device_mesh import init_device_mesh
 from automodel.trainer import modeling
 from automodel.trainer import simulate
+from automodel.trainer.tasks import llm
 from automodel.catalog.memory.plan import Plan
 
 config, plan, port, out = json.loads(sys.argv[1]), Plan.model_validate_json(sys.argv[2]), sys.argv[3], sys.argv[4]
@@ -89,7 +91,7 @@ def rank_step(rank):
     ids = torch.randint(0, config["vocab_size"], (plan.micro_batch, plan.seq_len), generator=gen)
     opt = modeling.build_optimizer(model, name=plan.optimizer, lr=1e-3)
     def step():
-        modeling.forward_loss(model, ids, ids).backward()
+        llm.forward_loss(model, {"input_ids": ids, "labels": ids}).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
     step()
@@ -137,13 +139,14 @@ def test_every_category_matches_real_tensors_region_by_region():
     assert set(real) == set(fake) >= {"forward/post", "backward/pre", "backward/top", "optimizer/pre"}
     for region, snap in real.items():
         assert snap == fake[region], region
-    assert real["backward/pre"]["logits"] > 0
+    # The chunked loss: a chunk's logits at the forward's end, none left when backward starts.
+    assert real["forward/post"]["logits"] > 0 and real["backward/pre"]["logits"] == 0
     assert real["optimizer/pre"]["Gradient"] > 0  # LoRA gradients labelled as such, not as Temp
 
 
 def test_extrapolation_equals_the_full_depth_simulation():
     plan = Plan(method="full", seq_len=32, micro_batch=2, grad_ckpt=False, gpus=2)
-    est = simulate.estimate_simulated(TINY, plan)  # from depths 2 and 3
+    est = simulate.estimate_simulated(TINY, plan)  # from depths 3 and 4
     full_depth = simulate.simulate_run(TINY, plan, TINY["num_hidden_layers"])
     assert est.peak_allocated == max(snap["Total"] for snap in full_depth.peaks.values())
     assert est.params == full_depth.params
@@ -176,14 +179,16 @@ def test_grad_accum_keeps_gradients_between_micro_batches():
     # alive at the second's start of backward is the fp32 gradient shard (bf16-mixed masters, 2 ranks),
     # not 4 x params unsharded on each rank as skipping the sync would keep.
     shard = 4 * four.params // 2
-    assert four.peak_allocated - one.peak_allocated == shard
-    assert four.gradients == shard and four.comm_buffers == one.comm_buffers
+    # The step's peak is in a block's backward, where the blocks above have made their gradient shards
+    # already without accumulation: accumulation adds the shard less those (under 15 % of it here).
+    assert 0.85 * shard <= four.peak_allocated - one.peak_allocated <= shard
+    assert four.gradients == shard and four.comm_buffers <= one.comm_buffers  # no unsharded gradients held
     assert any("two are simulated" in a and "reduce-scatters" in a for a in four.assumptions)
     # The analytic engine models the same: it adds exactly the gradient shard here.
     from automodel.catalog.memory.analytic import estimate_analytic
 
     analytic = [estimate_analytic(TINY, p) for p in (plan, plan.model_copy(update={"grad_accum": 4}))]
-    assert analytic[1].peak_allocated - analytic[0].peak_allocated == shard
+    assert 0.85 * shard <= analytic[1].peak_allocated - analytic[0].peak_allocated <= shard
 
 
 def test_cpu_offload_moves_the_shards_to_the_host():

@@ -15,6 +15,7 @@ from automodel.trainer.config import DataConfig
 from automodel.trainer.data import IGNORE_INDEX, Sample, finish_sample, pack, read_split
 from automodel.trainer.data import collate as collate_samples
 from automodel.trainer.data_formats import ChatFormat, CompletionFormat, InstructionFormat, column_value
+from automodel.trainer.loss import causal_lm_loss, target_positions
 
 if TYPE_CHECKING:
     import torch
@@ -122,7 +123,9 @@ def sample_length(sample: Sample) -> int:
 
 
 def collate(samples: list[Sample], tokenizer: Any) -> dict[str, torch.Tensor]:
-    return collate_samples(samples, tokenizer.pad_token_id)
+    """Padded ids, mask and labels, plus the loss's target positions (found here, on the host)."""
+    batch = collate_samples(samples, tokenizer.pad_token_id)
+    return {**batch, **target_positions(batch["labels"])}
 
 
 def model_class() -> Any:
@@ -145,17 +148,6 @@ def evaluate_extra(model: nn.Module, processor: Any, samples: Any, d: Any, autoc
 
 
 def forward_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Summed fp32 next-token cross-entropy over the target tokens of one micro batch.
-
-    Only target positions go through the output head (`logits_to_keep` mask): prompt and padding
-    logits are never computed, which with answer-only loss skips most of the head's work. Same sum
-    as `catalog.modeling.causal_lm_loss` over full logits.
-    """
-    import torch.nn.functional as F
-
-    labels = batch["labels"]
-    shifted = F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
-    keep = shifted != IGNORE_INDEX
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), shifted[keep], reduction="sum")
+    """Summed fp32 next-token cross-entropy over the target tokens of one micro batch: the engine's one
+    loss (trainer/loss.py), which computes the output head at target positions only, chunk by chunk."""
+    return causal_lm_loss(model, batch)
