@@ -24,7 +24,8 @@ _FLAG_FOR_FIELD = {
     "precision": "--precision", "optimizer": "--optimizer", "seq_len": "--seq-len",
     "micro_batch": "--batch-size", "grad_ckpt": "--grad-ckpt", "gpus": "--gpus", "new_tokens": "--new-tokens",
     "grad_accum": "--grad-accum", "images": "--images", "image_size": "--image-size", "min_pixels": "--min-pixels",
-    "max_pixels": "--max-pixels", "audio_seconds": "--audio-seconds",
+    "max_pixels": "--max-pixels", "audio_seconds": "--audio-seconds", "chunked_loss": "--chunked-loss",
+    "offload_activations": "--offload-activations",
 }
 
 
@@ -49,6 +50,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="micro batches per optimizer step (default 1): earlier gradients stay live")
     p.add_argument("--grad-ckpt", action=argparse.BooleanOptionalAction, default=None,
                    help="activation checkpointing per block (default: on)")
+    p.add_argument("--chunked-loss", action=argparse.BooleanOptionalAction, default=None,
+                   help="the engine's chunked linear + cross-entropy, never the full logits (default: on)")
+    p.add_argument("--offload-activations", action=argparse.BooleanOptionalAction, default=None,
+                   help="saved activations wait in host memory until backward (default: off)")
     p.add_argument("--gpus", type=int_in(1), default=None, metavar="N",
                    help="training: FSDP2 ranks; inference: GPUs the model is placed over as device_map='auto' "
                    "does (accelerate's infer_auto_device_map; imports torch), reporting the busiest GPU")
@@ -86,6 +91,7 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
         "micro_batch": args.batch_size, "grad_accum": args.grad_accum, "grad_ckpt": args.grad_ckpt, "gpus": args.gpus,
         "new_tokens": args.new_tokens, "images": args.images, "image_size": args.image_size,
         "min_pixels": args.min_pixels, "max_pixels": args.max_pixels, "audio_seconds": args.audio_seconds,
+        "chunked_loss": args.chunked_loss, "offload_activations": args.offload_activations,
     }
     try:
         return Plan(**{k: v for k, v in given.items() if v is not None})
@@ -118,7 +124,8 @@ def check_flags(args: argparse.Namespace, plan: Plan, config: dict[str, Any], co
         reject("--new-tokens", "applies to --mode inference only", "add --mode inference, or drop --new-tokens")
     if plan.mode == "inference":
         for flag, value in (("--grad-accum", args.grad_accum), ("--grad-ckpt", args.grad_ckpt),
-                            ("--optimizer", args.optimizer)):
+                            ("--optimizer", args.optimizer), ("--chunked-loss", args.chunked_loss),
+                            ("--offload-activations", args.offload_activations)):
             if value is not None:
                 reject(flag, "applies to training only", f"drop {flag}, or drop --mode inference")
     dims = dims_from_config(config)

@@ -188,6 +188,9 @@ def classify(row: dict[str, str]) -> Scoped | OutOfScope:
             else:
                 return OutOfScope("sequence length not stated")
         plan["seq_len"] = seq
+        # The measured stacks (torchtune's default recipes, HF Trainer/peft, ms-swift, LLaMA-Factory) compute
+        # the full logits; the engine's chunked loss is its own saving, so the rows are estimated without it.
+        plan["chunked_loss"] = False
         plan["grad_ckpt"] = row["grad_ckpt"].strip().lower().startswith(("on", "full", "default", "ms-swift"))
         plan["optimizer"] = "adamw-8bit" if "8-bit" in row["optimizer"] else "adamw"
         accum = re.search(r"\bGA\s*(\d+)|accumulation\D{0,12}(\d+)", row["notes"] + " " + row["micro_batch"])

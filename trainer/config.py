@@ -85,7 +85,8 @@ class ModelConfig(Section):
 class PeftConfig(Section):
     method: Literal["none", "lora", "qlora"] = Field(
         "lora", description="none: full fine-tuning; lora: LoRA adapters (peft); qlora: LoRA on a 4-bit NF4 base "
-        "(bitsandbytes, double quantisation, bf16 compute; needs CUDA and the bitsandbytes package, one process).",
+        "(bitsandbytes, double quantisation, bf16 compute; one process with the bitsandbytes package, on a CUDA "
+        "GPU, or on the CPU for testing; a random init is saved under output_dir/base and quantised from there).",
     )
     rank: int = Field(16, ge=1, description="LoRA rank r.")
     alpha: float = Field(32.0, gt=0, description="LoRA alpha; the update is scaled by alpha / rank.")
@@ -117,6 +118,11 @@ class DistributedConfig(Section):
         "fsdp2", description="fsdp2: fully_shard each decoder block and the root when world size > 1; none: one process."
     )
     activation_checkpointing: bool = Field(True, description="Recompute each decoder block's activations in backward.")
+    offload_activations: bool = Field(
+        False, description="Keep the tensors autograd saves in the forward (with activation_checkpointing: each "
+        "block's input) in host memory until backward needs them (trainer/offload.py): less GPU memory, more "
+        "PCIe traffic.",
+    )
     chunked_loss: bool = Field(
         True, description="Compute the output head and cross-entropy a chunk of target tokens at a time, never the "
         "full tokens x vocab logits (trainer/loss.py); false: the plain head and F.cross_entropy.",
@@ -380,13 +386,6 @@ class TrainConfig(Section):
         return self
 
     @model_validator(mode="after")
-    def _qlora_loads_weights(self) -> TrainConfig:
-        if self.peft.method == "qlora" and self.model.init == "random":
-            raise rule("model.init", "qlora quantises pretrained weights as it loads them; a random init has none. "
-                       "Use model.init=pretrained, or peft.method=lora for a random model")
-        return self
-
-    @model_validator(mode="after")
     def _audio_is_asr(self) -> TrainConfig:
         if (self.task == "asr") != (self.data.format == "audio"):
             fix = "data.format=audio" if self.task == "asr" else f"a {self.data.format} format, or task=asr"
@@ -446,6 +445,7 @@ class TrainConfig(Section):
             **({"audio_seconds": self.data.max_seconds} if self.task == "asr" and self.data.max_seconds else {}),
             grad_ckpt=self.distributed.activation_checkpointing,
             chunked_loss=self.distributed.chunked_loss,
+            offload_activations=self.distributed.offload_activations,
             gpus=world_size,
             cpu_offload=self.distributed.cpu_offload,
         )

@@ -1,5 +1,8 @@
-"""LoRA and QLoRA for the recipe: a thin layer over `catalog.modeling.apply_lora` (the one the simulator
-uses), plus the checks QLoRA needs before a run loads anything (one process, CUDA, bitsandbytes)."""
+"""LoRA and QLoRA for the recipe: a thin layer over `trainer.modeling.apply_lora` (the one the simulator
+uses), plus the checks QLoRA needs before a run loads anything (one process, bitsandbytes).
+
+QLoRA runs on a CUDA GPU, and on the CPU through bitsandbytes' CPU kernels (NF4 quantisation and 4-bit
+matmuls): slow, meant for testing a config or the engine without a GPU, and said so once at the start."""
 
 from __future__ import annotations
 
@@ -29,20 +32,23 @@ def adapt(model: nn.Module, peft: PeftConfig) -> nn.Module:
         raise UserError(err.message, field="peft.target_modules", hint=err.hint) from None
 
 
-def check_runtime(peft: PeftConfig, *, world_size: int, cuda: bool) -> None:
+def check_runtime(peft: PeftConfig, *, world_size: int, cuda: bool, announce: bool = True) -> None:
     """What a qlora run needs from this machine; one UserError naming peft.method for the first gap.
-    `validate` and `--dry-run` skip this (they run anywhere); the run checks it before loading anything."""
+    `validate` and `--dry-run` skip this (they run anywhere); the run checks it before loading anything.
+    Without CUDA it runs on the CPU and says once (`announce`) that this is for testing."""
     if peft.method != "qlora":
         return
+    import sys
+
     from automodel.catalog.errors import UserError
 
     peft.check_world_size(world_size)
-    if not cuda:
-        raise UserError("qlora needs a CUDA GPU (bitsandbytes' 4-bit NF4 kernels); this process has none",
-                        field="peft.method", hint="run on a machine with an NVIDIA GPU, or use peft.method=lora")
     if importlib.util.find_spec("bitsandbytes") is None:
         raise UserError("qlora needs the bitsandbytes package, which is not installed", field="peft.method",
                         hint="pip install bitsandbytes, or use peft.method=lora")
+    if not cuda and announce:
+        print("note: qlora on the CPU (no CUDA GPU here) runs bitsandbytes' CPU kernels: for testing a config "
+              "or the engine, not for real training", file=sys.stderr, flush=True)
 
 
 def prepare_quantized(model: nn.Module, peft: PeftConfig, *, grad_ckpt: bool) -> nn.Module:

@@ -29,6 +29,7 @@ from automodel.trainer import checkpoint, distributed, environment, export, metr
 from automodel.trainer.config import ModelConfig, TrainConfig, dump_yaml
 from automodel.trainer.data import epoch_batches, rank_micro_batches, steps_per_epoch
 from automodel.trainer.loss import use_chunked_loss
+from automodel.trainer.offload import offloaded_activations
 from automodel.trainer.peft import adapt, check_runtime, prepare_quantized, trainable_parameters
 from automodel.trainer.tasks import TaskAdapter, adapter_for
 
@@ -77,8 +78,8 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
     import numpy as np
     import torch
 
-    # qlora's needs (one process, CUDA, bitsandbytes) stop the run before it writes or loads anything
-    check_runtime(cfg.peft, world_size=d.world, cuda=d.device.type == "cuda")
+    # qlora's needs (one process, bitsandbytes) stop the run before it writes or loads anything
+    check_runtime(cfg.peft, world_size=d.world, cuda=d.device.type == "cuda", announce=d.is_main)
     cfg.distributed.check_world_size(d.world)  # 2+ processes need fsdp2; offload needs 2+ processes
     # 1. setup: seeds, output dir, resolved config
     _seed_everything(cfg.seed)
@@ -108,14 +109,20 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
                         field="schedule.global_batch_size", hint=f"use at most {len(train_samples)}")
     total_steps = cfg.schedule.max_steps or per_epoch * (cfg.schedule.epochs or 1)
 
-    # 3. model: weights (qlora: 4-bit on the GPU), LoRA or full, gradient checkpointing, precision, FSDP2 when
+    # 3. model: weights (qlora: 4-bit as they load), LoRA or full, gradient checkpointing, precision, FSDP2 when
     # world > 1 (built on the meta device, each rank loading only its shards)
     # A random init is saved with the run (a fresh start rewrites it: the seed or config may have changed).
     base_dir = out / export.BASE_DIR
     fresh_start = checkpoint.resolve_resume(cfg.checkpoint.resume, out) is None
     keep_base = cfg.model.init == "random" and (fresh_start or not export.has_base(base_dir))
-    model = build_for_run(cfg, task, source, model_config, d, precision,
-                          on_base=(lambda base: export.save_base(base, tokenizer, base_dir, d)) if keep_base else None)
+
+    def save_base(base: nn.Module | None) -> None:
+        if cfg.peft.method == "qlora":  # load_model saved the random weights it quantised (trainer/export.py)
+            tokenizer.save_pretrained(str(base_dir))
+        else:
+            export.save_base(base, tokenizer, base_dir, d)
+
+    model = build_for_run(cfg, task, source, model_config, d, precision, on_base=save_base if keep_base else None)
     model.train()
     # Weights are initialised identically on every rank (above); dropout draws differ per rank from here on.
     torch.manual_seed(cfg.seed + d.rank)
@@ -192,7 +199,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
             # tiny either way and one process has nothing to sync, so one rule covers every run.
             for batch in batches:
                 batch = {k: v.to(d.device, non_blocking=True) for k, v in batch.items()}
-                with autocast:
+                with autocast, offloaded_activations(cfg.distributed.offload_activations):
                     micro_loss = task.forward_loss(model, batch)
                 (micro_loss * scale).backward()
                 window_loss += micro_loss.detach()
@@ -369,7 +376,8 @@ def build_for_run(cfg: TrainConfig, task: TaskAdapter, source: str, model_config
 def _unsharded(cfg: TrainConfig, task: TaskAdapter, source: str, model_config: dict[str, Any],
                on_cuda: bool, *, on_base: Callable[[nn.Module | None], Any] | None = None) -> nn.Module:
     """The base with the task's freezing and LoRA (or QLoRA's preparation), on the CPU (qlora: its GPU)."""
-    base = load_model(cfg, source, model_config, device="cpu", cuda=on_cuda)
+    # qlora from a random init: load_model writes the seeded base first when the run keeps a new one
+    base = load_model(cfg, source, model_config, device="cpu", cuda=on_cuda, write_base=on_base is not None)
     task.prepare_model(base, cfg)
     if on_base is not None:  # before adapters go on: the weights an exported adapter is loaded onto
         on_base(base)
@@ -439,23 +447,29 @@ def resolve_model(model: ModelConfig) -> tuple[str, dict[str, Any]]:
     return source, resolved.config
 
 
-def load_model(cfg: TrainConfig, source: str, config: dict[str, Any], *, device: str, cuda: bool) -> nn.Module:
+def load_model(cfg: TrainConfig, source: str, config: dict[str, Any], *, device: str, cuda: bool,
+               base_dir: Path | None = None, write_base: bool = False) -> nn.Module:
     """Pretrained weights through transformers (qlora: quantised to NF4 as they load), or a random init from
-    the config with `cfg.seed`."""
+    the config with `cfg.seed` (qlora: saved to `base_dir` when `write_base` or none is there yet, then
+    loaded from there quantised)."""
     import torch
 
     dtype = _load_dtype(cfg, cuda)
     quantize: dict[str, Any] = {}
-    if cfg.peft.method == "qlora":  # NF4 weights straight onto this process's GPU; the rest in bf16
-        from automodel.trainer.modeling import qlora_quantization_config
+    if cfg.peft.method == "qlora":  # NF4 weights straight onto this process's GPU (or the CPU); the rest bf16
+        from automodel.trainer.modeling import import_bitsandbytes_offline, qlora_quantization_config
 
+        import_bitsandbytes_offline()
         dtype = torch.bfloat16
         quantize = {"quantization_config": qlora_quantization_config(),
-                    "device_map": {"": torch.cuda.current_device()}}
+                    "device_map": {"": torch.cuda.current_device() if cuda else "cpu"}}
+        if cfg.model.init == "random":
+            base_dir = base_dir or Path(cfg.output_dir) / export.BASE_DIR
+            source = str(_random_base(cfg, config, base_dir, rewrite=write_base))
     from automodel.catalog.architecture import attention_implementation
 
     attn = attention_implementation(str(config.get("model_type")), cfg.model.attn_implementation)
-    if cfg.model.init == "random":
+    if cfg.model.init == "random" and not quantize:
         from automodel.trainer.modeling import build_model
 
         model = build_model(config, device=device, dtype=dtype, seed=cfg.seed, attn_implementation=attn)
@@ -481,6 +495,31 @@ def _load_dtype(cfg: TrainConfig, cuda: bool) -> torch.dtype:
     import torch
 
     return torch.bfloat16 if cuda and cfg.model.dtype in ("bf16", "auto") else torch.float32
+
+
+def _random_base(cfg: TrainConfig, config: dict[str, Any], out: Path, *, rewrite: bool) -> Path:
+    """The seeded random init saved as a pretrained model (safetensors + config) in `out`, for qlora to
+    quantise as it loads: bitsandbytes quantises weights on their way in, not a model already built.
+    Written by a fresh start (the seed or config may have changed) or when missing; a resumed run loads
+    the same file. It is also the base the exported adapter names (trainer/export.py, BASE_DIR)."""
+    from automodel.trainer import export
+
+    if rewrite or not export.has_base(out):
+        import shutil
+
+        from transformers.utils import logging as hf_logging
+
+        from automodel.trainer.modeling import build_model
+
+        model = build_model(config, device="cpu", seed=cfg.seed)
+        tmp = out.with_name(f".tmp-{out.name}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        hf_logging.disable_progress_bar()
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        hf_logging.enable_progress_bar()
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    return out
 
 
 def _seed_everything(seed: int) -> None:

@@ -74,6 +74,7 @@ from automodel.catalog.memory.plan import MemoryEstimate, Plan
 from automodel.trainer import modeling
 from automodel.trainer import simulate_inputs as sim_inputs
 from automodel.trainer.loss import use_chunked_loss
+from automodel.trainer.offload import offloaded_activations
 
 SIM_DEPTHS = (3, 4)
 _TOTAL = "Total"
@@ -231,6 +232,9 @@ def _assumptions(
             "CPU offload: sharded weights, gradients and optimizer state counted in host memory, not here"
         )
     notes += sim_inputs.describe(config, plan)
+    if plan.offload_activations:
+        notes.append("activation offloading: saved tensors over 1 MiB (block inputs with checkpointing) wait "
+                     "in host memory; the device holds the ones backward is using")
     return tuple(notes)
 
 
@@ -401,7 +405,8 @@ def _train_step(model, optimizer, plan: Plan, batch: sim_inputs.Batch, device: s
             if j:
                 tracker.reset_mod_stats()  # the trackers refuse a module's second forward otherwise
             tracker.begin_phase("forward")
-        with modeling.compute_autocast(plan.precision, device):
+        with modeling.compute_autocast(plan.precision, device), \
+                offloaded_activations(plan.offload_activations, simulate=True):
             loss = sim_inputs.step_loss(model, batch)
         if tracker:
             tracker.begin_phase("backward")

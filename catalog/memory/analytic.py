@@ -172,6 +172,9 @@ def estimate_analytic(config: dict[str, object], plan: Plan, *, params: int | No
             front += FP32 * d.audio.width * b * frames
     vit_depth = d.vision.depth if d.vision is not None else 0
     enc_depth = d.audio.layers if d.audio is not None else 0
+    layers = d.layers
+    if plan.offload_activations:  # saved tensors wait on the host: the device holds the block backward is at
+        layers, vit_depth, enc_depth = 1, min(vit_depth, 1), min(enc_depth, 1)
     head_in = (FP32 * d.hidden + (2 * c * d.hidden if full else 0)) * tokens  # final norm (+ head input)
     head_in += 2 * c * d.head_dim * tokens  # rotary cos/sin
     head_in += eager.masks(b, c) if eager else sliding_mask_bytes(d, b, seq, seq)
@@ -184,12 +187,12 @@ def estimate_analytic(config: dict[str, object], plan: Plan, *, params: int | No
         head_in += d.audio.input_bytes(plan.audio_seconds) * b
     stream = FP32 if autocast_1gpu and full else c  # fp32 embeddings make the residual stream fp32
     if plan.grad_ckpt:
-        kept = stream * d.hidden * tokens * d.layers + head_in + front
+        kept = stream * d.hidden * tokens * layers + head_in + front
         kept += c * (d.vision.width if d.vision else 0) * b * patches * vit_depth * (1 if full else 0)
         kept += c * (d.audio.width if d.audio else 0) * b * frames * enc_depth * (1 if enc_layer else 0)
         recompute = max(block, vit_layer, enc_layer)  # one block's tensors, rebuilt in its backward
     else:
-        kept = block * d.layers + vit_layer * vit_depth + enc_layer * enc_depth + head_in + front
+        kept = block * layers + vit_layer * vit_depth + enc_layer * enc_depth + head_in + front
         recompute = 0.0
     activations = kept + recompute
     # While a block runs backward, the gradients of its largest intermediates are live too.
@@ -405,6 +408,10 @@ def _assumptions(plan: Plan, d: ArchDims, config: dict[str, object]) -> list[str
         out.append(f"Gradient accumulation over {plan.grad_accum} micro batches: gradients live through every "
                    "forward and backward" + (", sharded (FSDP2 reduce-scatters every micro batch: communication "
                    "grows with accumulation, memory does not)." if plan.gpus > 1 else "."))
-    out.append("Not modelled: torch.compile, DeepSpeed, optimizer-in-backward, activation offloading, "
+    if plan.offload_activations:
+        out.append("Activation offloading: the tensors autograd saves (block inputs with checkpointing) wait in "
+                   "host memory; the device holds one block's at a time in backward (host RAM and PCIe time not "
+                   "counted here).")
+    out.append("Not modelled: torch.compile, DeepSpeed, optimizer-in-backward, "
                "packed-sequence masks.")
     return out

@@ -48,6 +48,10 @@ class Plan(BaseModel):
         "(with FSDP2 as shards: the trainer reduce-scatters every micro batch).",
     )
     grad_ckpt: bool = Field(True, description="Activation checkpointing per decoder block.")
+    offload_activations: bool = Field(
+        False, description="The tensors autograd saves in the forward (with grad_ckpt: each block's input) wait for "
+        "backward in host memory (trainer/offload.py).",
+    )
     chunked_loss: bool = Field(
         True, description="The engine's chunked linear + cross-entropy (never the full logits); false: the plain "
         "head and cross-entropy over every position's logits.",

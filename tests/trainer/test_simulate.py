@@ -363,3 +363,21 @@ def test_unsupported_torch_is_a_user_error_not_a_wrong_number() -> None:
         with pytest.raises(UserError, match="--simulate supports torch 2.13") as err:
             check_torch_version(version)
         assert err.value.field == "--simulate"
+
+
+def test_activation_offloading_leaves_one_block_input_on_the_device(monkeypatch):
+    """With checkpointing the saved tensors are the blocks' inputs: offloaded, the device keeps about
+    one of the six (the simulator runs the trainer's offload hooks; 1 MiB floor off for a tiny model)."""
+    from automodel.catalog.memory.analytic import estimate_analytic
+    from automodel.trainer import offload
+
+    monkeypatch.setattr(offload, "MIN_BYTES", 0)
+    plan = Plan(method="lora", lora_rank=8, seq_len=256, micro_batch=2, grad_ckpt=True)
+    kept = simulate.estimate_simulated(TINY, plan)
+    moved = simulate.estimate_simulated(TINY, plan.model_copy(update={"offload_activations": True}))
+    block_input = 2 * 64 * 256 * 2  # bf16 hidden states of one block's input
+    assert kept.peak_allocated - moved.peak_allocated >= 4 * block_input
+    assert any("activation offloading" in a for a in moved.assumptions)
+    analytic = [estimate_analytic(TINY, p)
+                for p in (plan, plan.model_copy(update={"offload_activations": True}))]
+    assert analytic[0].peak_allocated - analytic[1].peak_allocated >= 4 * block_input
