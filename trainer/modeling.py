@@ -58,16 +58,17 @@ def import_bitsandbytes_offline() -> None:
     if "bitsandbytes" in sys.modules or importlib.util.find_spec("bitsandbytes") is None:
         return
     logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
-    level, blocked = logger.level, "kernels" not in sys.modules
+    level, kernels = logger.level, sys.modules.get("kernels")
     logger.setLevel(logging.ERROR)
-    if blocked:
-        sys.modules["kernels"] = None  # type: ignore[assignment]  # `from kernels import ...` -> ImportError
+    sys.modules["kernels"] = None  # type: ignore[assignment]  # `from kernels import ...` -> ImportError
     try:
         import bitsandbytes  # noqa: F401
     finally:
         logger.setLevel(level)
-        if blocked:
+        if kernels is None:
             del sys.modules["kernels"]
+        else:  # transformers had imported it already: put it back
+            sys.modules["kernels"] = kernels
 
 
 def build_model(

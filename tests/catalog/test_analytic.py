@@ -57,10 +57,19 @@ def test_qlora_and_8bit_optimizer() -> None:
 
 
 def test_logits_formula() -> None:
-    # fp32 log-softmax output + its incoming gradient + the input gradient, whatever the compute dtype
-    e = est(method="lora", seq_len=512, micro_batch=3, precision="bf16")
+    # Plain loss: fp32 log-softmax output + its incoming gradient + the input gradient, whatever the dtype
+    e = est(method="lora", seq_len=512, micro_batch=3, precision="bf16", chunked_loss=False)
     assert e.logits == 12 * 100 * 512 * 3
-    assert est(method="lora", seq_len=512, precision="fp32").logits == 12 * 100 * 512
+    assert est(method="lora", seq_len=512, precision="fp32", chunked_loss=False).logits == 12 * 100 * 512
+    # Chunked loss: target rows + their gradient (2 c h t) and one chunk of 2^24 / V tokens' logits:
+    # fp32 plus the c-byte matmul output (bf16), or the fp32 tensor alone (fp32).
+    chunk = 2**24 // 100 - (2**24 // 100) % 8
+    tokens = 512 * 3
+    assert est(method="lora", seq_len=512, micro_batch=3, precision="bf16").logits == \
+        2 * 2 * 64 * tokens + (4 + 2) * 100 * min(chunk, tokens)
+    assert est(method="lora", seq_len=512, precision="fp32").logits == 2 * 4 * 64 * 512 + 4 * 100 * 512
+    big = est(method="lora", seq_len=4096, micro_batch=64, precision="bf16")  # more tokens than one chunk
+    assert big.logits == 2 * 2 * 64 * 4096 * 64 + 6 * 100 * chunk
 
 
 def test_inference_kv_cache_formula() -> None:

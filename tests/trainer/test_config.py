@@ -80,7 +80,6 @@ INVALID = [
     (['peft.target_modules=" , "'], None, "peft.target_modules"),
     (["peft.method=qlora", "checkpoint.export=merged"], None, "checkpoint.export"),  # no merge into a 4-bit base
     (["peft.method=qlora", "checkpoint.export=both"], None, "checkpoint.export"),
-    (["peft.method=qlora", "model.init=random"], None, "model.init"),  # nothing pretrained to quantise
 ]
 
 

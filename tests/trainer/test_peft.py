@@ -23,8 +23,8 @@ def test_lora_needs_nothing_from_the_machine() -> None:
 
 @pytest.mark.parametrize(("world", "cuda", "bnb", "needle"), [
     (2, True, True, "qlora runs in one process, not 2"),
-    (1, False, True, "qlora needs a CUDA GPU"),
     (1, True, False, "qlora needs the bitsandbytes package"),
+    (1, False, False, "qlora needs the bitsandbytes package"),
 ])
 def test_qlora_gaps_are_one_user_error_naming_peft_method(monkeypatch, world, cuda, bnb, needle) -> None:
     real = peft.importlib.util.find_spec
@@ -41,6 +41,17 @@ def test_qlora_with_everything_present_passes(monkeypatch) -> None:
     monkeypatch.setattr(peft.importlib.util, "find_spec",
                         lambda name, *a: real("json") if name == "bitsandbytes" else real(name, *a))
     peft.check_runtime(PeftConfig(method="qlora"), world_size=1, cuda=True)
+
+
+def test_qlora_on_the_cpu_runs_and_says_it_is_for_testing(monkeypatch, capsys) -> None:
+    real = peft.importlib.util.find_spec
+    monkeypatch.setattr(peft.importlib.util, "find_spec",
+                        lambda name, *a: real("json") if name == "bitsandbytes" else real(name, *a))
+    peft.check_runtime(PeftConfig(method="qlora"), world_size=1, cuda=False)
+    err = capsys.readouterr().err
+    assert "qlora on the CPU" in err and "for testing" in err
+    peft.check_runtime(PeftConfig(method="qlora"), world_size=1, cuda=False, announce=False)  # other ranks
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize("grad_ckpt", [True, False])

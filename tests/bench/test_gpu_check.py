@@ -1,0 +1,42 @@
+"""bench/gpu_check.py --smoke: every row of the GPU check runs on tiny configs on the CPU (so the script
+does not rot between the GPU runs it exists for)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "gpu_check.py"
+
+
+def test_smoke_runs_every_row(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = importlib.util.spec_from_file_location("gpu_check", BENCH)
+    assert spec and spec.loader
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = bench
+    spec.loader.exec_module(bench)
+    out = tmp_path / "check.json"
+    assert bench.main(["--smoke", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    rows = {r["name"]: r for r in data["rows"]}
+    llm = [r for r in data["rows"] if "image" not in r["name"] and "asr" not in r["name"]]
+    assert len(llm) == 7 and all(r["status"] == "ok" and r["tokens_per_s"] > 0 for r in llm)
+    assert {r["method"] for r in llm} == {"lora", "full", "qlora"}
+    assert all(r["est_allocated_gib"] > 0 for r in llm)
+    # The vlm and asr rows run once their task adapters exist, and say why not until then.
+    for name in ("vlm lora 1 image", "asr full x16"):
+        assert rows[name]["status"] == "ok" or (rows[name]["status"] == "skipped" and "adapter" in rows[name]["note"])
+    printed = capsys.readouterr().out
+    assert "qlora" in printed and f"wrote {out}" in printed
+    # MFU's model FLOPs: 6N for full, 4N for LoRA, plus causal attention.
+    config = bench.TINY_LLAMA
+    full = bench.flops_per_token(config, "full", 64, 100_000)
+    lora = bench.flops_per_token(config, "lora", 64, 100_000)
+    attention = 6 * 2 * 64 * 64
+    assert full - attention == pytest.approx(1.5 * (lora - attention))
