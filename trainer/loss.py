@@ -166,9 +166,11 @@ def _chunked_loss(hidden, weight, bias, targets, scale, softcap, chunk, dtype, g
     n = h.shape[0]
     need_h, need_w, need_b = grads or (False, False, False)
     grad_h = torch.empty_like(h) if need_h else None
-    # The weight's gradient accumulates over chunks in the weight's own dtype (FSDP2's unsharded bf16
-    # parameter, or the fp32 master on one GPU: then the chunk products are added in fp32).
-    grad_w = torch.zeros_like(weight) if need_w else None
+    # The weight's gradient accumulates over chunks in the compute dtype (as Liger's does): a bf16 GEMM
+    # per chunk with fp32 accumulation inside, added into a bf16 buffer. An fp32 buffer would need an
+    # fp32 GEMM per chunk (no tensor cores) or a weight-sized temporary per chunk. Under FSDP2 the
+    # unsharded parameter is bf16 anyway; an fp32 master on one GPU gets the buffer cast at the end.
+    grad_w = torch.zeros(weight.shape, dtype=dtype, device=weight.device) if need_w else None
     grad_b = torch.zeros_like(bias) if need_b else None
     loss = torch.zeros((), dtype=torch.float32, device=h.device)
     for start in range(0, n, chunk):
@@ -194,13 +196,12 @@ def _chunked_loss(hidden, weight, bias, targets, scale, softcap, chunk, dtype, g
         if grad_h is not None:
             torch.mm(gc, w, out=grad_h[start : start + chunk])
         if grad_w is not None:
-            if grad_w.dtype == dtype:
-                grad_w.addmm_(gc.t(), hc)
-            else:
-                grad_w.addmm_(g.t(), hc.to(grad_w.dtype))
+            grad_w.addmm_(gc.t(), hc)
         if grad_b is not None:
             grad_b += g.sum(0).to(grad_b.dtype)
         del z, g, gc
+    if grad_w is not None:
+        grad_w = grad_w.to(weight.dtype)
     return loss, grad_h, grad_w, grad_b
 
 

@@ -215,7 +215,10 @@ def estimate_analytic(config: dict[str, object], plan: Plan, *, params: int | No
         if full:
             head_grad_fwd = head_params * scale * (c if n > 1 else param_bytes)
             logits += 2 * head_params * scale if autocast_1gpu else 0
-        loss_fwd = logits + head_grad_fwd  # at the loss's last chunk
+        # at the loss's end: on one GPU with fp32 masters the head's gradient, accumulated in the compute
+        # dtype over the chunks, is cast to fp32 (both copies live for that moment)
+        cast = head_params * scale * c if full and n == 1 and param_bytes != c else 0.0
+        loss_fwd = logits + head_grad_fwd + cast
         loss_saved = c * d.hidden * tokens + head_grad_fwd  # the gradients it hands to backward
     else:
         logits = 12 * d.vocab * tokens
