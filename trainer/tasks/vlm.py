@@ -210,15 +210,11 @@ def count_targets(batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def forward_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Summed fp32 next-token cross-entropy over the target tokens; only their positions reach the head."""
-    import torch.nn.functional as F
+    """Summed fp32 next-token cross-entropy over the target tokens: the engine's one loss (trainer/loss.py),
+    the head applied at target positions only, a chunk of tokens at a time."""
+    from automodel.trainer.loss import causal_lm_loss
 
-    labels = batch["labels"]
-    shifted = F.pad(labels, (0, 1), value=IGNORE_INDEX)[:, 1:]
-    keep = shifted != IGNORE_INDEX
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), shifted[keep], reduction="sum")
+    return causal_lm_loss(model, batch)
 
 
 def evaluate_extra(model: nn.Module, processor: Any, samples: Sequence[VlmSample], d: Any,
