@@ -186,7 +186,8 @@ def vlm_batch(config: dict[str, Any], plan: Any, device: str) -> dict[str, Any]:
     from automodel.trainer.loss import IGNORE_INDEX
 
     v = config["vision_config"]
-    side = plan.image_size // v["patch_size"]
+    size = plan.image_size[0] if isinstance(plan.image_size, tuple | list) else plan.image_size
+    side = size // v["patch_size"]
     image_tokens = side * side // v["spatial_merge_size"] ** 2
     vocab = config.get("vocab_size") or config["text_config"]["vocab_size"]
     ids = torch.randint(0, min(vocab, config["image_token_id"]), (plan.micro_batch, plan.seq_len + image_tokens))
@@ -196,7 +197,8 @@ def vlm_batch(config: dict[str, Any], plan: Any, device: str) -> dict[str, Any]:
     patch = 3 * v["temporal_patch_size"] * v["patch_size"] ** 2
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels,
              "pixel_values": torch.randn(plan.micro_batch * side * side, patch),
-             "image_grid_thw": torch.tensor([[1, side, side]] * plan.micro_batch)}
+             "image_grid_thw": torch.tensor([[1, side, side]] * plan.micro_batch),
+             "mm_token_type_ids": (ids == config["image_token_id"]).long()}  # 1 marks image tokens (M-RoPE)
     return {k: t.to(device) for k, t in batch.items()}
 
 
@@ -207,7 +209,7 @@ def asr_batch(config: dict[str, Any], plan: Any, device: str) -> dict[str, Any]:
     frames = 2 * config.get("max_source_positions", 1500)
     feats = torch.randn(plan.micro_batch, config.get("num_mel_bins", 80), frames)
     labels = torch.randint(3, config["vocab_size"], (plan.micro_batch, plan.seq_len))
-    return {"input_features": feats.to(device), "labels": labels.to(device)}
+    return {"input_features": feats.to(device), "decoder_input_ids": labels.to(device), "labels": labels.to(device)}
 
 
 def run(smoke: bool, steps: int, out: Path) -> list[dict[str, Any]]:
