@@ -271,7 +271,9 @@ def test_multimodal_step_matches_real_tensors_region_by_region(case):
         # (1004 bytes more in forward/pre on this model).
         for category, value in snap.items():
             assert abs(value - fake[region][category]) <= 4096, (case, region, category, value, fake[region])
-    assert max(snap["logits"] for snap in real.values()) > 0
+    if config["model_type"] in ("whisper", "wav2vec2"):  # their heads' full logits are seen at some peak;
+        # a decoder LM's chunked loss (trainer/loss.py) frees each chunk's logits before any region peak
+        assert max(snap["logits"] for snap in real.values()) > 0
 
 
 # Analytic vs simulated on these shapes (measured, docs/memory.md): Qwen2-VL LoRA with images within 5 %;
