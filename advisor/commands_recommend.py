@@ -76,7 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset-tokens", type=parse_tokens, metavar="N", help="training tokens, for a time estimate")
     p.add_argument("--top", type=int_in(1), default=5, metavar="K", help="show the best K (default 5)")
     p.add_argument("--host-mem", metavar="GB", help="RAM per node, to warn about picks whose processes need more "
-                   "host memory (default: this machine's)")
+                   "host memory (default: this machine's, when its GPUs are the ones planned for)")
     p.add_argument("--json", action="store_true", help="print JSON only")
     p.add_argument("--write-config", metavar="PATH", help="write the top pick's training config to PATH")
     p.add_argument("--force", action="store_true", help="let --write-config replace an existing file")
@@ -207,7 +207,8 @@ def run_recommend(args: argparse.Namespace) -> int:
     hardware = resolve_hardware(gpu=args.gpu, gpu_mem=args.gpu_mem, gpus=args.gpus, nodes=args.nodes)
     profile = profile_from_args(args, hardware)
     result = recommend(profile)
-    _warn_host_ram(result.recommendations[: args.top], args.host_mem)
+    # this machine's RAM says something about the plan only when its GPUs are the ones planned for
+    _warn_host_ram(result.recommendations[: args.top], args.host_mem, detected=hardware.source != "flags")
     written = None
     if args.write_config and result.recommendations:
         written = _write_top(result.recommendations, args.write_config, args.force)
@@ -224,15 +225,20 @@ def run_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
-def _warn_host_ram(recs: tuple[Recommendation, ...], host_mem: str | None) -> None:
-    """One stderr line per pick whose processes on a node need more host RAM than the node has."""
+def _warn_host_ram(recs: tuple[Recommendation, ...], host_mem: str | None, *, detected: bool) -> None:
+    """One stderr line per pick whose processes on a node need more host RAM than the node has (--host-mem,
+    else this machine's RAM when the GPUs were detected here; no warning for described hardware)."""
     from automodel.catalog.memory.host import host_ram_warning, node_ram_bytes
     from automodel.catalog.units import parse_memory
 
-    ram = parse_memory(host_mem, field="--host-mem", limit=None) if host_mem is not None else node_ram_bytes()
+    if host_mem is not None:
+        ram = parse_memory(host_mem, field="--host-mem", limit=None)
+    else:
+        ram = node_ram_bytes() if detected else None
     for rec in recs:
         per_node = min(rec.plan.gpus, rec.gpus_per_node)
-        warning = host_ram_warning(rec.estimate.host_peak, per_node, ram, given=host_mem is not None)
+        warning = host_ram_warning(rec.estimate.host_peak, per_node, ram, given=host_mem is not None,
+                                   method=rec.plan.method)
         if warning:
             print(f"warning: {rec.model.name} ({rec.plan.method}): {warning}", file=sys.stderr)
 

@@ -274,7 +274,8 @@ def dry_run(cfg: TrainConfig, world_size: int, *, processes_per_node: int = 1, h
     summary, resolved = _check_and_resolve(cfg, world_size)
     result = estimate(resolved.config, cfg.to_plan(world_size))
     ram = parse_memory(host_mem, field="--host-mem", limit=None) if host_mem is not None else node_ram_bytes()
-    warning = host_ram_warning(result.host_peak, processes_per_node, ram, given=host_mem is not None)
+    warning = host_ram_warning(result.host_peak, processes_per_node, ram, given=host_mem is not None,
+                               method=cfg.to_plan(world_size).method)
     if warning:
         summary.append(f"warning    {warning}")
     grad_ckpt = cfg.distributed.activation_checkpointing

@@ -111,12 +111,17 @@ def node_ram_bytes() -> int | None:
         return None
 
 
-def host_ram_warning(host_peak: int, processes_per_node: int, ram: int | None, *, given: bool) -> str | None:
+def host_ram_warning(host_peak: int, processes_per_node: int, ram: int | None, *, given: bool,
+                     method: str = "lora") -> str | None:
     """A warning when `processes_per_node` processes of `host_peak` bytes each exceed a node's `ram`
-    (`given`: from --host-mem, else detected on this machine); None when they fit or RAM is unknown."""
+    (`given`: from --host-mem, else detected on this machine); None when they fit or RAM is unknown.
+    The fixes offered are the ones that lower this plan's figure: fewer processes per node when there
+    are several, LoRA when the plan is full fine-tuning, a bigger node always."""
     need = host_peak * processes_per_node
     if ram is None or need <= ram:
         return None
+    fixes = [*(["spread the GPUs over more nodes"] if processes_per_node > 1 else []),
+             *(["use LoRA"] if method == "full" else []), "use a node with more RAM"]
     return (f"host RAM: {processes_per_node} process(es) x {host_peak / GIB:.1f} GiB peak = {need / GIB:.1f} GiB per "
             f"node, more than its {ram / GIB:.1f} GiB ({'--host-mem' if given else 'detected on this machine'}); "
-            "spread the GPUs over more nodes, use LoRA, or a node with more RAM")
+            + (", ".join(fixes[:-1]) + ", or " + fixes[-1] if len(fixes) > 1 else fixes[0]))

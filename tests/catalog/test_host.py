@@ -57,6 +57,11 @@ def test_ram_warning_names_the_need_and_the_source() -> None:
     assert warning is not None and "8 process(es) x 10.0 GiB peak = 80.0 GiB" in warning and "--host-mem" in warning
     assert "detected" in host_ram_warning(10 * GIB, 8, 64 * GIB, given=False)
     assert host_ram_warning(10 * GIB, 8, None, given=False) is None
+    # the fixes offered are the ones that lower this plan's figure
+    assert warning.endswith("spread the GPUs over more nodes, or use a node with more RAM")
+    assert "use LoRA" in host_ram_warning(10 * GIB, 8, 64 * GIB, given=True, method="full")
+    one = host_ram_warning(30 * GIB, 1, 24 * GIB, given=True, method="lora")
+    assert one is not None and one.endswith("; use a node with more RAM")
     assert (node_ram_bytes() or 0) > 2**30  # Linux and macOS both answer
 
 
@@ -66,6 +71,10 @@ def test_recommend_and_dry_run_warn_when_the_node_is_too_small(tmp_path) -> None
                           "--json", "--top", "1"], capture_output=True, text=True, check=True)
     json.loads(rec.stdout)  # still JSON only on stdout
     assert "warning:" in rec.stderr and "--host-mem" in rec.stderr
+    # described hardware (--gpu-mem, no GPU here) is not this machine: its RAM is no reason to warn
+    described = subprocess.run([*cmd, "recommend", "--task", "llm", "--gpu-mem", "24", "--gpus", "8", "--method",
+                                "full", "--json", "--top", "3"], capture_output=True, text=True, check=True)
+    assert "warning:" not in described.stderr
     dry = subprocess.run([*cmd, "finetune", "llm", "-c", "examples/llm/tiny_offline.yaml", "--dry-run",
                           "--host-mem", "0.001"], capture_output=True, text=True, check=True, cwd=ROOT)
     assert "warning    host RAM: 1 process(es)" in dry.stdout and "host RAM / process (peak)" in dry.stdout
