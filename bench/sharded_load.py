@@ -3,7 +3,7 @@ files (the engine's path) versus rank 0 loading it and broadcasting it tensor by
 
 A Llama-shaped model of about --mb MB (fp32, safetensors files of 64 MB, values distinct per row) is written
 to a temporary directory; `torchrun --nproc-per-node N` then builds the run's model (LoRA, FSDP2) in each
-worker through `recipe.build_for_run`, once per path. For each rank the table shows the rise of the resident
+worker through `build.build_for_run`, once per path. For each rank the table shows the rise of the resident
 high-water mark (VmHWM, reset before the load through /proc/self/clear_refs, after the imports the load
 needs) and the wall time of the load. The broadcast path is forced by telling the loader that the files do
 not cover the model. Linux only (VmHWM).
@@ -33,7 +33,7 @@ from automodel.catalog.params import hf_config_from_dict
 from automodel.trainer import distributed, loading
 from automodel.trainer.config import load_config
 from automodel.trainer.peft import adapt
-from automodel.trainer.recipe import build_for_run, resolve_model
+from automodel.trainer.build import build_for_run, resolve_model
 from automodel.trainer.tasks import adapter_for
 
 def status(field):

@@ -23,19 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from automodel.catalog import hub
 from automodel.catalog.errors import UserError
 from automodel.trainer import checkpoint, distributed, environment, export, metrics, preempt
-from automodel.trainer.config import ModelConfig, TrainConfig, dump_yaml
+from automodel.trainer.build import build_for_run, load_dtype, resolve_model
+from automodel.trainer.config import TrainConfig, dump_yaml
 from automodel.trainer.data import epoch_batches, rank_micro_batches, steps_per_epoch
-from automodel.trainer.loss import use_chunked_loss
 from automodel.trainer.offload import offloaded_activations
-from automodel.trainer.peft import adapt, check_runtime, prepare_quantized, trainable_parameters
+from automodel.trainer.peft import check_runtime, trainable_parameters
 from automodel.trainer.tasks import TaskAdapter, adapter_for
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     import torch
     from torch import nn
 
@@ -291,7 +288,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
         exports = export.export_run(cfg.checkpoint.export, model, tokenizer, out, d,
                                     model_class=model_class_for(model_config),
                                     base=export.base_reference(source, init=cfg.model.init, output_dir=out),
-                                    dtype=_load_dtype(cfg, on_cuda))
+                                    dtype=load_dtype(cfg, on_cuda))
     result = RunResult(
         output_dir=str(out), steps=total_steps, resumed_from=start, final_loss=loss_value, val_loss=val_loss,
         tokens_per_s=run_counts[1].item() / max(elapsed, 1e-9),
@@ -311,79 +308,6 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
 
         Console(stderr=True).print(metrics.summary_table(result))
     return result
-
-
-def build_for_run(cfg: TrainConfig, task: TaskAdapter, source: str, model_config: dict[str, Any],
-                  d: distributed.Dist, precision: str, *,
-                  on_base: Callable[[nn.Module | None], Any] | None = None) -> nn.Module:
-    """The model the loop trains, on this rank's device: the base (pretrained or seeded random), the task's
-    freezing, LoRA or full, gradient checkpointing, training dtypes, FSDP2 with more than one process.
-
-    One process loads the whole model on the CPU and moves it. Several build it on the meta device and fill
-    only their own shards (trainer/loading.py), so no process holds the whole model. `on_base`, when given,
-    is called on every rank with the unadapted base where one process holds it whole (None on the others):
-    the saved random base (trainer/export.py)."""
-    import torch
-
-    on_cuda = d.device.type == "cuda"
-    grad_ckpt = cfg.distributed.activation_checkpointing
-    sharded = d.world > 1  # strategy is fsdp2 here (DistributedConfig.check_world_size)
-    if cfg.peft.method == "qlora":  # one process; placed, frozen and cast by bitsandbytes + peft already
-        return _unsharded(cfg, task, source, model_config, on_cuda, on_base=on_base)
-
-    def wrap(base: nn.Module) -> nn.Module:
-        """What the engine does to a base model, on the meta device or a real one."""
-        from automodel.trainer.modeling import cast_for_training, enable_grad_ckpt, shard_model
-
-        task.prepare_model(base, cfg)
-        use_chunked_loss(base, cfg.distributed.chunked_loss)
-        model = adapt(base, cfg.peft)
-        if grad_ckpt:
-            enable_grad_ckpt(model)
-        if on_cuda:
-            cast_for_training(model, precision)
-        if sharded:
-            shard_model(model, d.mesh, precision=precision, cpu_offload=cfg.distributed.cpu_offload)
-        return model
-
-    from automodel.trainer.loading import init_lora
-
-    # VLMs are still built whole on every rank: their meta build misses state the loader does not restore yet
-    # (a 2-process run fails in the embedding lookup), so they keep the one-process build, then FSDP2.
-    if not sharded or "vision_config" in model_config:
-        base = load_model(cfg, source, model_config, device="cpu", cuda=on_cuda)
-        if on_base is not None:
-            on_base(base)
-        model = wrap(base)
-        init_lora(model, cfg.seed)  # from the seed alone: the adapters of every world size (trainer/loading.py)
-        return model if sharded and cfg.distributed.cpu_offload else model.to(d.device)
-    from automodel.catalog.architecture import attention_implementation
-    from automodel.catalog.params import hf_config_from_dict, model_class_for
-    from automodel.trainer.loading import meta_model, sharded_model
-
-    hf_config = hf_config_from_dict(model_config)
-    # the concrete class for the config (a task's model_class() may be a from_pretrained dispatcher)
-    meta = meta_model(model_class_for(model_config), hf_config, dtype=_load_dtype(cfg, on_cuda),
-                      attn_implementation=attention_implementation(hf_config.model_type, cfg.model.attn_implementation),
-                      trust_remote_code=cfg.model.trust_remote_code)
-    offload = cfg.distributed.cpu_offload  # FSDP2 keeps the shards in host memory
-    return sharded_model(meta, wrap, source=None if cfg.model.init == "random" else source,
-                         load_base=lambda: load_model(cfg, source, model_config, device="cpu", cuda=on_cuda),
-                         seed=cfg.seed, device=torch.device("cpu") if offload else d.device, d=d,
-                         log=lambda line: print(line, flush=True) if d.is_main else None, on_base=on_base)
-
-
-def _unsharded(cfg: TrainConfig, task: TaskAdapter, source: str, model_config: dict[str, Any],
-               on_cuda: bool, *, on_base: Callable[[nn.Module | None], Any] | None = None) -> nn.Module:
-    """The base with the task's freezing and LoRA (or QLoRA's preparation), on the CPU (qlora: its GPU)."""
-    # qlora from a random init: load_model writes the seeded base first when the run keeps a new one
-    base = load_model(cfg, source, model_config, device="cpu", cuda=on_cuda, write_base=on_base is not None)
-    task.prepare_model(base, cfg)
-    if on_base is not None:  # before adapters go on: the weights an exported adapter is loaded onto
-        on_base(base)
-    use_chunked_loss(base, cfg.distributed.chunked_loss)
-    grad_ckpt = cfg.distributed.activation_checkpointing
-    return adapt(prepare_quantized(base, cfg.peft, grad_ckpt=grad_ckpt), cfg.peft)
 
 
 def evaluate(model: nn.Module, task: TaskAdapter, tokenizer: Any, samples: list[Any], micro: int,
@@ -424,102 +348,9 @@ def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
     return sched.min_lr_ratio + (1 - sched.min_lr_ratio) * shape
 
 
-def resolve_model(model: ModelConfig) -> tuple[str, dict[str, Any]]:
-    """(where the tokenizer/weights come from: a local model directory or a Hub id, the config dict), from
-    the catalog's one resolution (catalog.registry.resolve: catalog names, Hub ids, directories, config.json
-    files), with its errors naming `model.name`."""
-    from automodel.catalog.registry import resolve
-
-    try:
-        resolved = resolve(model.name)
-    except UserError as err:
-        hint = err.hint
-        if "/" in model.name and not Path(model.name).expanduser().exists():  # a Hub id: gated ones need a login
-            login = f"gated models need {hub.LOGIN} and accepting the license"
-            hint = f"{hint}; {login}" if hint else login
-        raise UserError(err.message, field="model.name", hint=hint) from None
-    if resolved.source == "path":
-        path = Path(model.name).expanduser()
-        return str(path if path.is_dir() else path.parent), resolved.config
-    source = resolved.hf_id or model.name
-    if resolved.source == "catalog":  # its config is stored; the tokenizer and weights still come from the Hub
-        hub.require_reachable(source, field="model.name")  # at once, not after five retries per file
-    return source, resolved.config
-
-
-def load_model(cfg: TrainConfig, source: str, config: dict[str, Any], *, device: str, cuda: bool,
-               base_dir: Path | None = None, write_base: bool = False) -> nn.Module:
-    """Pretrained weights through transformers (qlora: quantised to NF4 as they load), or a random init from
-    the config with `cfg.seed` (qlora: saved to `base_dir` when `write_base` or none is there yet, then
-    loaded from there quantised)."""
-    import torch
-
-    dtype = _load_dtype(cfg, cuda)
-    quantize: dict[str, Any] = {}
-    if cfg.peft.method == "qlora":  # NF4 weights straight onto this process's GPU (or the CPU); the rest bf16
-        from automodel.trainer.modeling import import_bitsandbytes_offline, qlora_quantization_config
-
-        import_bitsandbytes_offline()
-        dtype = torch.bfloat16
-        quantize = {"quantization_config": qlora_quantization_config(),
-                    "device_map": {"": torch.cuda.current_device() if cuda else "cpu"}}
-        if cfg.model.init == "random":
-            base_dir = base_dir or Path(cfg.output_dir) / export.BASE_DIR
-            source = str(_random_base(cfg, config, base_dir, rewrite=write_base))
-    from automodel.catalog.architecture import attention_implementation
-
-    attn = attention_implementation(str(config.get("model_type")), cfg.model.attn_implementation)
-    if cfg.model.init == "random" and not quantize:
-        from automodel.trainer.modeling import build_model
-
-        model = build_model(config, device=device, dtype=dtype, seed=cfg.seed, attn_implementation=attn)
-    else:
-        try:
-            model = adapter_for(cfg.task).model_class().from_pretrained(
-                source, dtype=dtype, attn_implementation=attn,
-                trust_remote_code=cfg.model.trust_remote_code, **quantize)
-        except Exception as err:
-            raise UserError(f"cannot load weights of {source!r}: {str(err).splitlines()[0]}", field="model.name",
-                            hint=f"go online once to cache them (gated models need {hub.LOGIN}), "
-                            "or set model.init=random to train from a config alone") from None
-    model.config.use_cache = False
-    return model
-
-
 def _step_of(path: Path) -> int:
     """The step number of a checkpoint directory (step_00000012 -> 12)."""
     return int(path.name.rsplit("_", 1)[-1])
-
-
-def _load_dtype(cfg: TrainConfig, cuda: bool) -> torch.dtype:
-    import torch
-
-    return torch.bfloat16 if cuda and cfg.model.dtype in ("bf16", "auto") else torch.float32
-
-
-def _random_base(cfg: TrainConfig, config: dict[str, Any], out: Path, *, rewrite: bool) -> Path:
-    """The seeded random init saved as a pretrained model (safetensors + config) in `out`, for qlora to
-    quantise as it loads: bitsandbytes quantises weights on their way in, not a model already built.
-    Written by a fresh start (the seed or config may have changed) or when missing; a resumed run loads
-    the same file. It is also the base the exported adapter names (trainer/export.py, BASE_DIR)."""
-    from automodel.trainer import export
-
-    if rewrite or not export.has_base(out):
-        import shutil
-
-        from transformers.utils import logging as hf_logging
-
-        from automodel.trainer.modeling import build_model
-
-        model = build_model(config, device="cpu", seed=cfg.seed)
-        tmp = out.with_name(f".tmp-{out.name}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        hf_logging.disable_progress_bar()
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        hf_logging.enable_progress_bar()
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
-    return out
 
 
 def _seed_everything(seed: int) -> None:

@@ -19,7 +19,7 @@ from torch.distributed.tensor import DTensor
 from automodel.trainer import distributed
 from automodel.trainer.config import load_config
 from automodel.trainer.loading import base_tensors, safetensors_files
-from automodel.trainer.recipe import build_for_run, resolve_model
+from automodel.trainer.build import build_for_run, resolve_model
 from automodel.trainer.tasks import adapter_for
 
 def status(field):
