@@ -1,15 +1,17 @@
 """The fine-tuning recipe, top to bottom: `run(cfg)` is the whole engine.
 
-setup -> tokenizer and data -> model (pretrained or random) -> LoRA or full -> gradient checkpointing ->
-precision / FSDP2 -> AdamW + schedule -> resume -> the loop -> final checkpoint -> export -> summary.
+setup -> tokenizer and data -> model (trainer/build.py: pretrained or random, LoRA or full, gradient
+checkpointing, precision, FSDP2) -> AdamW + schedule -> resume -> the loop -> final checkpoint -> export
+-> summary.
 
 The loss of an optimizer step is the sum of token cross-entropies over every target token of every
 micro batch on every rank, divided by the number of those tokens (counted and all-reduced before the
 first backward), so one process with gradient accumulation and N processes compute the same step.
 
 Where the speed comes from (bench/train_throughput.py): micro batches hold samples of similar length
-(or packed rows), so little padding is computed; only target positions go through the output head
-(tasks/llm.py); token counts and losses stay on the device until a line is logged.
+(or packed rows), so little padding is computed; the output head and the loss run at target positions
+only, a chunk at a time (trainer/loss.py); token counts and losses stay on the device until a line is
+logged.
 """
 
 from __future__ import annotations
