@@ -260,13 +260,13 @@ class DataConfig(Section):
     def check_columns(self, rows: int = 3) -> None:
         """The first `rows` rows of a local `source` have the columns `format` reads (a UserError naming the
         field and the row otherwise). A Hub dataset is not opened here (that may download)."""
-        from automodel.trainer.data import is_local_source, read_rows
+        from automodel.trainer.data import is_local_source, read_rows, row_label
         from automodel.trainer.data_formats import check_row
 
         if not is_local_source(self.source):
             return
         for index, row in enumerate(read_rows(self.source, split=None, field="data.source", limit=rows)):
-            check_row(self.format_spec(), row, index, f"data.{self.format}")
+            check_row(self.format_spec(), row, row_label(index, self.source), f"data.{self.format}")
 
 
 class ScheduleConfig(Section):

@@ -53,6 +53,12 @@ class Sample:
         return sum(1 for label in self.labels if label != IGNORE_INDEX)
 
 
+def row_label(index: int, source: str) -> str:
+    """How an error names a data row: counted from 1, as an editor counts a JSONL file's lines (and a CSV's
+    rows after its header), with the file or dataset it came from."""
+    return f"row {index + 1} of {source}"
+
+
 def read_split(data: DataConfig, *, validation: bool) -> tuple[str, list[dict[str, Any]]] | None:
     """(source, rows) of the training split or of the validation split (None when none is configured).
 

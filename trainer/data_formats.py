@@ -202,10 +202,9 @@ class ImageTextFormat(_Templated):
         return str(value)
 
 
-def check_row(spec: Section, row: Mapping[str, object], index: int,
-              section: str) -> None:
+def check_row(spec: Section, row: Mapping[str, object], where: str, section: str) -> None:
     """Do the column lookups `spec` does on one row (no tokenizer): a missing column raises a UserError naming
-    the config field (`section` is `data.instruction`, ...) and the row. `validate` and the wizard run it on
+    the config field (`section` is `data.instruction`, ...) and the row (`where`: trainer/data.row_label). `validate` and the wizard run it on
     a local file's first rows, so a misnamed column stops them, not the run minutes later."""
     lookups: list[tuple[str, object]]
     if isinstance(spec, ChatFormat):
@@ -223,6 +222,6 @@ def check_row(spec: Section, row: Mapping[str, object], index: int,
         try:
             lookup()  # type: ignore[operator]
         except UserError as err:
-            raise UserError(f"row {index}: {err.message}", field=f"{section}.{name}", hint=err.hint) from None
+            raise UserError(f"{where}: {err.message}", field=f"{section}.{name}", hint=err.hint) from None
         except (IndexError, ValueError, TypeError) as err:
-            raise UserError(f"row {index}: {err}", field=f"{section}.{name}") from None
+            raise UserError(f"{where}: {err}", field=f"{section}.{name}") from None

@@ -29,7 +29,7 @@ from typing import Any, Literal
 from automodel.catalog.errors import UserError
 from automodel.trainer.audio import AudioRef, audio_ref
 from automodel.trainer.config import DataConfig
-from automodel.trainer.data import IGNORE_INDEX, read_split
+from automodel.trainer.data import IGNORE_INDEX, read_split, row_label
 from automodel.trainer.data_formats import AudioFormat, column_value
 
 FRAMES_PER_SECOND = 50  # Whisper: 100 mel frames/s halved by its conv; Wav2Vec2: 16 kHz / stride 320
@@ -113,7 +113,7 @@ def build_samples(data: DataConfig, sp: SpeechProcessor, *, validation: bool) ->
     prefix = whisper_prefix(sp, data) if sp.kind == "whisper" else []
     samples, dropped = [], Counter[str]()
     for index, row in enumerate(rows):
-        where = f"row {index + 1} of {source}"
+        where = row_label(index, source)
         audio = _column(row, spec.audio_column, where, "data.audio.audio_column")
         text = _column(row, spec.text_column, where, "data.audio.text_column")
         if not isinstance(text, str) or not text.strip():

@@ -115,7 +115,7 @@ def configure(processor: Any, data: Any) -> None:
     images.size = size
 
 
-def conversation(row: Mapping[str, Any], index: int, spec: ChatFormat | ImageTextFormat, where: str,
+def conversation(row: Mapping[str, Any], spec: ChatFormat | ImageTextFormat, where: str,
                  base: Path | None) -> tuple[list[dict[str, Any]], list[Any], str | None]:
     """(messages for the template with bare image items, the image references in order (local paths made
     absolute; opened later), the last reply's text)."""

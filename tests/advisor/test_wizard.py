@@ -239,7 +239,7 @@ def test_dataset_answer_is_checked_before_the_config_is_written(tmp_path, monkey
     path = tmp_path / "bad.yaml"
     with pytest.raises(UserError) as err:
         wizard.run(Script(gpu="A10", path=str(path), dataset=str(bad), launch=False), detected=None)
-    assert err.value.field == "data.chat.messages_column" and "row 0" in err.value.message
+    assert err.value.field == "data.chat.messages_column" and "row 1 of" in err.value.message
     assert not path.exists()
     with pytest.raises(UserError, match="does not exist"):
         wizard.run(Script(gpu="A10", path=str(path), dataset=str(tmp_path / "missing.jsonl"), launch=False),

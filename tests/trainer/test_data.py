@@ -64,7 +64,7 @@ def test_missing_column_names_the_mapping_field(tiny_config, tiny_assets: Path, 
     with pytest.raises(UserError) as err:
         build_samples(cfg.data, _tokenizer(tiny_assets), validation=False, seed=0)
     assert err.value.field == "data.instruction.answer_column"
-    assert "row 0" in err.value.message and "answer" in err.value.message
+    assert "row 1 of" in err.value.message and "answer" in err.value.message
 
 
 def test_answer_only_masks_the_prompt(tiny_config, tiny_assets: Path) -> None:

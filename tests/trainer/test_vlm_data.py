@@ -139,13 +139,13 @@ def test_bad_rows_name_the_row_and_the_file(tmp_path: Path, mutate: Any, needle:
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(UserError) as err:
         vlm.build_samples(_data(source), processor("gemma"), validation=False, seed=0)
-    assert f"row 1 of {source}" in err.value.message and needle in err.value.message
+    assert f"row 2 of {source}" in err.value.message and needle in err.value.message
 
 
 def test_a_column_row_without_an_image_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "c.jsonl").write_text(json.dumps({"image": None, "q": "x", "a": "y"}) + "\n")
     mapping = {"image_column": "image", "answer_column": "a"}
-    with pytest.raises(UserError, match=r"row 0 of .*c.jsonl: no image in column `image`"):
+    with pytest.raises(UserError, match=r"row 1 of .*c.jsonl: no image in column `image`"):
         vlm.build_samples(_data(tmp_path / "c.jsonl", format="image_text", image_text=mapping), processor("gemma"),
                           validation=False, seed=0)
 
@@ -161,7 +161,7 @@ def test_cli_exits_2_without_a_traceback_on_a_missing_image(tmp_path: Path, caps
     cfg.write_text(yaml.safe_dump(run_config(tmp_path, "gemma", source)))
     assert automodel(["finetune", "vlm", "-c", str(cfg)]) == 2
     err = capsys.readouterr().err
-    assert "row 1 of" in err and "0001.png does not exist" in err and "Traceback" not in err
+    assert "row 2 of" in err and "0001.png does not exist" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize(("override", "field"), [

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from automodel.catalog import hub
 from automodel.catalog.errors import UserError
 from automodel.trainer.config import DataConfig
-from automodel.trainer.data import IGNORE_INDEX, Sample, finish_sample, pack, read_split
+from automodel.trainer.data import IGNORE_INDEX, Sample, finish_sample, pack, read_split, row_label
 from automodel.trainer.data import collate as collate_samples
 from automodel.trainer.data_formats import ChatFormat, CompletionFormat, InstructionFormat, column_value
 from automodel.trainer.loss import causal_lm_loss, target_positions
@@ -46,7 +46,7 @@ def build_samples(data: DataConfig, tokenizer: Any, *, validation: bool, seed: i
     spec = data.format_spec()
     samples = []
     for index, row in enumerate(rows):
-        sample = _sample(row, index, spec, tokenizer, data)
+        sample = _sample(row, row_label(index, source), spec, tokenizer, data)
         if sample.num_targets:  # a prompt longer than max_seq_len leaves nothing to learn
             samples.append(sample)
     if not samples:
@@ -57,16 +57,16 @@ def build_samples(data: DataConfig, tokenizer: Any, *, validation: bool, seed: i
     return samples
 
 
-def _sample(row: Mapping[str, Any], index: int, spec: Any, tokenizer: Any, data: DataConfig) -> Sample:
+def _sample(row: Mapping[str, Any], where: str, spec: Any, tokenizer: Any, data: DataConfig) -> Sample:
     if isinstance(spec, ChatFormat):
-        return _chat_sample(row, index, spec, tokenizer, data)
+        return _chat_sample(row, where, spec, tokenizer, data)
     if isinstance(spec, InstructionFormat):
-        prompt = _field(lambda: spec.prompt(row), index, "data.instruction.prompt_template")
-        answer = _field(lambda: spec.answer(row), index, "data.instruction.answer_column")
+        prompt = _field(lambda: spec.prompt(row), where, "data.instruction.prompt_template")
+        answer = _field(lambda: spec.answer(row), where, "data.instruction.answer_column")
     else:
         assert isinstance(spec, CompletionFormat)
-        prompt = _field(lambda: spec.prompt(row), index, "data.completion.prompt_column")
-        answer = _field(lambda: spec.completion(row), index, "data.completion.completion_column")
+        prompt = _field(lambda: spec.prompt(row), where, "data.completion.prompt_column")
+        answer = _field(lambda: spec.completion(row), where, "data.completion.completion_column")
     prompt_ids = tokenizer(prompt).input_ids if prompt else _bos(tokenizer)
     eos = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]  # the model learns to stop
     answer_ids = tokenizer(answer, add_special_tokens=False).input_ids + eos
@@ -77,23 +77,23 @@ def _bos(tokenizer: Any) -> list[int]:
     return [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
 
 
-def _field(get: Any, index: int, field: str) -> Any:
+def _field(get: Any, where: str, field: str) -> Any:
     """Run a column lookup; a missing column names the config field and the row."""
     try:
         return get()
     except UserError as err:
-        raise UserError(f"row {index}: {err.message}", field=field, hint=err.hint) from None
+        raise UserError(f"{where}: {err.message}", field=field, hint=err.hint) from None
 
 
-def _chat_sample(row: Mapping[str, Any], index: int, spec: ChatFormat, tokenizer: Any, data: DataConfig) -> Sample:
+def _chat_sample(row: Mapping[str, Any], where: str, spec: ChatFormat, tokenizer: Any, data: DataConfig) -> Sample:
     """Render with the chat template; with answer-only loss, only assistant turns are targets."""
     field = "data.chat.messages_column"
-    messages = _field(lambda: column_value(row, spec.messages_column), index, field)
+    messages = _field(lambda: column_value(row, spec.messages_column), where, field)
     if not isinstance(messages, list) or not all(
         isinstance(m, Mapping) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
         for m in messages
     ):
-        raise UserError(f"row {index}: `{spec.messages_column}` must be a list of {{role, content}} strings",
+        raise UserError(f"{where}: `{spec.messages_column}` must be a list of {{role, content}} strings",
                         field=field)
     if not getattr(tokenizer, "chat_template", None):
         raise UserError("the tokenizer has no chat template", field="data.format",

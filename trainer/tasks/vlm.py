@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from automodel.catalog.errors import UserError
 from automodel.trainer.config import DataConfig
-from automodel.trainer.data import IGNORE_INDEX, is_local_source, read_split
+from automodel.trainer.data import IGNORE_INDEX, is_local_source, read_split, row_label
 from automodel.trainer.data_formats import ImageTextFormat
 from automodel.trainer.images import load_processor as _load_processor
 from automodel.trainer.images import open_image
@@ -73,8 +73,8 @@ def build_samples(data: DataConfig, processor: Any, *, validation: bool, seed: i
     keep_answer = validation and data.validation is not None and data.validation.exact_match
     samples, too_long, too_many, held = [], 0, 0, 0
     for index, row in enumerate(rows):
-        where = f"row {index} of {source}"
-        messages, refs, answer = conversation(row, index, spec, where, base)
+        where = row_label(index, source)
+        messages, refs, answer = conversation(row, spec, where, base)
         if data.max_images is not None and len(refs) > data.max_images:
             too_many += 1
             continue
