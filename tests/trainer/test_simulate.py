@@ -1,4 +1,4 @@
-"""trainer/simulate.py: the fake-tensor step against a real CPU step, its terms, and the analytic engine."""
+"""trainer/simulate.py and simulate_step.py: the fake-tensor step against a real CPU step, its terms, and the analytic engine."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 
 from automodel.catalog.errors import UserError  # noqa: E402
 from automodel.catalog.memory.plan import TERMS, Plan  # noqa: E402
-from automodel.trainer import modeling, simulate  # noqa: E402
+from automodel.trainer import modeling, simulate, simulate_step  # noqa: E402
 from automodel.trainer.tasks import llm  # noqa: E402
 from tests.catalog.configs import tiny_llama  # noqa: E402
 
@@ -37,7 +37,7 @@ def _real_step_peak(plan: Plan) -> int:
     ids = torch.randint(0, TINY["vocab_size"], (plan.micro_batch, length), generator=gen)
     frozen = any(not p.requires_grad for p in model.parameters())
     tracker = (
-        simulate.PlainStepTracker(model=model, vocab=TINY["vocab_size"], tokens=ids.numel())
+        simulate_step.PlainStepTracker(model=model, vocab=TINY["vocab_size"], tokens=ids.numel())
         if frozen
         else MemTracker()
     )
@@ -134,7 +134,7 @@ def test_every_category_matches_real_tensors_region_by_region():
     plan = Plan(method="lora", lora_rank=4, seq_len=32, micro_batch=2, grad_ckpt=False)
     config = simulate.with_depth(TINY, 3)
     model = simulate.prepare_model(config, plan, None, device="cpu", seed=0)
-    real = simulate.track_step(model, plan)
+    real = simulate_step.track_step(model, plan)
     fake = simulate.simulate_run(config, plan, 3).peaks
     assert set(real) == set(fake) >= {"forward/post", "backward/pre", "backward/top", "optimizer/pre"}
     for region, snap in real.items():
@@ -263,7 +263,7 @@ def test_multimodal_step_matches_real_tensors_region_by_region(case):
     config, plan = MULTIMODAL[case]
     config = simulate_inputs.sim_config(config)
     model = simulate.prepare_model(config, plan, None, device="cpu", seed=0)
-    real = simulate.track_step(model, plan, config)
+    real = simulate_step.track_step(model, plan, config)
     fake = simulate.simulate_run(config, plan, None).peaks
     assert set(real) == set(fake)
     for region, snap in real.items():
