@@ -15,6 +15,11 @@ them, so a 2-process checkpoint resumes in 1 process and the other way round. On
 
 A checkpoint is written into `.tmp-step_N/`, fsynced, renamed to `step_N/` and only then named in
 `latest` (itself replaced atomically), so a crash at any point leaves `latest` on a complete one.
+
+`Checkpointer` writes a run's checkpoints: in the loop's thread (the default), or with
+`checkpoint.async_save` staged into a host copy of this rank's shard and written by a background thread
+(DCP's `async_save`, over a gloo group of its own so its collectives never interleave with FSDP2's) while
+training goes on; one write is in flight at a time, and `latest` moves when it has finished.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import random
 import shutil
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -186,15 +192,111 @@ def save(output_dir: str | Path, step: int, *, model: nn.Module, optimizer: torc
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
     barrier(d)
     if d.is_main:
-        _fsync_tree(tmp)
-        if final.exists():  # a rerun reached the same step again: replace it
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(root)
-        _point_latest(root, final.name)
-        _prune(root, keep_last, final.name)
+        _publish(root, tmp, final, keep_last)
     barrier(d)
     return final
+
+
+@dataclass
+class _InFlight:
+    step: int
+    tmp: Path
+    future: Any  # concurrent.futures.Future of dcp.async_save
+
+
+class Checkpointer:
+    """The run's checkpoint writer (see the module docstring). `save` returns once the loop may go on;
+    `poll` (every step) finishes a background write that is done; `drain` waits for the one in flight
+    (before an export, a stop, or the process group's teardown)."""
+
+    def __init__(self, output_dir: str | Path, d: Dist, *, keep_last: int, async_save: bool) -> None:
+        self.output_dir, self.root, self.d = Path(output_dir), checkpoint_root(output_dir), d
+        self.keep_last, self.async_save = keep_last, async_save
+        self._in_flight: _InFlight | None = None
+        self._group = None
+        if async_save and d.world > 1:
+            import torch.distributed as dist
+
+            self._group = dist.new_group(backend="gloo")  # collective: every rank makes it, now
+
+    def save(self, step: int, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+             trainable_only: bool, extra: dict[str, Any]) -> None:
+        """Checkpoint `step`; a write that fails for the user's reasons (a full disk) is a UserError."""
+        try:
+            if not self.async_save:
+                save(self.output_dir, step, model=model, optimizer=optimizer, scheduler=scheduler,
+                     trainable_only=trainable_only, d=self.d, keep_last=self.keep_last, extra=extra)
+                return
+            self.drain()
+            self._start(step, model=model, optimizer=optimizer, scheduler=scheduler,
+                        trainable_only=trainable_only, extra=extra)
+        except UserError:
+            raise
+        except Exception as err:
+            raise _as_user_error(self.output_dir, step, err) from None
+
+    def _start(self, step: int, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+               trainable_only: bool, extra: dict[str, Any]) -> None:
+        import torch
+        import torch.distributed.checkpoint as dcp
+
+        d, tmp = self.d, self.root / f".tmp-{step_name(step)}"
+        if d.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        barrier(d)
+        torch.save(rng_state(), tmp / f"rng_rank{d.rank}.pt")
+        if d.is_main:
+            state = {"step": step, "world": d.world, "scheduler": scheduler.state_dict(), **extra}
+            (tmp / "state.json").write_text(json.dumps(state, indent=1))
+        # Staging copies this rank's shards to host memory before it returns: the next step may change them.
+        with _quiet_one_process():
+            future = dcp.async_save(train_state(model, optimizer, trainable_only=trainable_only),
+                                    checkpoint_id=tmp / DCP_DIR, process_group=self._group, no_dist=d.world == 1)
+        self._in_flight = _InFlight(step, tmp, future)
+
+    def poll(self) -> None:
+        """Finish the background write if it is done (no collective: ranks may see it done at different steps)."""
+        if self._in_flight is not None and self._in_flight.future.done():
+            self._finish()
+
+    def drain(self, *, raise_errors: bool = True) -> None:
+        """Wait for the write in flight and finish it (`raise_errors=False`: while another error propagates)."""
+        if self._in_flight is None:
+            return
+        try:
+            self._finish()
+        except Exception:
+            if raise_errors:
+                raise
+
+    def _finish(self) -> None:
+        """Rank 0 publishes the checkpoint: DCP's coordinator finishes only after every rank's shard is
+        written (it gathers their results), and every rank wrote its RNG file before starting."""
+        flight, self._in_flight = self._in_flight, None
+        assert flight is not None
+        try:
+            flight.future.result()
+        except Exception as err:
+            raise _as_user_error(self.output_dir, flight.step, err) from None
+        if self.d.is_main:
+            _publish(self.root, flight.tmp, self.root / step_name(flight.step), self.keep_last)
+
+
+def _as_user_error(output_dir: Path, step: int, err: Exception) -> Exception:
+    failure = write_failure(output_dir, step, err)
+    return failure if failure is not None else err
+
+
+def _publish(root: Path, tmp: Path, final: Path, keep_last: int) -> None:
+    """fsync the written checkpoint, rename it into place, point `latest` at it, prune (rank 0)."""
+    _fsync_tree(tmp)
+    if final.exists():  # a rerun reached the same step again: replace it
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    _point_latest(root, final.name)
+    _prune(root, keep_last, final.name)
 
 
 def _point_latest(root: Path, name: str) -> None:

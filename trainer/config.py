@@ -192,6 +192,12 @@ class CheckpointConfig(Section):
         "adapter", description="At the end write the LoRA adapter (PEFT format), the merged/full model (HF "
         "safetensors; not with qlora), both, or nothing.",
     )
+    async_save: bool = Field(
+        False, description="Write checkpoints in a background thread while training goes on: each rank first "
+        "copies its shard of the trainable weights and optimizer state to host memory (held until the write "
+        "ends; the estimate's host RAM counts it), one write in flight at a time. For full fine-tuning, whose "
+        "checkpoints take long to write; LoRA checkpoints are small either way.",
+    )
 
 
 class LoggingConfig(Section):
@@ -305,6 +311,7 @@ class TrainConfig(Section):
             offload_activations=self.distributed.offload_activations,
             gpus=world_size,
             cpu_offload=self.distributed.cpu_offload,
+            async_checkpoint=self.checkpoint.async_save,
         )
 
     def redacted_data(self) -> dict[str, object]:

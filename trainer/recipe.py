@@ -182,9 +182,11 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
     # checkpoint (trainer/preempt.py)
     done, stopping = start, False
     stop = preempt.StopRequest()
+    saver = checkpoint.Checkpointer(out, d, keep_last=cfg.checkpoint.keep_last, async_save=cfg.checkpoint.async_save)
     try:
         stop.__enter__()
         for step in range(start, total_steps):
+            saver.poll()  # an async checkpoint whose write has finished becomes `latest`
             batches, local_tokens = micro_batches(step)
             # the third count is "a stop signal arrived on some rank": all ranks stop after the same step
             counts = torch.tensor([sum(int(task.count_targets(b)) for b in batches), local_tokens,
@@ -244,19 +246,14 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
                 window_start = time.perf_counter()
             if save_now or stopping:
                 window = [distributed.all_reduce_sum(window_loss.clone(), d).item(), *window_counts.tolist()]
-                try:
-                    checkpoint.save(out, done, model=model, optimizer=optimizer, scheduler=scheduler,
-                                    trainable_only=lora, d=d, keep_last=cfg.checkpoint.keep_last,
-                                    extra={"loss": loss_value, "val_loss": val_loss, "val_metrics": val_extra,
-                                           "total_steps": total_steps, "window": window})
-                except Exception as err:  # a full disk or a vanished mount: the previous checkpoint stays latest
-                    failure = checkpoint.write_failure(out, done, err)
-                    if failure is None:
-                        raise
-                    raise failure from None
+                # a full disk or a vanished mount is a UserError; the previous checkpoint stays latest
+                saver.save(done, model=model, optimizer=optimizer, scheduler=scheduler, trainable_only=lora,
+                           extra={"loss": loss_value, "val_loss": val_loss, "val_metrics": val_extra,
+                                  "total_steps": total_steps, "window": window})
             if stopping:
                 break
     except KeyboardInterrupt:
+        saver.drain(raise_errors=False)  # a checkpoint being written in the background is finished first
         if d.is_main:
             latest = checkpoint.find_latest(out)
             print(f"\nstopped: rerun the same command to resume from {latest} (step {_step_of(latest)})"
@@ -265,6 +262,8 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
         raise
     finally:
         stop.__exit__()
+        # before the export and the process group's teardown; another error in flight is not masked
+        saver.drain(raise_errors=sys.exc_info()[0] is None)
         if bar is not None:
             bar.stop()
     if stopping:

@@ -54,7 +54,10 @@ def host_memory(d: ArchDims, plan: Plan, *, total: int, trainable: int) -> HostM
       (min(FILE_BYTES, P x 2) + largest tensor x 2) / N. (Random init on N > 1 ranks builds the whole
       model on rank 0 instead, P x 4: not modelled; random init is for small configs.)
     - checkpoint: torch.distributed.checkpoint's synchronous writer copies one tensor to the host at a time
-      (filesystem.py `_SerialCpuLoader`): the largest trainable tensor's shard in fp32, x 4 / N.
+      (filesystem.py `_SerialCpuLoader`): the largest trainable tensor's shard in fp32, x 4 / N. With
+      `async_checkpoint` the writer first stages this rank's whole shard of what a checkpoint holds
+      (DCP `async_save`'s DefaultStager): trainable weights and two AdamW states, T x (4 + 4 + 4) / N
+      (T x 3 x 2 / N in pure bf16), held until the background write ends.
     - export, LoRA/QLoRA (adapter): rank 0 gathers the adapter, T x 4. Full (merged): rank 0 holds one
       output file of at most FILE_BYTES and one gathered fp32 tensor (trainer/export.py streams them).
     - offload (FSDP2 CPU offload): the shards of weights, gradients and optimizer state live in host memory
@@ -73,7 +76,10 @@ def host_memory(d: ArchDims, plan: Plan, *, total: int, trainable: int) -> HostM
         loading = (file_share + largest * LOAD_BYTES) // n
     full = plan.method == "full"
     largest_trainable = largest if full else _largest_adapter(d, plan)
-    checkpoint = largest_trainable * FP32 // n
+    if plan.async_checkpoint:
+        checkpoint = trainable * 3 * (2 if plan.precision == "bf16" else FP32) // n
+    else:
+        checkpoint = largest_trainable * FP32 // n
     if full:
         export = min(FILE_BYTES, model_bytes) + largest * FP32
     else:
@@ -100,7 +106,8 @@ def host_assumption(host: HostMemory, plan: Plan) -> str:
     return (f"host RAM per process: peak {host.peak / GIB:.1f} GiB at {worst} (runtime {host.runtime / GIB:.1f} GiB "
             f"incl. an assumed 1.5 GiB CUDA runtime; pretrained weights read "
             f"{'whole on one process' if plan.gpus == 1 and plan.method != 'qlora' else 'file by file'}"
-            f"{'; FSDP2 CPU offload keeps the shards in host memory' if plan.cpu_offload else ''})")
+            f"{'; FSDP2 CPU offload keeps the shards in host memory' if plan.cpu_offload else ''}"
+            f"{'; async checkpoints hold a host copy of the trainable shard and its AdamW state' if plan.async_checkpoint else ''})")
 
 
 def node_ram_bytes() -> int | None:

@@ -58,6 +58,10 @@ class Plan(BaseModel):
     )
     gpus: int = Field(1, ge=1, description="Data-parallel ranks; with more than one, FSDP2 shards weights, grads and optimizer state.")
     cpu_offload: bool = Field(False, description="FSDP2 CPUOffloadPolicy: sharded params, grads and optimizer state live in host memory.")
+    async_checkpoint: bool = Field(
+        False, description="Checkpoints written in the background (checkpoint.async_save): each rank holds a host "
+        "copy of its trainable weights and optimizer state while one is written. Host memory only.",
+    )
     new_tokens: int = Field(0, ge=0, description="Inference only: tokens generated after the prompt (KV cache grows to seq_len + new_tokens).")
     images: int = Field(0, ge=0, description="VLM only: images per sequence.")
     image_size: tuple[int, int] = Field(

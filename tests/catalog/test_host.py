@@ -32,6 +32,12 @@ def test_one_process_loads_the_whole_model_n_processes_one_file_share() -> None:
     assert full.checkpoint == 128256 * 4096 * 4 // 8  # one tensor's shard at a time
     offload = host_memory(d, Plan(method="full", gpus=8, cpu_offload=True), total=total, trainable=total)
     assert offload.offload == total * 16 // 8 and offload.peak > full.peak
+    # async checkpoints stage the rank's whole trainable shard and its two AdamW states on the host
+    staged = host_memory(d, Plan(method="full", gpus=8, async_checkpoint=True), total=total, trainable=total)
+    assert staged.checkpoint == total * 12 // 8 and staged.peak > full.peak
+    bf16 = host_memory(d, Plan(method="full", gpus=8, precision="bf16", async_checkpoint=True), total=total,
+                       trainable=total)
+    assert bf16.checkpoint == total * 6 // 8
 
 
 def test_estimate_json_of_70b_lora_on_8_gpus_stays_below_the_model() -> None:

@@ -109,7 +109,8 @@ def _optimizer_bytes_per_file(checkpoint_dir: Path) -> tuple[dict[str, int], dic
 def test_resume_across_world_sizes_with_a_longer_schedule(tiny_config, tmp_path: Path) -> None:
     """Sharded (DCP) checkpoints: a 2-process run's step-4 checkpoint resumes in 1 process, a 1-process one in 2
     processes, each to step 6 of a run planned for 4, and both reach the uninterrupted 1-process run's loss at
-    step 6 (constant LR, dropout 0). Each rank wrote its own shard: no file holds the whole optimizer state."""
+    step 6 (constant LR, dropout 0). Each rank wrote its own shard (also with async saves): no file holds the
+    whole optimizer state."""
     from automodel.trainer.config import dump_yaml
     from automodel.trainer.recipe import run
 
@@ -119,9 +120,12 @@ def test_resume_across_world_sizes_with_a_longer_schedule(tiny_config, tmp_path:
     run(ref)
     run(tiny_config(*args, "schedule.max_steps=4", output_dir=tmp_path / "one_two"))  # 1 process to 4
     files = []
-    for name, steps in (("two_one", 4), ("one_two", 6)):  # 2 processes: a run to 4, then 1 -> 2 to 6
+    # 2 processes: a run to 4 (its checkpoints written in the background: checkpoint.async_save over the
+    # second gloo group), then 1 -> 2 to 6 (written in the loop)
+    for name, steps, extra in (("two_one", 4, ["checkpoint.async_save=true"]), ("one_two", 6, [])):
         files.append(tmp_path / f"{name}.yaml")
-        files[-1].write_text(dump_yaml(tiny_config(*args, f"schedule.max_steps={steps}", output_dir=tmp_path / name)))
+        files[-1].write_text(dump_yaml(tiny_config(*args, *extra, f"schedule.max_steps={steps}",
+                                                   output_dir=tmp_path / name)))
     script = tmp_path / "worker.py"
     script.write_text(SEQUENTIAL_WORKER)
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
