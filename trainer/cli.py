@@ -166,6 +166,7 @@ def _check_and_resolve(cfg: TrainConfig, world_size: int) -> tuple[list[str], Re
         raise UserError(f"no such checkpoint directory: {cfg.checkpoint.resume}", field="checkpoint.resume",
                         hint="use auto, never, or an existing checkpoint directory")
     cfg.peft.check_world_size(world_size)  # qlora: one process
+    cfg.optimizer.check_world_size(world_size)  # adamw-8bit: one process
     cfg.distributed.check_world_size(world_size)  # strategy none: 1 process; cpu offload: 2+
     resolved = resolve_model(cfg)
     if cfg.peft.adapters and cfg.peft.target_modules != "all-linear":

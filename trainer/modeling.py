@@ -71,6 +71,17 @@ def import_bitsandbytes_offline() -> None:
             sys.modules["kernels"] = kernels
 
 
+def require_8bit_optimizer() -> None:
+    """adamw-8bit's one need, checked before a run loads anything (and again where the optimizer is built)."""
+    import importlib.util
+
+    from automodel.catalog.errors import UserError
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise UserError("optimizer adamw-8bit needs bitsandbytes, which is not installed", field="optimizer.name",
+                        hint="pip install bitsandbytes, or use optimizer.name=adamw")
+
+
 def build_model(
     config: dict[str, Any],
     *,
@@ -295,10 +306,9 @@ def build_optimizer(
     AdamW is torch's fused kernel (`fused`: the recipe on CUDA, the simulator, which measures a CUDA
     step): one kernel per parameter group and no state-sized temporary, where the foreach kernels
     allocate one (sqrt of exp_avg_sq) during the step. With `fused=False` (the recipe on CPU, whose
-    pinned losses come from the foreach kernels) AdamW and SGD use the foreach kernels."""
+    pinned losses come from the foreach kernels) AdamW and SGD use the foreach kernels. adamw-8bit is
+    bitsandbytes' AdamW8bit (its CPU kernels too; one process: it steps whole tensors)."""
     import torch
-
-    from automodel.catalog.errors import UserError
 
     params = [p for p in model.parameters() if p.requires_grad]
     if name == "adamw":
@@ -306,15 +316,10 @@ def build_optimizer(
         return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **kernel)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, foreach=True)
+    require_8bit_optimizer()
     import_bitsandbytes_offline()
-    try:
-        import bitsandbytes as bnb
-    except ImportError as exc:
-        raise UserError(
-            "optimizer adamw-8bit needs bitsandbytes, which is not installed",
-            field="optimizer",
-            hint="pip install bitsandbytes (CUDA only), or use adamw",
-        ) from exc
+    import bitsandbytes as bnb
+
     return bnb.optim.AdamW8bit(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
 

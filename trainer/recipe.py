@@ -80,6 +80,11 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
     # qlora's needs (one process, bitsandbytes) stop the run before it writes or loads anything
     check_runtime(cfg.peft, world_size=d.world, cuda=d.device.type == "cuda", announce=d.is_main)
     cfg.distributed.check_world_size(d.world)  # 2+ processes need fsdp2; offload needs 2+ processes
+    cfg.optimizer.check_world_size(d.world)  # adamw-8bit: one process, with bitsandbytes
+    if cfg.optimizer.name == "adamw-8bit":
+        from automodel.trainer.modeling import require_8bit_optimizer
+
+        require_8bit_optimizer()
     # 1. setup: seeds, output dir, resolved config
     _seed_everything(cfg.seed)
     out = Path(cfg.output_dir)
@@ -129,7 +134,8 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
     params = trainable_parameters(model)
     lora = cfg.peft.adapters
 
-    # 4. optimizer and schedule: the builder the simulator measures (fused AdamW on CUDA, foreach on CPU)
+    # 4. optimizer and schedule: the builder the simulator measures (fused AdamW on CUDA, foreach on CPU;
+    # adamw-8bit: bitsandbytes)
     from automodel.trainer.modeling import build_optimizer
 
     optimizer = build_optimizer(model, name=cfg.optimizer.name, lr=cfg.optimizer.lr, betas=cfg.optimizer.betas,

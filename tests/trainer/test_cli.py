@@ -169,6 +169,15 @@ def test_qlora_on_more_than_one_process_exits_2(tiny_config: Path, capsys: pytes
     assert err.startswith("error: peft.method: qlora runs in one process, not 2") and "peft.method=lora" in err
 
 
+def test_adamw_8bit_on_more_than_one_process_exits_2(tiny_config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """bitsandbytes' 8-bit AdamW steps whole tensors, not FSDP2 shards: refused before anything runs."""
+    argv = ["validate", "-c", str(tiny_config), "--nproc-per-node", "2", "optimizer.name=adamw-8bit"]
+    assert automodel(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: optimizer.name: adamw-8bit runs in one process, not 2") and "Traceback" not in err
+    assert automodel(["validate", "-c", str(tiny_config), "optimizer.name=adamw-8bit"]) == 0
+
+
 def test_qlora_without_bitsandbytes_exits_2_before_writing(tiny_config: Path, capsys: pytest.CaptureFixture[str],
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Whether or not this machine has bitsandbytes: both checks that look for it (the doctor's pre-flight

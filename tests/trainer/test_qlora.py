@@ -1,5 +1,6 @@
-"""QLoRA end to end on the CPU (bitsandbytes' CPU kernels): a random-init base saved and loaded in NF4,
-training, checkpoint, kill and exact resume, and an adapter export that loads on a 4-bit base."""
+"""bitsandbytes on the CPU, end to end. QLoRA: a random-init base saved and loaded in NF4, training,
+checkpoint, kill and exact resume, and an adapter export that loads on a 4-bit base. 8-bit AdamW: full
+fine-tuning with uint8 optimizer states, checkpoint, kill and exact resume."""
 
 from __future__ import annotations
 
@@ -88,3 +89,43 @@ def test_qlora_trains_resumes_exactly_and_exports_on_cpu(tiny_config, tmp_path: 
     with torch.no_grad():
         val = (llm.forward_loss(model, batch) / llm.count_targets(batch)).item()
     assert val == pytest.approx(straight.val_loss, rel=1e-3)
+
+
+def test_adamw_8bit_full_finetuning_trains_and_resumes_exactly(tiny_config, tmp_path: Path, monkeypatch) -> None:
+    import torch
+
+    from automodel.trainer import checkpoint, recipe
+    from automodel.trainer.tasks import llm
+
+    args = ("peft.method=none", "optimizer.name=adamw-8bit", "optimizer.lr=1e-3", "schedule.max_steps=6",
+            "schedule.checkpoint_every=3", "checkpoint.export=none")
+    recipe.run(tiny_config(*args, output_dir=tmp_path / "straight"))
+    losses = [loss for _, loss, _ in _losses(tmp_path / "straight")]
+    assert len(losses) == 6 and losses[-1] < losses[0] - 0.3
+    # the states really are 8-bit where bitsandbytes makes them so: uint8 moments for every weight of at
+    # least 4096 elements (its min_8bit_size; smaller ones keep fp32 states), saved in the checkpoint
+    import torch.distributed.checkpoint as dcp
+
+    weights = checkpoint.read_weights(tmp_path / "straight/checkpoints/step_00000006")
+    meta = dcp.FileSystemReader(str(tmp_path / "straight/checkpoints/step_00000006/dcp")).read_metadata()
+    prefix, suffix = "optimizer.state.", ".__bnb_optimizer_quant_state__.state1"
+    moments = {k[len(prefix):-len(suffix)]: m.properties.dtype for k, m in meta.state_dict_metadata.items()
+               if k.endswith(suffix)}
+    assert set(moments) == set(weights)  # full fine-tuning: every weight has its state
+    expected = {name: torch.uint8 if weights[name].numel() >= 4096 else torch.float32 for name in weights}
+    assert moments == expected and sum(d == torch.uint8 for d in moments.values()) >= 8
+
+    real, calls = llm.forward_loss, {"n": 0}
+
+    def dies_in_step_5(model, batch):  # noqa: ANN001, ANN202
+        calls["n"] += 1
+        if calls["n"] == 2 * 4 + 1:  # 2 micro batches per step
+            raise KeyboardInterrupt
+        return real(model, batch)
+
+    monkeypatch.setattr(llm, "forward_loss", dies_in_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        recipe.run(tiny_config(*args, output_dir=tmp_path / "resumed"))
+    monkeypatch.setattr(llm, "forward_loss", real)
+    assert recipe.run(tiny_config(*args, output_dir=tmp_path / "resumed")).resumed_from == 3
+    assert _losses(tmp_path / "resumed") == _losses(tmp_path / "straight")
