@@ -122,9 +122,7 @@ def build_for_run(cfg: TrainConfig, task: TaskAdapter, source: str, model_config
 
     from automodel.trainer.loading import init_lora
 
-    # VLMs are still built whole on every rank: their meta build misses state the loader does not restore yet
-    # (a 2-process run fails in the embedding lookup), so they keep the one-process build, then FSDP2.
-    if not sharded or "vision_config" in model_config:
+    if not sharded:
         base = load_model(cfg, source, model_config, device="cpu", cuda=on_cuda)
         if on_base is not None:
             on_base(base)

@@ -1,16 +1,17 @@
 """The model of a multi-process run, built so that no process holds the whole of it.
 
 With more than one process the recipe builds the model on the meta device (parameters without storage;
-buffers real: rotary tables are small and computed at construction), lets `wrap` do to it what one
-process does (task freezing, LoRA, gradient checkpointing, training dtypes, FSDP2), allocates only this
-rank's shards (`to_empty`) and then fills them:
+buffers real: rotary tables, position ids and embedding scales are small and computed at construction),
+lets `wrap` do to it what one process does (task freezing, LoRA, gradient checkpointing, training dtypes,
+FSDP2), allocates only this rank's shards (`to_empty`), restores the buffers and then fills the weights:
 
-- **from the safetensors files** (pretrained weights whose file names cover every base weight): file by
+- **from the safetensors files** (pretrained weights whose file names, after transformers' renames of
+  older checkpoint layouts such as a VLM's, cover every base weight): file by
   file, memory-mapped; each rank copies the rows of its dim-0 shards out of the mapping, so a process
   holds its shards plus the pages of the one file being read that its rows cover. No collective, and no
   rank reads what it does not keep;
-- **broadcast from rank 0** (random init; `.bin` checkpoints; checkpoints whose names transformers
-  converts while loading): rank 0 builds the one-process model on the CPU (`load_base`: the seeded init or
+- **broadcast from rank 0** (random init; `.bin` checkpoints; checkpoints whose tensors transformers
+  converts while loading, beyond renaming them): rank 0 builds the one-process model on the CPU (`load_base`: the seeded init or
   `from_pretrained`) and broadcasts it one tensor at a time; the other ranks hold their shards plus one
   full tensor. Rank 0 holds the whole base in host memory while it does, which is what one process does
   anyway; the log line names the path taken.
@@ -45,6 +46,12 @@ def hf_key(name: str) -> str:
     return name.removeprefix(_PEFT_PREFIX).replace(".base_layer.", ".").replace(".original_module.", ".")
 
 
+def base_name(name: str) -> str:
+    """The unwrapped model's name of a live parameter or buffer, peft's trainable copy included (its
+    `modules_to_save.default` names the same tensor as the original's)."""
+    return hf_key(name).replace(_TRAINED_COPY, ".")
+
+
 def is_lora_name(name: str) -> bool:
     return ".lora_A." in name or ".lora_B." in name or ".lora_embedding_" in name
 
@@ -72,6 +79,8 @@ def base_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
         if not is_lora_name(name) and _TRAINED_COPY not in name:  # the copy is filled from its original
             out[hf_key(name)] = param
     for module_name, module in model.named_modules(remove_duplicate=False):
+        if _TRAINED_COPY in f".{module_name}.":  # the copy's buffers are filled from its original's too
+            continue
         for buf_name, buf in module.named_buffers(recurse=False):
             if buf is not None and buf_name not in module._non_persistent_buffers_set:
                 out[hf_key(f"{module_name}.{buf_name}" if module_name else buf_name)] = buf
@@ -125,22 +134,50 @@ def file_keys(files: list[Path]) -> set[str]:
     return keys
 
 
+def checkpoint_names(model: nn.Module, keys: set[str]) -> dict[str, str] | None:
+    """{file key: the model's key} for the file keys transformers loads into `model` (the unwrapped meta
+    model), through transformers' own renamings: a VLM's checkpoints (and what `save_pretrained` writes)
+    keep the layout before transformers 5 (Gemma 3's `language_model.model.*`, Qwen2-VL's `model.*` for
+    `model.language_model.*`). None when a key needs more than a rename (experts fused as they load):
+    the broadcast path then loads through transformers itself."""
+    from transformers.conversion_mapping import get_model_conversion_mapping
+    from transformers.core_model_loading import WeightRenaming, rename_source_key
+
+    transforms = get_model_conversion_mapping(model)
+    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+    converters = [t for t in transforms if not isinstance(t, WeightRenaming)]
+    known = dict.fromkeys(model.state_dict(), True)
+    prefix = getattr(model, "base_model_prefix", None)
+    names: dict[str, str] = {}
+    for key in keys:
+        renamed, converted = rename_source_key(key, renamings, converters, prefix, known)
+        if converted is not None:
+            return None
+        if renamed not in known and key in known:  # as transformers: a key already in the model's layout
+            renamed = key
+        names[key] = renamed
+    return names
+
+
 def covers(targets: dict[str, torch.Tensor], keys: set[str]) -> bool:
     """Whether `keys` name every distinct live tensor at least once (a tied head needs no key of its own)."""
     named = {id(t) for k, t in targets.items() if k in keys}
     return all(id(t) in named for t in targets.values())
 
 
-def load_files(targets: dict[str, torch.Tensor], files: list[Path], d: Dist) -> None:
-    """Fill `targets` from the safetensors files, one memory-mapped file at a time."""
+def load_files(targets: dict[str, torch.Tensor], files: list[Path], d: Dist,
+               names: dict[str, str] | None = None) -> None:
+    """Fill `targets` from the safetensors files, one memory-mapped file at a time; `names` maps a file's
+    keys to the targets' (`checkpoint_names`; the same names when None)."""
     from safetensors import safe_open
 
     for file in files:
         with safe_open(str(file), framework="pt") as handle:
             for key in handle.keys():
-                if key in targets:
+                name = key if names is None else names.get(key, key)
+                if name in targets:
                     # a slice reads only the rows this rank keeps
-                    copy_full_into(targets[key], _rows(handle, key, targets[key], d), d.rank, d.world)
+                    copy_full_into(targets[name], _rows(handle, key, targets[name], d), d.rank, d.world)
 
 
 def _rows(handle: Any, key: str, target: torch.Tensor, d: Dist) -> torch.Tensor:
@@ -228,19 +265,24 @@ def sharded_model(meta: nn.Module, wrap: Callable[[nn.Module], nn.Module], *, so
     rank with rank 0's whole base (None elsewhere) when the broadcast path builds one."""
     import torch
 
+    # buffers computed at construction (rotary tables, position ids, Gemma's embedding scale): to_empty
+    # discards them; restored by their unwrapped name, so a module peft wraps whole (a VLM's vision tower
+    # under model.vision=full) gets them in its original and in its trainable copy
     buffers = {name: buf.detach().clone() for name, buf in meta.named_buffers()}
+    files = safetensors_files(source) if source is not None else []
+    names = checkpoint_names(meta, file_keys(files)) if files else None  # before peft wraps its modules
     model = wrap(meta)
     model.to_empty(device=device)
     with torch.no_grad():
         for name, buf in model.named_buffers():
-            saved = buffers.get(name.removeprefix(_PEFT_PREFIX), buffers.get(name))
-            if saved is not None:
-                buf.copy_(saved)
+            saved = buffers.get(base_name(name))
+            if saved is None:
+                raise RuntimeError(f"buffer {name} of the sharded model has no value from the meta build")
+            buf.copy_(saved)
     targets = base_tensors(model)
-    files = safetensors_files(source) if source is not None else []
-    if files and covers(targets, file_keys(files)):
+    if names is not None and covers(targets, set(names.values())):
         log(f"loading weights shard by shard from {len(files)} safetensors file(s)")
-        load_files(targets, files, d)
+        load_files(targets, files, d, names)
     else:
         log("loading weights on rank 0 and broadcasting them tensor by tensor"
             + ("" if source is None else " (the safetensors names do not match the model's)"))
@@ -255,11 +297,13 @@ def sharded_model(meta: nn.Module, wrap: Callable[[nn.Module], nn.Module], *, so
 
 
 def _copy_trained_copies(model: nn.Module) -> None:
-    """peft's `modules_to_save` copies start equal to their originals (sharded alike: same module, same unit)."""
+    """peft's `modules_to_save` copies start equal to their originals (sharded alike: same module, same unit),
+    persistent buffers included."""
     import torch
     from torch.distributed.tensor import DTensor
 
     params = dict(model.named_parameters(remove_duplicate=False))
+    params.update(model.named_buffers(remove_duplicate=False))
     with torch.no_grad():
         for name, param in params.items():
             if _TRAINED_COPY in name:

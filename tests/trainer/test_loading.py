@@ -111,3 +111,123 @@ def test_meta_build_keeps_tied_weights_tied(tiny_assets: Path) -> None:
                        attn_implementation="sdpa", trust_remote_code=False)
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
     assert model.get_input_embeddings().weight.device.type == "meta"
+
+
+# Builds the model of each config given (without training), as `build_for_run` does for a run of this world
+# size, and writes (a file per rank: long lines of two ranks interleave on one stdout) a digest of every
+# parameter and buffer gathered whole (LoRA adapters and peft's trainable copies included), the resident
+# rise while building, and the model's size.
+VLM_WORKER = """
+import gc, hashlib, json, sys
+from pathlib import Path
+import torch
+from torch.distributed.tensor import DTensor
+from automodel.trainer import distributed
+from automodel.trainer.config import load_config
+from automodel.trainer.build import build_for_run, resolve_model
+from automodel.trainer.tasks import adapter_for
+
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+
+d = distributed.setup()
+# imports the load pulls in (transformers' model code, peft, accelerate) are no model memory: load them first
+from automodel.catalog.params import hf_config_from_dict, model_class_for
+from automodel.trainer.loading import meta_model
+from automodel.trainer.peft import adapt
+out, configs = Path(sys.argv[1]), sys.argv[2:]
+for path in configs:
+    cfg = load_config(path)
+    config = resolve_model(cfg.model)[1]
+    warm = meta_model(model_class_for(config), hf_config_from_dict(config), dtype=torch.float32,
+                      attn_implementation="sdpa", trust_remote_code=False)
+    adapter_for(cfg.task).prepare_model(warm, cfg)
+    adapt(warm, cfg.peft)
+for path in configs:
+    cfg = load_config(path)
+    source, config = resolve_model(cfg.model)
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current resident size
+    before = status("VmRSS")
+    model = build_for_run(cfg, adapter_for(cfg.task), source, config, d, "fp32")
+    peak = status("VmHWM") - before
+    digests, size = {}, 0
+    for name, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+        full = (t.full_tensor() if isinstance(t, DTensor) else t).detach().contiguous()
+        digests[name] = f"{full.dtype} {tuple(full.shape)} " + hashlib.sha256(full.numpy().tobytes()).hexdigest()
+        size += full.numel() * full.element_size() if "lora_" not in name else 0
+    result = {"case": path, "rank": d.rank, "world": d.world, "peak_rise": peak, "size": size, "digests": digests}
+    (out / f"{Path(path).stem}-{d.world}-{d.rank}.json").write_text(json.dumps(result))
+    del model, full, t
+distributed.teardown(d)
+"""
+
+
+def _write_big_pretrained(out: Path) -> None:
+    """A Gemma-3-style VLM of ~400 MB (fp32, 64 MB files) as `save_pretrained` writes it (the checkpoint layout
+    before transformers 5: `language_model.model.*`), its weights distinct rows written in a fraction of
+    the time a random init of 100M weights takes."""
+    import torch
+
+    from automodel.catalog.params import build_meta_model
+
+    config = json.loads((out / "config.json").read_text())
+    config["text_config"].update(hidden_size=1536, intermediate_size=4096, num_hidden_layers=4, num_attention_heads=12,
+                                 num_key_value_heads=4, head_dim=128, query_pre_attn_scalar=128,
+                                 layer_types=["sliding_attention", "full_attention"] * 2)
+    (out / "config.json").write_text(json.dumps(config))
+    model = build_meta_model(config).to_empty(device="cpu")
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.arange(param.numel(), dtype=torch.float32).reshape(param.shape) / param.numel())
+    model.save_pretrained(str(out), max_shard_size="64MB")
+
+
+def test_vlms_load_sharded_on_two_processes_as_on_one(tmp_path: Path) -> None:
+    """Gemma-3-style and Qwen2-VL-style VLMs (LoRA, vision tower trained whole through peft's trainable copy)
+    take the meta path on 2 processes: the gathered parameters and buffers equal one process's exactly, from
+    a random init (broadcast from rank 0) and from a saved directory (its own files, shard by shard, through
+    transformers' renames of VLM checkpoint keys). The vision tower's position ids are buffers computed at
+    construction; left unrestored in the trainable copy they were garbage and the embedding lookup failed.
+    Loading the ~400 MB Gemma-3-style VLM, each rank's resident memory rises by well under its size."""
+    from automodel.trainer.config import config_from_data, dump_yaml
+    from automodel.trainer.modeling import build_model
+    from tests.trainer.vlm_assets import model_dir, run_config
+
+    configs = []
+    for style in ("gemma", "qwen"):
+        for init in ("random", "pretrained"):
+            root = tmp_path / f"{style}-{init}"
+            directory = model_dir(root, style)
+            if init == "pretrained" and style == "gemma":
+                _write_big_pretrained(directory)
+            elif init == "pretrained":
+                config = json.loads((directory / "config.json").read_text())
+                build_model(config, device="cpu", seed=1).save_pretrained(str(directory))
+            data = run_config(root, style, root / "unused.jsonl", model={"init": init, "vision": "full"})
+            path = tmp_path / f"{style}-{init}.yaml"
+            path.write_text(dump_yaml(config_from_data(data)))
+            configs.append(str(path))
+    script = tmp_path / "worker.py"
+    script.write_text(VLM_WORKER)
+    results: dict[int, list[dict]] = {}
+    for world in (1, 2):
+        launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"] if world == 2 else []
+        proc = subprocess.run([sys.executable, *launcher, str(script), str(tmp_path), *configs], cwd=REPO,
+                              capture_output=True, text=True, timeout=400)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results[world] = [json.loads(p.read_text()) for p in sorted(tmp_path.glob(f"*-{world}-?.json"))]
+    assert proc.stdout.count("shard by shard from") == 2 and proc.stdout.count("broadcasting them") == 2
+    one = {r["case"]: r for r in results[1]}
+    assert len(one) == 4 and len(results[2]) == 8
+    for r in results[2]:
+        reference = one[r["case"]]["digests"]
+        assert any("modules_to_save" in n and "position_ids" in n for n in reference) or "qwen" in r["case"]
+        differ = sorted(n for n in reference if r["digests"].get(n) != reference[n])
+        assert r["digests"].keys() == reference.keys() and not differ, (r["case"], r["rank"], differ[:5])
+        if "gemma-pretrained" in r["case"]:
+            print(f"rank {r['rank']}: resident rise {r['peak_rise'] / 1e6:.0f} MB for a {r['size'] / 1e6:.0f} MB VLM")
+            assert r["size"] > 350e6 and r["peak_rise"] < 0.65 * r["size"], r["peak_rise"]
