@@ -123,9 +123,10 @@ print(json.dumps([type(processor).__name__, type(model.get_base_model()).__name_
 
 
 def test_two_processes_match_one(tmp_path: Path) -> None:
-    """`--nproc-per-node 2` (gloo, FSDP2 over decoder and vision blocks) gives the one-process losses. Two
-    rows are text-only: length bucketing puts them in one micro batch, which rank 0 runs while rank 1 runs
-    images; without the blank-image row rank 1's vision all-gathers would wait forever."""
+    """`--nproc-per-node 2` (gloo, the model built on the meta device, FSDP2 over decoder and vision blocks)
+    gives the one-process losses. Two rows are text-only: length bucketing puts them in one micro batch,
+    which rank 0 runs while rank 1 runs images; without the blank-image row rank 1's vision all-gathers
+    would wait forever."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
     train = make_assets.write_rows(tmp_path / "data", "train", 14, 0)
@@ -144,6 +145,8 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
                f"output_dir={tmp_path / f'np{n}'}", *short]
         runs[n] = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert runs[n].returncode == 0, runs[n].stderr[-3000:]
+    # the VLM is built on the meta device and filled from rank 0 (trainer/loading.py), as an LLM is
+    assert "loading weights on rank 0 and broadcasting them" in runs[2].stdout
     one, two = (read_metrics(tmp_path / f"np{n}" / "metrics.jsonl") for n in (1, 2))
     assert [m["step"] for m in one] == [m["step"] for m in two] == [1, 2, 3]
     for a, b in zip(one, two, strict=True):
