@@ -185,3 +185,47 @@ def test_interrupted_run_resumes_to_identical_losses(tmp_path: Path, monkeypatch
         return [(m["step"], m["loss"]) for m in read_metrics(tmp_path / name / "metrics.jsonl")]
 
     assert losses("resumed") == losses("straight")
+
+
+def test_sigkill_mid_run_then_rerun_reproduces_losses(tmp_path: Path) -> None:
+    """A real SIGKILL after a checkpoint; rerunning the same command resumes from `latest` and logs the
+    uninterrupted run's losses and validation figures exactly (images re-encoded, data order by step)."""
+    import signal
+    import time
+
+    from automodel.trainer.config import dump_yaml
+    from automodel.trainer.recipe import run
+
+    train = make_assets.write_rows(tmp_path / "data", "train", 16, 0)
+    val = make_assets.write_rows(tmp_path / "data", "val", 4, 1)
+
+    def cfg(name: str):
+        return config_from_data(run_config(
+            tmp_path, "gemma", train, output_dir=str(tmp_path / name), model={"vision": "full"},
+            schedule={"max_steps": 12, "checkpoint_every": 4, "val_every": 4},
+            data={"validation": {"source": str(val), "exact_match": True}}))
+
+    def logged(name: str) -> list[tuple]:
+        return [(m["step"], m["loss"], m["grad_norm"], m.get("val_loss"), m.get("val_exact_match"))
+                for m in read_metrics(tmp_path / name / "metrics.jsonl")]
+
+    run(cfg("straight"))
+    out = tmp_path / "killed"
+    config_file = tmp_path / "killed.yaml"
+    config_file.write_text(dump_yaml(cfg("killed")))
+    code = ("import sys; from automodel.trainer.config import load_config; "
+            "from automodel.trainer.recipe import run; run(load_config(sys.argv[1]))")
+    cmd = [sys.executable, "-c", code, str(config_file)]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "checkpoints/latest").is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert logged("killed")[-1][0] < 12
+    rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "resuming from" in rerun.stdout
+    assert logged("killed") == logged("straight")
+    assert [m[0] for m in logged("straight")] == list(range(1, 13))
