@@ -139,13 +139,24 @@ def checkpoint_names(model: nn.Module, keys: set[str]) -> dict[str, str] | None:
     model), through transformers' own renamings: a VLM's checkpoints (and what `save_pretrained` writes)
     keep the layout before transformers 5 (Gemma 3's `language_model.model.*`, Qwen2-VL's `model.*` for
     `model.language_model.*`). None when a key needs more than a rename (experts fused as they load):
-    the broadcast path then loads through transformers itself."""
-    from transformers.conversion_mapping import get_model_conversion_mapping
-    from transformers.core_model_loading import WeightRenaming, rename_source_key
+    the broadcast path then loads through transformers itself. Where these private transformers helpers
+    are not what this version has (the pinned range has them; a later one may not), the file keys are
+    taken as they are: checkpoints in the model's own layout still load from the files."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming, rename_source_key
 
-    transforms = get_model_conversion_mapping(model)
-    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
-    converters = [t for t in transforms if not isinstance(t, WeightRenaming)]
+        transforms = get_model_conversion_mapping(model)
+    except (ImportError, AttributeError):
+        return {key: key for key in keys}
+    return _renamed(model, keys, transforms, WeightRenaming, rename_source_key)
+
+
+def _renamed(model: nn.Module, keys: set[str], transforms: Any, renaming_type: type,
+             rename_source_key: Callable[..., Any]) -> dict[str, str] | None:
+    """checkpoint_names' mapping through transformers' renamings (None when a key is converted)."""
+    renamings = [t for t in transforms if isinstance(t, renaming_type)]
+    converters = [t for t in transforms if not isinstance(t, renaming_type)]
     known = dict.fromkeys(model.state_dict(), True)
     prefix = getattr(model, "base_model_prefix", None)
     names: dict[str, str] = {}

@@ -231,3 +231,22 @@ def test_vlms_load_sharded_on_two_processes_as_on_one(tmp_path: Path) -> None:
         if "gemma-pretrained" in r["case"]:
             print(f"rank {r['rank']}: resident rise {r['peak_rise'] / 1e6:.0f} MB for a {r['size'] / 1e6:.0f} MB VLM")
             assert r["size"] > 350e6 and r["peak_rise"] < 0.65 * r["size"], r["peak_rise"]
+
+
+def test_checkpoint_names_without_transformers_renaming_helpers_keep_the_file_keys(monkeypatch) -> None:
+    """The renamings come from private transformers helpers; where a version lacks them, checkpoints in the
+    model's own layout still load from their files (identity names), never a crash."""
+    import builtins
+
+    from automodel.trainer import loading
+
+    real_import = builtins.__import__
+
+    def no_conversion_mapping(name, *args, **kwargs):  # noqa: ANN001, ANN202
+        if name == "transformers.conversion_mapping":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_conversion_mapping)
+    keys = {"model.embed_tokens.weight", "lm_head.weight"}
+    assert loading.checkpoint_names(object(), keys) == {k: k for k in keys}
