@@ -108,6 +108,10 @@ def launch(cfg: TrainConfig, topo: Topology) -> int:
     """Run `cfg` with this topology; the exit code of the run."""
     topo.check()
     if in_worker() or topo.world_size == 1:
+        if in_worker():  # SIGTERM (a preemption: checkpoint, exit 0) if torchrun dies under this worker
+            from automodel.trainer.preempt import stop_with_parent
+
+            stop_with_parent()
         world = int(os.environ.get("WORLD_SIZE", "1"))
         cfg.schedule.accumulation_steps(world)  # fail early, before any model is loaded
         from automodel.trainer.recipe import run
@@ -132,7 +136,10 @@ def run_forwarding_stop_signals(cmd: list[str], *, env: dict[str, str]) -> int:
     The workers finish their step, checkpoint and exit 0 (trainer/preempt.py), so torchrun ends normally.
     Signalling torchrun itself would work too but ends in its own SignalException traceback and a
     non-zero exit; it still gets the signal when its workers cannot be found."""
-    child = subprocess.Popen(cmd, env=env)
+    from automodel.trainer.preempt import stop_with_parent
+
+    # torchrun gets SIGTERM if this process dies without forwarding anything (kill -9), and passes it on
+    child = subprocess.Popen(cmd, env=env, preexec_fn=stop_with_parent)
 
     def forward(signum: int, frame: object) -> None:
         workers = _children(child.pid)

@@ -8,6 +8,12 @@ all-reduce every step already makes, so every rank sees any rank's signal at the
 
 Ctrl-C (SIGINT) is not handled here: it raises KeyboardInterrupt at once (exit 130) and leaves the last
 complete checkpoint as `latest`, since a checkpoint is only named there once fully written.
+
+A launcher that dies without passing a signal on (`kill -9`, the OOM killer) would leave torchrun's
+workers training on their own (torchrun starts them in sessions of their own) and holding their GPUs.
+`stop_with_parent` asks Linux to send SIGTERM when the parent dies: torchrun gets it when `automodel`'s
+launcher dies, and each worker when torchrun dies, so the run ends as a preemption does, with a
+checkpoint.
 """
 
 from __future__ import annotations
@@ -18,6 +24,22 @@ from types import FrameType
 from typing import Any
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def stop_with_parent() -> bool:
+    """Linux: SIGTERM to this process when its parent dies (prctl PR_SET_PDEATHSIG). False where that is
+    not available. Safe in a `preexec_fn` (between fork and exec: no Python-level locks are taken)."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 class StopRequest:

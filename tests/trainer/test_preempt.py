@@ -65,3 +65,57 @@ def test_stop_request_handles_term_and_usr1_but_not_ctrl_c() -> None:
         time.sleep(0.01)
         assert stop.name() == "SIGTERM"
     assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def _alive_with(needle: str) -> list[int]:
+    """Processes whose command line contains `needle` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if needle in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_killing_the_launcher_stops_the_workers_with_a_checkpoint(tiny_config, tmp_path: Path) -> None:
+    """kill -9 to `automodel finetune --nproc-per-node 2` and its torchrun (their process group): the workers,
+    in sessions of their own, are not left training; each gets SIGTERM from Linux as its parent dies
+    (preempt.stop_with_parent), stops after its step with a checkpoint, and the rerun resumes from it."""
+    if not sys.platform.startswith("linux"):
+        import pytest
+
+        pytest.skip("PR_SET_PDEATHSIG is Linux-only")
+    from automodel.trainer.config import dump_yaml
+    from automodel.trainer.recipe import run
+
+    args = ("schedule.max_steps=5000", "schedule.log_every=1", "schedule.checkpoint_every=null",
+            "schedule.global_batch_size=4", "schedule.micro_batch_size=2")
+    config_file = tmp_path / "cfg.yaml"
+    config_file.write_text(dump_yaml(tiny_config(*args, output_dir=tmp_path / "run")))
+    log = tmp_path / "launcher.log"
+    with open(log, "w") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "automodel.advisor.cli", "finetune", "llm", "-c",
+                                 str(config_file), "--nproc-per-node", "2"], cwd=REPO,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=sink, stderr=sink,
+                                start_new_session=True)
+    metrics_file = tmp_path / "run/metrics.jsonl"
+    deadline = time.monotonic() + 180
+    while not (metrics_file.is_file() and len(metrics_file.read_text().splitlines()) >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.02)
+    launch_file = next(w for w in log.read_text().split() if "automodel-launch-" in w)  # what the workers run
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 60
+    while _alive_with(launch_file):
+        assert time.monotonic() < deadline, f"workers still running: {_alive_with(launch_file)}"
+        time.sleep(0.1)
+    latest = checkpoint.find_latest(tmp_path / "run")
+    assert latest is not None, log.read_text()[-3000:]
+    stopped_at = int(latest.name.removeprefix("step_"))
+    assert 2 <= stopped_at < 5000 and f"stopped by SIGTERM after step {stopped_at}" in log.read_text()
+    resumed = run(tiny_config(*args[1:], f"schedule.max_steps={stopped_at + 1}", output_dir=tmp_path / "run"))
+    assert resumed.resumed_from == stopped_at and resumed.steps == stopped_at + 1
