@@ -73,9 +73,10 @@ def test_many_processes_reexec_through_torchrun(tmp_path: Path, fake_recipe: lis
     class FakeTorchrun:
         pid = -1
 
-        def __init__(self, cmd: list[str], env: dict[str, str]) -> None:
+        def __init__(self, cmd: list[str], env: dict[str, str], preexec_fn: Any = None) -> None:
             seen["cmd"] = cmd
             seen["env"] = env
+            seen["preexec_fn"] = preexec_fn
             seen["text"] = Path(cmd[-1]).read_text()  # what the workers will read
             seen["cfg"] = load_config(cmd[-1])
 
@@ -86,6 +87,9 @@ def test_many_processes_reexec_through_torchrun(tmp_path: Path, fake_recipe: lis
     cfg = make(tmp_path, "peft.rank=4")
     assert launch(cfg, Topology(nproc_per_node=2)) == 3  # torchrun's exit code comes back
     assert fake_recipe == []
+    from automodel.trainer.preempt import stop_with_parent
+
+    assert seen["preexec_fn"] is stop_with_parent  # torchrun dies with the launcher (SIGTERM)
     cmd = seen["cmd"]
     assert cmd[1:-1] == ["-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone",
                          "-m", "automodel.trainer.cli", "finetune", "llm", "-c"]
