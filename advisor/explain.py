@@ -16,7 +16,8 @@ from automodel.catalog.schema import FamilySpec, ModelSpec
 GIB = 2**30
 METHOD_LABEL = {"full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA"}
 METHOD_SHORT = {"full": "full FT", "lora": "LoRA", "qlora": "QLoRA"}
-QLORA_NOTE = "QLoRA needs a CUDA GPU and the bitsandbytes package (pip install bitsandbytes)."
+QLORA_NOTE = ("QLoRA needs the bitsandbytes package (pip install bitsandbytes) and trains on a CUDA GPU "
+              "(on a CPU it runs, slowly, for testing only).")
 
 
 def gib(n: int | float) -> str:
@@ -130,7 +131,7 @@ def summary(profile: Profile, model: ModelSpec, family: FamilySpec, plan: Plan, 
     elif use_case is None and general_fit(model) < 1.0:
         parts.append(f"specialist ({', '.join(model.use_cases)})")
     if plan.method == "qlora":
-        parts.append("needs CUDA + bitsandbytes")
+        parts.append("needs bitsandbytes")
     return "; ".join(parts) or f"{METHOD_SHORT[plan.method]} fits"
 
 

@@ -380,7 +380,7 @@ def _assumptions(plan: Plan, d: ArchDims, config: dict[str, object]) -> list[str
                    "lora_dropout 0 (dropout > 0 saves an extra copy of each adapted input).")
     if plan.method == "qlora":
         out.append("QLoRA: bitsandbytes NF4 with double quantisation for every linear but the head "
-                   "(0.516 B/param), bf16 compute; needs CUDA and bitsandbytes.")
+                   "(0.516 B/param), bf16 compute; needs bitsandbytes (a CUDA GPU for real training).")
         if d.num_experts:
             experts = d.moe_layers * d.num_experts * 3 * d.hidden * d.moe_intermediate
             out.append(f"QLoRA on this MoE: its {d.num_experts} experts per layer ({experts / 1e9:.1f}B of "
