@@ -9,7 +9,6 @@ Exit codes: 0 success, 2 user error (one message on stderr), 1 anything else.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
 import json
 import sys
@@ -120,14 +119,6 @@ def load(path: Path, overrides: Sequence[str], task: str | None = None) -> Train
                             hint=f"run `automodel finetune {written} ...` or fix `task:` in {path}")
         overrides = [f"task={task}", *overrides]
     return config_from_data(data, overrides)
-
-
-def check_task_implemented(task: str) -> None:
-    """A task runs once its adapter module (trainer/tasks/<task>.py) exists."""
-    if importlib.util.find_spec(f"automodel.trainer.tasks.{task}") is None:
-        raise UserError(f"the {task} task adapter is not implemented yet; only `finetune llm` runs today",
-                        field=f"finetune {task}", hint="the config schema accepts it; training it lands with "
-                        f"automodel/trainer/tasks/{task}.py")
 
 
 def resolve_model(cfg: TrainConfig) -> ResolvedModel:
@@ -354,10 +345,9 @@ def run_command(args: argparse.Namespace, overrides: list[str]) -> int:
     topo = Topology(args.nproc_per_node, args.nnodes, args.node_rank, args.master_addr, args.master_port,
                     args.rdzv_endpoint, args.rdzv_id)
     topo.check()
-    if args.dry_run:  # validation and the estimate work for every task, trained or not yet
+    if args.dry_run:  # validation and the estimate: no machine checks
         print(dry_run(cfg, topo.world_size, processes_per_node=topo.nproc_per_node, host_mem=args.host_mem))
         return 0
-    check_task_implemented(args.task)
     # The same checks as `validate` before anything heavy loads: a typo in peft.target_modules must stop
     # the run here, not train fewer layers in silence.
     for line in check_run(cfg, topo.world_size):

@@ -65,5 +65,6 @@ def adapter_for(task: str) -> TaskAdapter:
     except ModuleNotFoundError as err:
         if err.name != f"automodel.trainer.tasks.{task}":
             raise
-        raise UserError(f"the {task} task adapter is not available yet", field="task", hint="use task=llm") from None
+        raise UserError(f"the {task} task adapter is not in this install (automodel/trainer/tasks/{task}.py)",
+                        field="task", hint="reinstall automodel (pip install -e .)") from None
     return cast(TaskAdapter, module)
