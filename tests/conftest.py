@@ -3,9 +3,10 @@ and a factory for small TrainConfigs that train on them in about a second on a C
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,25 @@ REPO = Path(__file__).resolve().parents[1]
 # when it is collected, so a test file run alone could probe the network; the tests of the unreachable-Hub
 # path drop it on purpose (tests/advisor/test_bad_inputs.py, tests/catalog/test_registry.py).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@contextlib.contextmanager
+def interrupted_at_call(task_module: Any, call: int) -> Iterator[None]:
+    """Within the block, the task adapter's `forward_loss` raises KeyboardInterrupt (a Ctrl-C) on its
+    `call`-th call (count micro batches and validation batches to pick a step's first), then is restored."""
+    real, calls = task_module.forward_loss, [0]
+
+    def dying(model: Any, batch: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == call:
+            raise KeyboardInterrupt
+        return real(model, batch)
+
+    task_module.forward_loss = dying
+    try:
+        yield
+    finally:
+        task_module.forward_loss = real
 
 
 def load_make_assets() -> Any:

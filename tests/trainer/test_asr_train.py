@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from automodel.trainer.metrics import read_metrics
+from tests.conftest import interrupted_at_call
 from tests.trainer.asr_assets import CLIPS, REPO, asr_config, write_models
 
 FEW = ("data.num_samples=32", "data.validation.num_samples=8", "schedule.global_batch_size=8",
@@ -48,26 +49,16 @@ def test_loss_falls_and_wer_is_logged(models: dict[str, Path], tmp_path: Path, k
                                                             "val_cer": vals[-1]["val_cer"]}
 
 
-def test_interrupted_run_resumes_to_identical_losses(models: dict[str, Path], tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_run_resumes_to_identical_losses(models: dict[str, Path], tmp_path: Path) -> None:
     from automodel.trainer import recipe
     from automodel.trainer.tasks import asr
 
     args = ("schedule.max_steps=4", "schedule.checkpoint_every=2", "schedule.val_every=2", "peft.method=lora",
             "peft.dropout=0.1")
     recipe.run(_config(models, "whisper", tmp_path / "straight", *args))
-    real, calls = asr.forward_loss, {"n": 0}
-
-    def dies_in_step_3(model: Any, batch: Any) -> Any:
-        calls["n"] += 1
-        if calls["n"] == 2 * 2 + 2 + 1:  # step 3's first micro batch (2 per step, 2 validation batches)
-            raise KeyboardInterrupt
-        return real(model, batch)
-
-    monkeypatch.setattr(asr, "forward_loss", dies_in_step_3)
-    with pytest.raises(KeyboardInterrupt):
+    # step 3's first micro batch (2 per step, 2 validation batches)
+    with interrupted_at_call(asr, 2 * 2 + 2 + 1), pytest.raises(KeyboardInterrupt):
         recipe.run(_config(models, "whisper", tmp_path / "resumed", *args))
-    monkeypatch.setattr(asr, "forward_loss", real)
     assert recipe.run(_config(models, "whisper", tmp_path / "resumed", *args)).resumed_from == 2
     assert _logged(tmp_path / "resumed") == _logged(tmp_path / "straight")
 

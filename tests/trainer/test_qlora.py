@@ -12,6 +12,7 @@ import pytest
 pytest.importorskip("bitsandbytes")
 
 from automodel.trainer.metrics import read_metrics  # noqa: E402
+from tests.conftest import interrupted_at_call  # noqa: E402
 
 ARGS = ("peft.method=qlora", "schedule.max_steps=6", "schedule.checkpoint_every=3", "schedule.val_every=6",
         "optimizer.lr=2e-2", "checkpoint.export=adapter", "distributed.activation_checkpointing=true")
@@ -37,7 +38,7 @@ def tiny_config(make_assets, tmp_path: Path):  # noqa: ANN001, ANN201
     return make
 
 
-def test_qlora_trains_resumes_exactly_and_exports_on_cpu(tiny_config, tmp_path: Path, monkeypatch, capsys) -> None:
+def test_qlora_trains_resumes_exactly_and_exports_on_cpu(tiny_config, tmp_path: Path, capsys) -> None:
     import torch
 
     from automodel.trainer import recipe
@@ -52,18 +53,8 @@ def test_qlora_trains_resumes_exactly_and_exports_on_cpu(tiny_config, tmp_path: 
     assert "kernels" not in sys.modules or sys.modules["kernels"] is not None  # the Hub-kernel block was undone
 
     # Killed in step 5 (after the step-3 checkpoint), then rerun: the same losses, step for step.
-    real, calls = llm.forward_loss, {"n": 0}
-
-    def dies_in_step_5(model, batch):  # noqa: ANN001, ANN202
-        calls["n"] += 1
-        if calls["n"] == 2 * 4 + 1:  # 2 micro batches per step
-            raise KeyboardInterrupt
-        return real(model, batch)
-
-    monkeypatch.setattr(llm, "forward_loss", dies_in_step_5)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_call(llm, 2 * 4 + 1), pytest.raises(KeyboardInterrupt):  # 2 micro batches per step
         recipe.run(tiny_config(*ARGS, output_dir=tmp_path / "resumed"))
-    monkeypatch.setattr(llm, "forward_loss", real)
     resumed = recipe.run(tiny_config(*ARGS, output_dir=tmp_path / "resumed"))
     assert resumed.resumed_from == 3
     assert _losses(tmp_path / "resumed") == _losses(tmp_path / "straight")
@@ -91,7 +82,7 @@ def test_qlora_trains_resumes_exactly_and_exports_on_cpu(tiny_config, tmp_path: 
     assert val == pytest.approx(straight.val_loss, rel=1e-3)
 
 
-def test_adamw_8bit_full_finetuning_trains_and_resumes_exactly(tiny_config, tmp_path: Path, monkeypatch) -> None:
+def test_adamw_8bit_full_finetuning_trains_and_resumes_exactly(tiny_config, tmp_path: Path) -> None:
     import torch
 
     from automodel.trainer import checkpoint, recipe
@@ -115,17 +106,7 @@ def test_adamw_8bit_full_finetuning_trains_and_resumes_exactly(tiny_config, tmp_
     expected = {name: torch.uint8 if weights[name].numel() >= 4096 else torch.float32 for name in weights}
     assert moments == expected and sum(d == torch.uint8 for d in moments.values()) >= 8
 
-    real, calls = llm.forward_loss, {"n": 0}
-
-    def dies_in_step_5(model, batch):  # noqa: ANN001, ANN202
-        calls["n"] += 1
-        if calls["n"] == 2 * 4 + 1:  # 2 micro batches per step
-            raise KeyboardInterrupt
-        return real(model, batch)
-
-    monkeypatch.setattr(llm, "forward_loss", dies_in_step_5)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_call(llm, 2 * 4 + 1), pytest.raises(KeyboardInterrupt):  # step 5's first micro batch
         recipe.run(tiny_config(*args, output_dir=tmp_path / "resumed"))
-    monkeypatch.setattr(llm, "forward_loss", real)
     assert recipe.run(tiny_config(*args, output_dir=tmp_path / "resumed")).resumed_from == 3
     assert _losses(tmp_path / "resumed") == _losses(tmp_path / "straight")

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from automodel.trainer.metrics import read_metrics
+from tests.conftest import interrupted_at_call
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -73,7 +74,7 @@ def test_target_only_logits_equal_full_logits_loss(tiny_assets: Path) -> None:
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_interrupted_run_resumes_to_identical_losses(tiny_config, tmp_path: Path, monkeypatch) -> None:
+def test_interrupted_run_resumes_to_identical_losses(tiny_config, tmp_path: Path) -> None:
     from automodel.trainer import recipe
     from automodel.trainer.tasks import llm
 
@@ -81,20 +82,10 @@ def test_interrupted_run_resumes_to_identical_losses(tiny_config, tmp_path: Path
             "peft.dropout=0.1")
     recipe.run(tiny_config(*args, output_dir=tmp_path / "straight"))
 
-    calls = {"n": 0}
-    real = llm.forward_loss
-
-    def dies_in_step_5(model, batch):
-        calls["n"] += 1
-        if calls["n"] == 2 * 4 + 1:  # first micro batch of step 5 (2 micro batches per step)
-            raise KeyboardInterrupt
-        return real(model, batch)
-
-    monkeypatch.setattr(llm, "forward_loss", dies_in_step_5)
-    with pytest.raises(KeyboardInterrupt):
+    # first micro batch of step 5 (2 micro batches per step)
+    with interrupted_at_call(llm, 2 * 4 + 1), pytest.raises(KeyboardInterrupt):
         recipe.run(tiny_config(*args, output_dir=tmp_path / "resumed"))
     assert (tmp_path / "resumed/checkpoints/latest").read_text().strip() == "step_00000003"
-    monkeypatch.setattr(llm, "forward_loss", real)
     result = recipe.run(tiny_config(*args, output_dir=tmp_path / "resumed"))
     assert result.resumed_from == 3
     assert _losses(tmp_path / "resumed") == _losses(tmp_path / "straight")

@@ -14,6 +14,7 @@ import pytest
 from automodel.trainer.config import config_from_data
 from automodel.trainer.metrics import read_metrics
 from automodel.trainer.tasks import vlm
+from tests.conftest import interrupted_at_call
 from tests.trainer.vlm_assets import ROOT, make_assets, model_dir, processor, run_config
 
 
@@ -154,7 +155,7 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
 
 
-def test_interrupted_run_resumes_to_identical_losses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_run_resumes_to_identical_losses(tmp_path: Path) -> None:
     """The engine's resume (weights, optimizer, schedule, RNG; data position = step) carries over to vlm:
     a run stopped after its step-2 checkpoint and rerun logs the uninterrupted run's losses exactly."""
     from automodel.trainer.recipe import run
@@ -167,18 +168,9 @@ def test_interrupted_run_resumes_to_identical_losses(tmp_path: Path, monkeypatch
                                            model={"vision": "full"}))
 
     run(cfg("straight"))
-    real, calls = vlm.forward_loss, {"n": 0}
-
-    def dies_in_step_3(model, batch):
-        calls["n"] += 1
-        if calls["n"] == 2 * 2 + 1:  # the first micro batch of step 3 (2 micro batches per step)
-            raise KeyboardInterrupt
-        return real(model, batch)
-
-    monkeypatch.setattr(vlm, "forward_loss", dies_in_step_3)
-    with pytest.raises(KeyboardInterrupt):
+    # the first micro batch of step 3 (2 micro batches per step)
+    with interrupted_at_call(vlm, 2 * 2 + 1), pytest.raises(KeyboardInterrupt):
         run(cfg("resumed"))
-    monkeypatch.setattr(vlm, "forward_loss", real)
     assert run(cfg("resumed")).resumed_from == 2
 
     def losses(name: str) -> list[tuple[int, float]]:
