@@ -15,7 +15,6 @@ the loop waits for, while here the background write competes with training for t
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -27,20 +26,14 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))  # the sibling script's data and model maker
 
-
-def _throughput_module() -> Any:
-    spec = importlib.util.spec_from_file_location("train_throughput", REPO / "bench/train_throughput.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+import train_throughput as tt  # noqa: E402
 
 
 def config(root: Path, args: argparse.Namespace, out: Path, async_save: bool) -> Any:
     from automodel.trainer.config import config_from_data
 
-    tt = _throughput_module()
     return config_from_data({
         "model": {"name": str(root / "model"), "init": "random"},
         "peft": {"method": "none"},
@@ -77,7 +70,6 @@ def main() -> None:
 
     from automodel.trainer.recipe import run
 
-    tt = _throughput_module()
     asset_args = argparse.Namespace(samples=256, max_context=60, vocab_size=args.vocab_size, hidden=args.hidden,
                                     layers=args.layers)
     rates: dict[bool, list[float]] = {False: [], True: []}

@@ -39,13 +39,22 @@ def interrupted_at_call(task_module: Any, call: int) -> Iterator[None]:
         task_module.forward_loss = real
 
 
-def load_make_assets() -> Any:
-    """examples/llm/tiny/make_assets.py as a module (it is a script, not a package)."""
-    spec = importlib.util.spec_from_file_location("make_assets", REPO / "examples/llm/tiny/make_assets.py")
+def load_script(path: str, name: str) -> Any:
+    """A script of the repo (`path` from its root: an example's asset maker, a bench script) imported as
+    module `name` (registered in sys.modules: dataclasses resolve their module by name)."""
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, REPO / path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def load_make_assets() -> Any:
+    """examples/llm/tiny/make_assets.py as a module (it is a script, not a package)."""
+    return load_script("examples/llm/tiny/make_assets.py", "make_assets")
 
 
 @pytest.fixture(scope="session")

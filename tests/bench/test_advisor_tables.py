@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
+from tests.conftest import load_script
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "advisor_tables.py"
-_spec = importlib.util.spec_from_file_location("advisor_tables", BENCH)
-assert _spec and _spec.loader
-tables = importlib.util.module_from_spec(_spec)
-sys.modules["advisor_tables"] = tables
-_spec.loader.exec_module(tables)
+tables = load_script("bench/advisor_tables.py", "advisor_tables")
 
 
 def test_docs_tables_match_what_recommend_prints(capsys) -> None:

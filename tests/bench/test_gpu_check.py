@@ -3,24 +3,19 @@ does not rot between the GPU runs it exists for)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_script
+
 pytest.importorskip("torch")
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "gpu_check.py"
 
 
 def test_smoke_runs_every_row(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    spec = importlib.util.spec_from_file_location("gpu_check", BENCH)
-    assert spec and spec.loader
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = bench
-    spec.loader.exec_module(bench)
+    bench = load_script("bench/gpu_check.py", "gpu_check")
     out = tmp_path / "check.json"
     assert bench.main(["--smoke", "--out", str(out)]) == 0
     data = json.loads(out.read_text())

@@ -3,18 +3,11 @@ measurements stay within the issue's accuracy targets."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "memory_accuracy.py"
-_spec = importlib.util.spec_from_file_location("memory_accuracy", BENCH)
-assert _spec and _spec.loader
-bench = importlib.util.module_from_spec(_spec)
-sys.modules["memory_accuracy"] = bench  # dataclasses resolve their module by name
-_spec.loader.exec_module(bench)
+from tests.conftest import load_script
+
+bench = load_script("bench/memory_accuracy.py", "memory_accuracy")
 
 ROW = {
     "source": "QwenLM/Qwen README.md", "model": "Qwen/Qwen-7B", "task": "SFT LLM", "method": "LoRA",

@@ -3,21 +3,18 @@ examples/asr/tiny/make_assets.py, tone clips written with soundfile, and small a
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
+
+from tests.conftest import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 CLIPS = REPO / "examples/asr/tiny/data"  # the committed spoken digits (train.jsonl, val.jsonl, clips/)
 
 
 def make_assets() -> Any:
-    spec = importlib.util.spec_from_file_location("asr_make_assets", REPO / "examples/asr/tiny/make_assets.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("examples/asr/tiny/make_assets.py", "asr_make_assets")
 
 
 def write_models(out: Path) -> dict[str, Path]:

@@ -3,16 +3,14 @@ processors and configs, synthetic image rows) and config data for a short run.""
 
 from __future__ import annotations
 
-import importlib.util
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from tests.conftest import load_script
+
 ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("vlm_make_assets", ROOT / "examples" / "vlm" / "tiny" / "make_assets.py")
-assert _spec is not None and _spec.loader is not None
-make_assets: Any = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(make_assets)
+make_assets: Any = load_script("examples/vlm/tiny/make_assets.py", "vlm_make_assets")
 
 
 @lru_cache(maxsize=2)
