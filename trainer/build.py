@@ -128,7 +128,7 @@ def build_for_run(cfg: TrainConfig, task: TaskAdapter, source: str, model_config
             on_base(base)
         model = wrap(base)
         init_lora(model, cfg.seed)  # from the seed alone: the adapters of every world size (trainer/loading.py)
-        return model if sharded and cfg.distributed.cpu_offload else model.to(d.device)
+        return model.to(d.device)  # one process: cpu_offload needs 2+ (DistributedConfig.check_world_size)
     from automodel.catalog.architecture import attention_implementation
     from automodel.catalog.params import hf_config_from_dict, model_class_for
     from automodel.trainer.loading import meta_model, sharded_model
@@ -156,28 +156,20 @@ def _unsharded(cfg: TrainConfig, task: TaskAdapter, source: str, model_config: d
     grad_ckpt = cfg.distributed.activation_checkpointing
     return adapt(prepare_quantized(base, cfg.peft, grad_ckpt=grad_ckpt), cfg.peft)
 
+
 def _random_base(cfg: TrainConfig, config: dict[str, Any], out: Path, *, rewrite: bool) -> Path:
     """The seeded random init saved as a pretrained model (safetensors + config) in `out`, for qlora to
     quantise as it loads: bitsandbytes quantises weights on their way in, not a model already built.
     Written by a fresh start (the seed or config may have changed) or when missing; a resumed run loads
     the same file. It is also the base the exported adapter names (trainer/export.py, BASE_DIR)."""
-    from automodel.trainer import export
-
     if rewrite or not export.has_base(out):
-        import shutil
-
-        from transformers.utils import logging as hf_logging
-
         from automodel.trainer.modeling import build_model
 
         model = build_model(config, device="cpu", seed=cfg.seed)
-        tmp = out.with_name(f".tmp-{out.name}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        hf_logging.disable_progress_bar()
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        hf_logging.enable_progress_bar()
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
+        tmp = export.tmp_for(out)
+        with export.quiet_saves():
+            model.save_pretrained(str(tmp), safe_serialization=True)
+        export.replace_dir(tmp, out)
     return out
 
 

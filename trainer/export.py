@@ -35,7 +35,7 @@ ADAPTER_NAME = "default"  # peft's name for the one adapter a run trains
 
 
 @contextmanager
-def _quiet_saves() -> Iterator[None]:
+def quiet_saves() -> Iterator[None]:
     """No "Writing model shards" bar per export: the run's own lines say what was written."""
     from transformers.utils import logging
 
@@ -48,13 +48,13 @@ def _quiet_saves() -> Iterator[None]:
             logging.enable_progress_bar()
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
+def replace_dir(tmp: Path, final: Path) -> None:
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
 
 
-def _tmp_for(out: Path) -> Path:
+def tmp_for(out: Path) -> Path:
     tmp = out.with_name(f".tmp-{out.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     return tmp
@@ -79,16 +79,16 @@ def save_base(model: nn.Module, processor: Any, out: Path, d: Dist) -> Path:
     processor, so an adapter trained on a random init has a base to load onto. Rank 0 writes the model
     as this process holds it: call it on the freshly built, unsharded model, before adapters go on."""
     if d.is_main:
-        tmp = _tmp_for(out)
+        tmp = tmp_for(out)
         use_cache = model.config.use_cache
         model.config.use_cache = True  # as a loaded model has it; training turned it off
         try:
-            with _quiet_saves():
+            with quiet_saves():
                 model.save_pretrained(str(tmp), safe_serialization=True)
         finally:
             model.config.use_cache = use_cache
         processor.save_pretrained(str(tmp))
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     barrier(d)
     return out
 
@@ -99,7 +99,7 @@ def export_adapter(model: nn.Module, processor: Any, out: Path, d: Dist, *, mode
     `AutoPeftModel.from_pretrained(out)` rebuilds base + adapter from this directory alone."""
     state = model_state(model, trainable_only=True)
     if d.is_main:
-        tmp = _tmp_for(out)
+        tmp = tmp_for(out)
         config = model.peft_config[ADAPTER_NAME]
         config.base_model_name_or_path = base
         # peft keeps only the adapter keys of `state_dict` and strips the adapter name, as for a plain save.
@@ -109,7 +109,7 @@ def export_adapter(model: nn.Module, processor: Any, out: Path, d: Dist, *, mode
         data["auto_mapping"] = {"base_model_class": model_class.__name__, "parent_library": model_class.__module__}
         adapter_config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
         processor.save_pretrained(str(tmp))
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     barrier(d)
     return out
 
@@ -126,7 +126,7 @@ def export_merged(model: nn.Module, processor: Any, out: Path, d: Dist, *, dtype
     from automodel.trainer.modeling import base_model
 
     merges = _lora_merges(model)
-    tmp = _tmp_for(out) if d.is_main else None
+    tmp = tmp_for(out) if d.is_main else None
     writer = _ShardWriter(tmp, max_shard_bytes) if tmp is not None else None
     for name, tensor in _exported_tensors(model):  # the same order on every rank: the gathers pair up
         full = _full(tensor)
@@ -149,7 +149,7 @@ def export_merged(model: nn.Module, processor: Any, out: Path, d: Dist, *, dtype
         if generation is not None and base.can_generate():
             generation.save_pretrained(str(tmp))
         processor.save_pretrained(str(tmp))
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     barrier(d)
     return out
 

@@ -117,8 +117,8 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
     # world > 1 (built on the meta device, each rank loading only its shards)
     # A random init is saved with the run (a fresh start rewrites it: the seed or config may have changed).
     base_dir = out / export.BASE_DIR
-    fresh_start = checkpoint.resolve_resume(cfg.checkpoint.resume, out) is None
-    keep_base = cfg.model.init == "random" and (fresh_start or not export.has_base(base_dir))
+    resume_from = checkpoint.resolve_resume(cfg.checkpoint.resume, out)
+    keep_base = cfg.model.init == "random" and (resume_from is None or not export.has_base(base_dir))
 
     def save_base(base: nn.Module | None) -> None:
         if cfg.peft.method == "qlora":  # load_model saved the random weights it quantised (trainer/export.py)
@@ -146,7 +146,6 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
     start, loss_value, val_loss = 0, None, None
     val_extra: dict[str, float] = {}
     window_state = [0.0, 0.0, 0.0]  # a preempted run's unlogged window: loss sum (all ranks), targets, tokens
-    resume_from = checkpoint.resolve_resume(cfg.checkpoint.resume, out)
     if resume_from is not None:
         state = checkpoint.load(resume_from, model=model, optimizer=optimizer, scheduler=scheduler,
                                 trainable_only=lora, d=d)
