@@ -92,7 +92,6 @@ set -uo pipefail
 # torch reports a failed collective instead of hanging on it, and waits 60 min for a slow one
 # (the run sets that timeout itself: a big checkpoint or merged export can take minutes).
 export TORCH_NCCL_ASYNC_ERROR_HANDLING=1
-export OMP_NUM_THREADS=${{OMP_NUM_THREADS:-4}}
 
 cd {q(str(job.workdir.resolve()))}
 # torchrun's c10d rendezvous runs on the job's first node; set RDZV_PORT to move it off 29500
