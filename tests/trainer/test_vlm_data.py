@@ -112,7 +112,8 @@ def test_qwen_processor_without_torchvision_saves_and_loads(tmp_path: Path) -> N
     and load_processor builds the image-only processor (same class name) that encodes images."""
     import importlib.util
 
-    assert importlib.util.find_spec("torchvision") is None
+    if importlib.util.find_spec("torchvision") is not None:  # a precondition of this machine, not a check
+        pytest.skip("torchvision is installed: the stock processor loads, the fallback is not used")
     processor("qwen").save_pretrained(tmp_path / "p")
     (tmp_path / "p" / "config.json").write_text(json.dumps(make_assets.tiny_config("qwen", processor("qwen").tokenizer)))
     loaded = vlm.load_processor(str(tmp_path / "p"))
