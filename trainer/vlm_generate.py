@@ -14,6 +14,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from automodel.trainer import distributed
+from automodel.trainer.loss import TARGET_KEYS
 from automodel.trainer.vlm_data import TOKEN_KEYS, VlmSample, turn_markers
 
 if TYPE_CHECKING:
@@ -56,7 +57,8 @@ def _greedy(model: nn.Module, processor: Any, chunk: list[VlmSample], steps: int
     from automodel.trainer.tasks.vlm import collate
 
     base = collate(chunk, processor)  # whole samples: their pixels, and token types over the prompts
-    base.pop("labels")
+    for key in ("labels", *TARGET_KEYS):  # the loss's, not the model's
+        base.pop(key)
     rows = [list(s.input_ids[: s.prompt_len]) for s in chunk]
     extra_rows = base["input_ids"].shape[0] - len(rows)  # the blank-image row of an image-less chunk
     generated: list[list[int]] = [[] for _ in rows]

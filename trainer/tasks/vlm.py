@@ -30,6 +30,10 @@ from automodel.trainer.data import IGNORE_INDEX, is_local_source, read_split, ro
 from automodel.trainer.data_formats import ImageTextFormat
 from automodel.trainer.images import load_processor as _load_processor
 from automodel.trainer.images import open_image
+from automodel.trainer.loss import target_positions
+
+# The adapter's target count and loss are the llm adapter's: the same causal-LM head and next-token labels.
+from automodel.trainer.tasks.llm import count_targets, forward_loss  # noqa: F401
 from automodel.trainer.vlm_data import (
     KEEP_ENCODED_BYTES,
     TOKEN_KEYS,
@@ -150,7 +154,7 @@ def collate(samples: list[VlmSample], processor: Any) -> dict[str, torch.Tensor]
     batch["labels"] = labels
     batch.setdefault("attention_mask", (torch.arange(width)[None] < torch.tensor(
         [[len(s.input_ids)] for s in rows])).long())
-    return batch
+    return {**batch, **target_positions(labels)}  # found here, on the host, as the llm collator does
 
 
 @lru_cache(maxsize=4)
@@ -202,19 +206,6 @@ def prepare_model(model: nn.Module, cfg: Any) -> None:
             param.requires_grad_(id(param) in train)
         elif cfg.peft.method != "none" and id(param) not in text:
             param.requires_grad_(False)
-
-
-def count_targets(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Next-token targets: every label but the first of each row (the loss shifts by one)."""
-    return (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
-
-
-def forward_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Summed fp32 next-token cross-entropy over the target tokens: the engine's one loss (trainer/loss.py),
-    the head applied at target positions only, a chunk of tokens at a time."""
-    from automodel.trainer.loss import causal_lm_loss
-
-    return causal_lm_loss(model, batch)
 
 
 def evaluate_extra(model: nn.Module, processor: Any, samples: Sequence[VlmSample], d: Any,
