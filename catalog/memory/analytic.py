@@ -26,7 +26,7 @@ from automodel.catalog.memory.activations import (
     sliding_mask_bytes,
     vit_layer_bytes,
 )
-from automodel.catalog.memory.host import host_assumption, host_memory
+from automodel.catalog.memory.host import with_host
 from automodel.catalog.memory.inputs import (
     ctc_words,
     input_lines,
@@ -262,15 +262,13 @@ def estimate_analytic(config: dict[str, object], plan: Plan, *, params: int | No
     vision = held + pixels + vit_saved + vit_fwd + weight_casts  # the vision tower's forward
     peak_alloc = resident + max(fwd_end, start_bwd, end_bwd, step, vision)
     factor, overhead = reserve_model(plan)
-    host = host_memory(d, plan, total=int(total), trainable=int(trainable))
-    assumptions.append(host_assumption(host, plan))
-    return MemoryEstimate(
+    return with_host(MemoryEstimate(
         engine="analytic", params=int(total), trainable_params=int(trainable), weights=int(weights),
         adapter_weights=int(adapter_weights), gradients=int(gradients), optimizer=int(optimizer),
         activations=int(activations), logits=int(logits), kv_cache=0, comm_buffers=int(comm),
         overhead=overhead, peak_allocated=int(peak_alloc), peak_reserved=int(math.ceil(peak_alloc * factor)) + overhead,
-        assumptions=tuple(assumptions), host_peak=host.peak, host=tuple(host.breakdown().items()),
-    )
+        assumptions=tuple(assumptions),
+    ), d, plan)
 
 
 def chunked_loss(plan: Plan, d: ArchDims) -> bool:
@@ -396,7 +394,9 @@ def _assumptions(plan: Plan, d: ArchDims, config: dict[str, object]) -> list[str
     out.append(f"Activations: Korthikanti et al. 2022 recounted for {stack_words(d)}; "
                + ("gradient checkpointing keeps block inputs and recomputes one block at a time."
                   if plan.grad_ckpt else "no checkpointing: every block's saved tensors live until backward."))
-    if chunked_loss(plan, d):
+    if d.model_type == "wav2vec2":  # CTC over frames, not next-token cross-entropy
+        out.append(ctc_words(d))
+    elif chunked_loss(plan, d):
         out.append(f"Logits: the engine's chunked linear + cross-entropy computes the head and the fp32 loss "
                    f"{loss_chunk_tokens(d.vocab)} tokens at a time (2^24 logits) and makes the gradients in the "
                    "forward: one chunk's logits plus the target rows and their gradient, never the full logits; "
@@ -405,8 +405,6 @@ def _assumptions(plan: Plan, d: ArchDims, config: dict[str, object]) -> list[str
         out.append("Logits: chunked loss off: every position's logits, fp32 cross-entropy (c-byte logits + fp32 "
                    "log-softmax + two fp32 gradients): exact for completion or packed data, where every token is a "
                    "target; an upper bound with answer-only loss (the engine computes logits only at target tokens).")
-    if d.model_type == "wav2vec2":  # CTC over frames, not next-token cross-entropy
-        out[-1] = ctc_words(d)
     if plan.grad_accum > 1:
         out.append(f"Gradient accumulation over {plan.grad_accum} micro batches: gradients live through every "
                    "forward and backward" + (", sharded (FSDP2 reduce-scatters every micro batch: communication "

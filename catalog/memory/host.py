@@ -7,11 +7,12 @@ method defaults to (LoRA/QLoRA: the adapter; full fine-tuning: the merged model)
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
 from automodel.catalog.architecture import ArchDims
-from automodel.catalog.memory.plan import Plan
+from automodel.catalog.memory.plan import MemoryEstimate, Plan
 
 GIB = 1024**3
 # Resident set of a training process before any model: Python + torch + transformers + peft imported
@@ -132,3 +133,12 @@ def host_ram_warning(host_peak: int, processes_per_node: int, ram: int | None, *
     return (f"host RAM: {processes_per_node} process(es) x {host_peak / GIB:.1f} GiB peak = {need / GIB:.1f} GiB per "
             f"node, more than its {ram / GIB:.1f} GiB ({'--host-mem' if given else 'detected on this machine'}); "
             + (", ".join(fixes[:-1]) + ", or " + fixes[-1] if len(fixes) > 1 else fixes[0]))
+
+
+def with_host(result: MemoryEstimate, d: ArchDims, plan: Plan) -> MemoryEstimate:
+    """`result` with the host RAM per process of a training plan and its assumption (both engines' answer)."""
+    if plan.mode != "train":
+        return result
+    host = host_memory(d, plan, total=result.params, trainable=result.trainable_params)
+    return dataclasses.replace(result, host_peak=host.peak, host=tuple(host.breakdown().items()),
+                               assumptions=(*result.assumptions, host_assumption(host, plan)))
