@@ -27,12 +27,12 @@ from automodel.trainer.data import is_local_source
 from automodel.trainer.environment import Environment, check_output_dir, missing_for, probe, readiness
 from automodel.trainer.launch import Topology, launch
 from automodel.trainer.overrides import section_of, split_overrides
+from automodel.trainer.tasks import TASKS
 
 if TYPE_CHECKING:
     from automodel.catalog.memory.plan import MemoryEstimate
     from automodel.catalog.registry import ResolvedModel
 
-TASKS = ("llm", "vlm", "asr")
 PLACEHOLDER = "REPLACE_ME"  # what `recommend --write-config` puts where the user's data goes
 
 EXAMPLES = """\

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from automodel.catalog.errors import UserError
+from automodel.catalog.memory.host import node_ram_bytes
+from automodel.trainer.tasks import TASKS
 
-TASKS = ("llm", "vlm", "asr")
 METHODS = ("full", "lora", "qlora")
 # (distribution name, import name, import it to check that it loads)
 PACKAGES: tuple[tuple[str, str, bool], ...] = (
@@ -196,20 +197,10 @@ def _torch_facts(torch_ok: bool, gpu_details: bool) -> tuple[str, tuple[Gpu, ...
     return build, tuple(gpus), nccl
 
 
-def _host_ram() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
 def _free_disk(path: Path) -> int | None:
     """Free bytes on the filesystem that would hold `path` (its nearest existing ancestor)."""
-    probe = path.expanduser().absolute()
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
     try:
-        return shutil.disk_usage(probe).free
+        return shutil.disk_usage(_nearest_existing(path.expanduser())).free
     except OSError:
         return None
 
@@ -232,7 +223,7 @@ def probe(output_dir: str | Path = ".", *, gpu_details: bool = True) -> Environm
     return Environment(
         python=platform.python_version(), packages=packages, torch_build=build, gpus=gpus, nccl=nccl,
         hf_token_set=token_set, hf_cache=cache, output_dir=str(output_dir),
-        free_disk_bytes=_free_disk(Path(output_dir)), host_ram_bytes=_host_ram(), adapters=adapters,
+        free_disk_bytes=_free_disk(Path(output_dir)), host_ram_bytes=node_ram_bytes(), adapters=adapters,
     )
 
 

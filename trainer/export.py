@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from automodel.catalog.memory.host import EXPORT_FILE_BYTES
 from automodel.trainer.checkpoint import model_state
 from automodel.trainer.distributed import Dist, barrier
 
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-MAX_SHARD_BYTES = 5 * 2**30  # merged exports: files of at most 5 GiB, as the Hub's big models are split
+MAX_SHARD_BYTES = EXPORT_FILE_BYTES  # merged exports: files of at most 5 GiB (the host estimate counts one)
 BASE_DIR = "base"  # under output_dir: the initial weights of a random-init run
 ADAPTER_NAME = "default"  # peft's name for the one adapter a run trains
 

@@ -22,6 +22,7 @@ RUNTIME_BYTES = int(0.38 * GIB + 1.5 * GIB)
 # Hugging Face checkpoints come in safetensors files of at most ~5 GB (save_pretrained's long-standing
 # max_shard_size; e.g. Llama-3.1-70B: 30 files of <= 5.0 GB); the sharded loader reads one at a time.
 FILE_BYTES = 5 * 10**9
+EXPORT_FILE_BYTES = 5 * 2**30  # the engine's merged export writes files of at most 5 GiB (trainer/export.py)
 LOAD_BYTES = 2  # the engine loads weights in bf16 on a GPU (model.dtype auto)
 FP32 = 4
 
@@ -60,7 +61,7 @@ def host_memory(d: ArchDims, plan: Plan, *, total: int, trainable: int) -> HostM
       (DCP `async_save`'s DefaultStager): trainable weights and two AdamW states, T x (4 + 4 + 4) / N
       (T x 3 x 2 / N in pure bf16), held until the background write ends.
     - export, LoRA/QLoRA (adapter): rank 0 gathers the adapter, T x 4. Full (merged): rank 0 holds one
-      output file of at most FILE_BYTES and one gathered fp32 tensor (trainer/export.py streams them).
+      output file of at most EXPORT_FILE_BYTES and one gathered fp32 tensor (trainer/export.py streams them).
     - offload (FSDP2 CPU offload): the shards of weights, gradients and optimizer state live in host memory
       for the whole run: (P x 2 + T x (4 + 4 + 8)) / N (bf16 frozen base, fp32 master, grads, AdamW).
     peak = runtime + offload + max(loading, checkpoint, export).
@@ -82,7 +83,7 @@ def host_memory(d: ArchDims, plan: Plan, *, total: int, trainable: int) -> HostM
     else:
         checkpoint = largest_trainable * FP32 // n
     if full:
-        export = min(FILE_BYTES, model_bytes) + largest * FP32
+        export = min(EXPORT_FILE_BYTES, model_bytes) + largest * FP32
     else:
         export = trainable * FP32
     offload = 0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from automodel.catalog.architecture import dims_from_config
 from automodel.catalog.memory.estimate import estimate
-from automodel.catalog.memory.host import FILE_BYTES, RUNTIME_BYTES, host_memory
+from automodel.catalog.memory.host import EXPORT_FILE_BYTES, FILE_BYTES, RUNTIME_BYTES, host_memory
 from automodel.catalog.memory.plan import Plan
 from automodel.catalog.registry import resolve
 from tests.catalog.configs import tiny_llama
@@ -28,7 +28,7 @@ def test_one_process_loads_the_whole_model_n_processes_one_file_share() -> None:
     assert one.peak == RUNTIME_BYTES + one.loading and eight.peak < one.peak
     assert eight.export == 10**6 * 4  # the adapter, gathered on rank 0
     full = host_memory(d, Plan(method="full", gpus=8), total=total, trainable=total)
-    assert full.export == FILE_BYTES + 128256 * 4096 * 4  # one output file + one fp32 tensor, streamed
+    assert full.export == EXPORT_FILE_BYTES + 128256 * 4096 * 4  # one output file + one fp32 tensor, streamed
     assert full.checkpoint == 128256 * 4096 * 4 // 8  # one tensor's shard at a time
     offload = host_memory(d, Plan(method="full", gpus=8, cpu_offload=True), total=total, trainable=total)
     assert offload.offload == total * 16 // 8 and offload.peak > full.peak
