@@ -172,29 +172,46 @@ def save(output_dir: str | Path, step: int, *, model: nn.Module, optimizer: torc
          scheduler: Any, trainable_only: bool, d: Dist, keep_last: int, extra: dict[str, Any]) -> Path:
     """Write checkpoint `step` atomically (every rank its own shard), point `latest` at it, keep the newest
     `keep_last`."""
-    import torch
     import torch.distributed.checkpoint as dcp
 
     root = checkpoint_root(output_dir)
-    final = root / step_name(step)
-    tmp = root / f".tmp-{final.name}"
-    if d.is_main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    barrier(d)
+    tmp = _fresh_tmp(root, step, d)
     # Collective: each rank writes __{rank}_0.distcp with its shards, rank 0 the .metadata index.
     with _quiet_one_process():
         dcp.save(train_state(model, optimizer, trainable_only=trainable_only), checkpoint_id=tmp / DCP_DIR,
                  no_dist=d.world == 1)
-    torch.save(rng_state(), tmp / f"rng_rank{d.rank}.pt")
-    if d.is_main:
-        state = {"step": step, "world": d.world, "scheduler": scheduler.state_dict(), **extra}
-        (tmp / "state.json").write_text(json.dumps(state, indent=1))
+    _write_state(tmp, step, d, scheduler=scheduler, extra=extra)
     barrier(d)
+    final = root / step_name(step)
     if d.is_main:
         _publish(root, tmp, final, keep_last)
     barrier(d)
     return final
+
+
+def _tmp_dir(root: Path, step: int) -> Path:
+    """Where checkpoint `step` is written before it is renamed into place."""
+    return root / f".tmp-{step_name(step)}"
+
+
+def _fresh_tmp(root: Path, step: int, d: Dist) -> Path:
+    """An empty `.tmp-step_N`, made by rank 0 and awaited by every rank."""
+    tmp = _tmp_dir(root, step)
+    if d.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier(d)
+    return tmp
+
+
+def _write_state(tmp: Path, step: int, d: Dist, *, scheduler: Any, extra: dict[str, Any]) -> None:
+    """This rank's RNG state, and rank 0's state.json (step, world size, scheduler, the run's extras)."""
+    import torch
+
+    torch.save(rng_state(), tmp / f"rng_rank{d.rank}.pt")
+    if d.is_main:
+        state = {"step": step, "world": d.world, "scheduler": scheduler.state_dict(), **extra}
+        (tmp / "state.json").write_text(json.dumps(state, indent=1))
 
 
 @dataclass
@@ -237,18 +254,11 @@ class Checkpointer:
 
     def _start(self, step: int, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
                trainable_only: bool, extra: dict[str, Any]) -> None:
-        import torch
         import torch.distributed.checkpoint as dcp
 
-        d, tmp = self.d, self.root / f".tmp-{step_name(step)}"
-        if d.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        barrier(d)
-        torch.save(rng_state(), tmp / f"rng_rank{d.rank}.pt")
-        if d.is_main:
-            state = {"step": step, "world": d.world, "scheduler": scheduler.state_dict(), **extra}
-            (tmp / "state.json").write_text(json.dumps(state, indent=1))
+        d = self.d
+        tmp = _fresh_tmp(self.root, step, d)
+        _write_state(tmp, step, d, scheduler=scheduler, extra=extra)  # before the shards: their write is the wait
         # Staging copies this rank's shards to host memory before it returns: the next step may change them.
         with _quiet_one_process():
             future = dcp.async_save(train_state(model, optimizer, trainable_only=trainable_only),
@@ -412,7 +422,7 @@ def write_failure(output_dir: str | Path, step: int, err: BaseException) -> User
     if oserror is None:
         return None
     root = checkpoint_root(output_dir)
-    shutil.rmtree(root / f".tmp-{_PREFIX}{step:08d}", ignore_errors=True)
+    shutil.rmtree(_tmp_dir(root, step), ignore_errors=True)
     latest = find_latest(output_dir)
     resume = (f"; {latest} is still the latest checkpoint and a rerun resumes from it" if latest is not None
               else "; no checkpoint was written yet, so a rerun starts at step 0")
