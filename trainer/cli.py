@@ -264,10 +264,11 @@ def dry_run(cfg: TrainConfig, world_size: int, *, processes_per_node: int = 1, h
     from automodel.catalog.units import parse_memory
 
     summary, resolved = _check_and_resolve(cfg, world_size)
-    result = estimate(resolved.config, cfg.to_plan(world_size))
+    plan = cfg.to_plan(world_size)
+    result = estimate(resolved.config, plan)
     ram = parse_memory(host_mem, field="--host-mem", limit=None) if host_mem is not None else node_ram_bytes()
     warning = host_ram_warning(result.host_peak, processes_per_node, ram, given=host_mem is not None,
-                               method=cfg.to_plan(world_size).method)
+                               method=plan.method)
     if warning:
         summary.append(f"warning    {warning}")
     grad_ckpt = cfg.distributed.activation_checkpointing

@@ -229,13 +229,17 @@ class _ShardWriter:
         (self.directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
+EXPORT_DIRS = {"adapter": ("adapter",), "merged": ("merged",), "both": ("adapter", "merged"), "none": ()}
+
+
 def export_run(kind: str, model: nn.Module, processor: Any, output_dir: Path, d: Dist, *, model_class: Any,
                base: str, dtype: torch.dtype) -> dict[str, str]:
-    """`checkpoint.export` for any task: {"adapter": path, "merged": path} for what was written."""
+    """`checkpoint.export` for any task: {"adapter": path, "merged": path} for what was written (the
+    directories EXPORT_DIRS[kind] under output_dir)."""
     exports: dict[str, str] = {}
-    if kind in ("adapter", "both"):
+    if "adapter" in EXPORT_DIRS[kind]:
         exports["adapter"] = str(export_adapter(model, processor, output_dir / "adapter", d,
                                                 model_class=model_class, base=base))
-    if kind in ("merged", "both"):
+    if "merged" in EXPORT_DIRS[kind]:
         exports["merged"] = str(export_merged(model, processor, output_dir / "merged", d, dtype=dtype))
     return exports

@@ -287,7 +287,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
     # AutoPeftModel rebuilds the base with transformers alone.
     from automodel.catalog.params import model_class_for
 
-    wanted = {"adapter": ["adapter"], "merged": ["merged"], "both": ["adapter", "merged"]}.get(cfg.checkpoint.export, [])
+    wanted = export.EXPORT_DIRS[cfg.checkpoint.export]
     if finished_before and all((out / name).is_dir() for name in wanted):
         exports = {name: str(out / name) for name in wanted}  # written when the run finished
     else:
