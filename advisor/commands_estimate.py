@@ -85,14 +85,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def plan_from_args(args: argparse.Namespace) -> Plan:
     """The flags a user gave, over the Plan's defaults (which live only in Plan)."""
-    given = {
-        "mode": args.mode, "method": args.method, "lora_rank": args.lora_rank, "lora_targets": args.lora_targets,
-        "precision": args.precision, "optimizer": args.optimizer, "seq_len": args.seq_len,
-        "micro_batch": args.batch_size, "grad_accum": args.grad_accum, "grad_ckpt": args.grad_ckpt, "gpus": args.gpus,
-        "new_tokens": args.new_tokens, "images": args.images, "image_size": args.image_size,
-        "min_pixels": args.min_pixels, "max_pixels": args.max_pixels, "audio_seconds": args.audio_seconds,
-        "chunked_loss": args.chunked_loss, "offload_activations": args.offload_activations,
-    }
+    # every Plan field a flag sets, read from the flag's argparse attribute (--batch-size -> batch_size)
+    given = {field: getattr(args, flag[2:].replace("-", "_")) for field, flag in _FLAG_FOR_FIELD.items()}
     try:
         return Plan(**{k: v for k, v in given.items() if v is not None})
     except ValidationError as exc:
