@@ -59,8 +59,9 @@ def row_label(index: int, source: str) -> str:
     return f"row {index + 1} of {source}"
 
 
-def read_split(data: DataConfig, *, validation: bool) -> tuple[str, list[dict[str, Any]]] | None:
-    """(source, rows) of the training split or of the validation split (None when none is configured).
+def read_split(data: DataConfig, *, validation: bool) -> tuple[str, list[dict[str, Any]]]:
+    """(source, rows) of the training split or of the validation split (the recipe asks for validation
+    samples only when `data.validation` is configured).
 
     Validation reads `data.validation.source` (default: the training source, then with its own split);
     the subset applies only when it is the training dataset. Every task adapter reads its rows here."""
@@ -68,7 +69,7 @@ def read_split(data: DataConfig, *, validation: bool) -> tuple[str, list[dict[st
         return data.source, read_rows(data.source, split=data.split, subset=data.subset, field="data.source",
                                       limit=data.num_samples)
     if data.validation is None:
-        return None
+        raise ValueError("validation samples asked for, but data.validation is not configured")
     source = data.validation.source or data.source
     subset = data.subset if data.validation.source in (None, data.source) else None
     return source, read_rows(source, split=data.validation.split, subset=subset, field="data.validation.source",

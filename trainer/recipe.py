@@ -103,7 +103,8 @@ def _train(cfg: TrainConfig, d: distributed.Dist) -> RunResult:
     source, model_config = resolve_model(cfg.model)
     tokenizer = task.load_processor(source, trust_remote_code=cfg.model.trust_remote_code)
     train_samples = task.build_samples(cfg.data, tokenizer, validation=False, seed=cfg.seed)
-    val_samples = task.build_samples(cfg.data, tokenizer, validation=True, seed=cfg.seed)
+    val_samples = (task.build_samples(cfg.data, tokenizer, validation=True, seed=cfg.seed)
+                   if cfg.data.validation is not None else [])
     global_batch, micro = cfg.schedule.global_batch_size, cfg.schedule.micro_batch_size
     accum = cfg.schedule.accumulation_steps(d.world)
     per_epoch = steps_per_epoch(len(train_samples), global_batch)

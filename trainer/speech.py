@@ -102,10 +102,7 @@ def make_processor(processor: Any, config: dict[str, Any]) -> SpeechProcessor:
 
 def build_samples(data: DataConfig, sp: SpeechProcessor, *, validation: bool) -> list[SpeechSample]:
     """Read, check and label the rows of one split; dropped rows are counted and printed (rank 0)."""
-    split_rows = read_split(data, validation=validation)
-    if split_rows is None:
-        return []
-    source, rows = split_rows
+    source, rows = read_split(data, validation=validation)
     local = Path(source).expanduser()
     base_dir = local.parent if local.is_file() else None
     spec = data.format_spec()

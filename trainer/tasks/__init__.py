@@ -30,7 +30,8 @@ class TaskAdapter(Protocol):
         """Tokenizer or processor of a local model directory or Hub id; a cache miss is a UserError."""
 
     def build_samples(self, data: DataConfig, processor: Any, *, validation: bool, seed: int) -> list[Any]:
-        """Read, check and encode one split's rows (every rank builds the same list)."""
+        """Read, check and encode one split's rows (every rank builds the same list); `validation` only when
+        data.validation is configured (trainer/data.read_split)."""
 
     def sample_length(self, sample: Any) -> int:
         """A sample's length in model inputs (tokens; for speech, encoder frames): batches are bucketed

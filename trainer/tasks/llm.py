@@ -39,10 +39,7 @@ def load_processor(source: str, *, trust_remote_code: bool = False) -> Any:
 
 def build_samples(data: DataConfig, tokenizer: Any, *, validation: bool, seed: int) -> list[Sample]:
     """Read, format, tokenize, mask and truncate (and pack, for training) the rows of one split."""
-    split_rows = read_split(data, validation=validation)
-    if split_rows is None:
-        return []
-    source, rows = split_rows
+    source, rows = read_split(data, validation=validation)
     spec = data.format_spec()
     samples = []
     for index, row in enumerate(rows):

@@ -63,10 +63,7 @@ def load_processor(source: str, *, trust_remote_code: bool = False) -> Any:
 
 def build_samples(data: DataConfig, processor: Any, *, validation: bool, seed: int) -> list[VlmSample]:
     """Read, check and encode one split's rows; drop (and count) over-long and too-many-image samples."""
-    split_rows = read_split(data, validation=validation)
-    if split_rows is None:
-        return []
-    source, rows = split_rows
+    source, rows = read_split(data, validation=validation)
     spec = data.format_spec()
     if not isinstance(spec, ImageTextFormat) and data.format != "chat":
         raise UserError(f"task vlm reads chat or image_text rows, not {data.format}", field="data.format",
