@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from automodel.catalog.errors import UserError
+from automodel.trainer.data import data_relative
 
 
 @dataclass(frozen=True)
@@ -44,27 +45,20 @@ def audio_ref(value: Any, *, base_dir: Path | None, where: str, field: str,
     """Check a row's audio value and read its header (rate, length); a bad value is a UserError naming
     `where` and `field`."""
     if isinstance(value, str):
-        return _probe_file(_resolve(value, base_dir), where, field)
+        return _probe_file(data_relative(value, base_dir), where, field)
     if isinstance(value, Mapping):
         if value.get("bytes"):
             return _probe_bytes(bytes(value["bytes"]), where, field)
         if value.get("array") is not None:
             return _from_array(value["array"], value.get("sampling_rate") or sampling_rate, where, field)
         if value.get("path"):
-            return _probe_file(_resolve(str(value["path"]), base_dir), where, field)
+            return _probe_file(data_relative(str(value["path"]), base_dir), where, field)
         raise UserError(f"{where}: the audio value has no bytes, path or array (keys: {sorted(value)})",
                         field=field, hint="give a file path, or an HF Audio value with bytes or a path")
     if isinstance(value, Sequence) and not isinstance(value, bytes | bytearray) and value:
         return _from_array(value, sampling_rate, where, field)
     raise UserError(f"{where}: the audio value is a {type(value).__name__}, not a path, bytes or samples",
                     field=field, hint="give a path such as clips/0001.flac relative to the data file")
-
-
-def _resolve(path: str, base_dir: Path | None) -> str:
-    file = Path(path).expanduser()
-    if not file.is_absolute() and base_dir is not None:
-        file = base_dir / file
-    return str(file)
 
 
 def _probe_file(path: str, where: str, field: str) -> AudioRef:

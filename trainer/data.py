@@ -53,6 +53,13 @@ class Sample:
         return sum(1 for label in self.labels if label != IGNORE_INDEX)
 
 
+def data_relative(path: str, base: Path | None) -> str:
+    """A file named in a data row: a relative path is relative to the data file's folder `base` (None for a
+    Hub dataset: taken as it is). Images and audio clips alike."""
+    file = Path(path).expanduser()
+    return str(base / file if base is not None and not file.is_absolute() else file)
+
+
 def row_label(index: int, source: str) -> str:
     """How an error names a data row: counted from 1, as an editor counts a JSONL file's lines (and a CSV's
     rows after its header), with the file or dataset it came from."""

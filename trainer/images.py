@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from automodel.catalog.errors import UserError
+from automodel.trainer.data import data_relative
 
 PROCESSOR_HINT = ("give a local model directory with processor files, or go online once to cache the model "
                   "(gated models also need `hf auth login`)")
@@ -111,16 +112,16 @@ def image_only_processor(cls: Any, image_processor: Any, tokenizer: Any, chat_te
 
 def resolve(ref: Any, base: Path | None) -> Any:
     """An image reference with a relative path made absolute against `base` (the data file's folder)."""
-    if isinstance(ref, str) and ref and base is not None and not Path(ref).expanduser().is_absolute():
-        return str(base / ref)
+    if isinstance(ref, str) and ref:
+        return data_relative(ref, base)
     if isinstance(ref, Mapping) and not ref.get("bytes") and isinstance(ref.get("path"), str):
         return resolve(ref["path"], base)
     return ref
 
 
-def open_image(ref: Any, *, base: Path | None, where: str) -> Any:
-    """An RGB Pillow image from a path (relative to the data file's folder), bytes, an HF `{"bytes", "path"}`
-    dict or a Pillow image; `where` names the row and file in errors."""
+def open_image(ref: Any, *, where: str) -> Any:
+    """An RGB Pillow image from a path (made absolute by `resolve` when the row was read), bytes, an HF
+    `{"bytes", "path"}` dict or a Pillow image; `where` names the row and file in errors."""
     from PIL import Image, UnidentifiedImageError
 
     if isinstance(ref, Image.Image):
@@ -137,8 +138,6 @@ def open_image(ref: Any, *, base: Path | None, where: str) -> Any:
                         field="data.source", hint="give each image as a path relative to the data file")
     if isinstance(source, str):
         path = Path(source).expanduser()
-        if not path.is_absolute() and base is not None:
-            path = base / path
         if not path.is_file():
             raise UserError(f"{where}: image file {path} does not exist", field="data.source",
                             hint="image paths are relative to the data file's folder; fix the path or the row")

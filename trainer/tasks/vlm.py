@@ -80,7 +80,7 @@ def build_samples(data: DataConfig, processor: Any, *, validation: bool, seed: i
             too_many += 1
             continue
         text = render(processor, messages)
-        images = [open_image(ref, base=None, where=where) for ref in refs]
+        images = [open_image(ref, where=where) for ref in refs]
         try:
             encoded = encode(processor, text, images)
         except (ValueError, TypeError) as err:  # the processor's own checks (image count vs placeholders)
@@ -129,7 +129,7 @@ def collate(samples: list[VlmSample], processor: Any) -> dict[str, torch.Tensor]
         if sample.encoded is not None:
             encoded.append(sample.encoded)
             continue
-        images = [open_image(ref, base=None, where="a training sample") for ref in sample.images]
+        images = [open_image(ref, where="a training sample") for ref in sample.images]
         out = encode(processor, sample.text, images)
         if out["input_ids"][0].tolist() != list(sample.input_ids):
             raise RuntimeError("the processor encodes a sample differently from when it was built")
