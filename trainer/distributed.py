@@ -6,10 +6,12 @@ WORLD_SIZE, RANK, LOCAL_RANK): gloo on CPU, nccl on CUDA, and a 1-D device mesh 
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     import torch
@@ -89,3 +91,15 @@ def barrier(d: Dist) -> None:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+T = TypeVar("T")
+
+
+def eval_rounds(chunks: Sequence[T], d: Dist) -> Iterator[tuple[int, T, bool]]:
+    """This rank's share of `chunks` in an evaluation where every rank runs the same number of forwards
+    (FSDP2's all-gathers are collective): round r is chunk r x world + rank; a rank past the end repeats
+    the last chunk, whose results must not count. Yields (round, chunk, counts)."""
+    for r in range(math.ceil(len(chunks) / d.world)):
+        index = r * d.world + d.rank
+        yield r, chunks[min(index, len(chunks) - 1)], index < len(chunks)

@@ -325,14 +325,12 @@ def evaluate(model: nn.Module, task: TaskAdapter, tokenizer: Any, samples: list[
 
     order = sorted(range(len(samples)), key=lambda i: task.sample_length(samples[i]))
     chunks = [order[i : i + micro] for i in range(0, len(order), micro)]
-    rounds = math.ceil(len(chunks) / d.world)
     totals = torch.zeros(2, dtype=torch.float64, device=d.device)
     model.eval()
     with torch.no_grad():
-        for r in range(rounds):
-            index = r * d.world + d.rank
-            weight = 1.0 if index < len(chunks) else 0.0
-            batch = task.collate([samples[i] for i in chunks[min(index, len(chunks) - 1)]], tokenizer)
+        for _, chunk, counts in distributed.eval_rounds(chunks, d):
+            weight = 1.0 if counts else 0.0
+            batch = task.collate([samples[i] for i in chunk], tokenizer)
             batch = {k: v.to(d.device) for k, v in batch.items()}
             with autocast:
                 loss = task.forward_loss(model, batch)

@@ -10,7 +10,6 @@ through the output head (`logits_to_keep`).
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 from automodel.trainer import distributed
@@ -36,10 +35,8 @@ def exact_match(model: nn.Module, processor: Any, samples: list[VlmSample], d: A
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        for r in range(math.ceil(len(chunks) / d.world)):
-            index = r * d.world + d.rank
-            weight = 1.0 if index < len(chunks) else 0.0  # short ranks repeat a chunk that does not count
-            chunk = chunks[min(index, len(chunks) - 1)]
+        for _, chunk, counts in distributed.eval_rounds(chunks, d):
+            weight = 1.0 if counts else 0.0  # short ranks repeat a chunk that does not count
             replies = _greedy(model, processor, chunk, steps, stops, d, autocast)
             for sample, reply in zip(chunk, replies, strict=True):
                 totals[0] += weight * float(reply.strip() == (sample.answer or "").strip())

@@ -13,7 +13,6 @@ mean of per-clip means) does not depend on how the global batch is split into mi
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -176,9 +175,8 @@ def evaluate_extra(model: nn.Module, processor: SpeechProcessor, samples: Sequen
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        for r in range(math.ceil(len(chunks) / d.world)):
-            index = r * d.world + d.rank
-            chunk = [samples[i] for i in chunks[min(index, len(chunks) - 1)]]
+        for r, ids, counts in distributed.eval_rounds(chunks, d):
+            chunk = [samples[i] for i in ids]
             batch = {k: v.to(d.device) for k, v in collate(chunk, processor).items()}
             with autocast:
                 if processor.kind == "whisper":
@@ -189,7 +187,7 @@ def evaluate_extra(model: nn.Module, processor: SpeechProcessor, samples: Sequen
                                       stop_early=d.world == 1)
                 else:
                     texts = _ctc_decode(model, batch, processor)
-            if index < len(chunks):
+            if counts:
                 refs += [s.text for s in chunk]
                 hyps += texts
     model.train(was_training)
