@@ -60,6 +60,15 @@ def data_relative(path: str, base: Path | None) -> str:
     return str(base / file if base is not None and not file.is_absolute() else file)
 
 
+def log(message: str) -> None:
+    """One line on rank 0's stderr (every rank builds the same samples, so one says what was dropped)."""
+    import os
+    import sys
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(message, file=sys.stderr, flush=True)
+
+
 def row_label(index: int, source: str) -> str:
     """How an error names a data row: counted from 1, as an editor counts a JSONL file's lines (and a CSV's
     rows after its header), with the file or dataset it came from."""

@@ -19,8 +19,6 @@ kinds), which the engine buckets batches by and counts as throughput.
 
 from __future__ import annotations
 
-import os
-import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +27,7 @@ from typing import Any, Literal
 from automodel.catalog.errors import UserError
 from automodel.trainer.audio import AudioRef, audio_ref
 from automodel.trainer.config import DataConfig
-from automodel.trainer.data import IGNORE_INDEX, read_split, row_label
+from automodel.trainer.data import IGNORE_INDEX, log, read_split, row_label
 from automodel.trainer.data_formats import AudioFormat, column_value
 
 FRAMES_PER_SECOND = 50  # Whisper: 100 mel frames/s halved by its conv; Wav2Vec2: 16 kHz / stride 320
@@ -127,9 +125,9 @@ def build_samples(data: DataConfig, sp: SpeechProcessor, *, validation: bool) ->
             dropped[reason] += 1
             continue
         samples.append(sample)
-    if dropped and os.environ.get("RANK", "0") == "0":
+    if dropped:
         detail = ", ".join(f"{n} {why}" for why, n in dropped.items())
-        print(f"{source}: dropped {sum(dropped.values())} of {len(rows)} rows ({detail})", file=sys.stderr)
+        log(f"{source}: dropped {sum(dropped.values())} of {len(rows)} rows ({detail})")
     if not samples:
         raise UserError(f"no row of {source} is left to train on ({dict(dropped)})", field="data.max_seconds",
                         hint="widen data.min_seconds/max_seconds, or check the transcripts' length")

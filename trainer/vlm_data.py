@@ -16,8 +16,6 @@ dropped (cutting it would cut through image tokens or the answer), as is one wit
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,8 +225,3 @@ def never_targets(processor: Any) -> set[int]:
                 ids.add(value)
     return ids
 
-
-def log(message: str) -> None:
-    """One line on rank 0's stderr (every rank builds the same samples)."""
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(message, file=sys.stderr, flush=True)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from automodel.catalog.errors import UserError
 from automodel.trainer.config import DataConfig
-from automodel.trainer.data import IGNORE_INDEX, is_local_source, read_split, row_label
+from automodel.trainer.data import IGNORE_INDEX, is_local_source, log, read_split, row_label
 from automodel.trainer.data_formats import ImageTextFormat
 from automodel.trainer.images import load_processor as _load_processor
 from automodel.trainer.images import open_image
@@ -42,7 +42,6 @@ from automodel.trainer.vlm_data import (
     conversation,
     encode,
     label,
-    log,
     never_targets,
     render,
     turn_markers,
