@@ -311,18 +311,16 @@ def render_doctor(env: Environment) -> str:
     return console.file.getvalue().rstrip()  # type: ignore[attr-defined]
 
 
-METHOD_OF_PEFT = {"none": "full", "lora": "lora", "qlora": "qlora"}
-
-
 def check_machine(cfg: TrainConfig) -> None:
     """`finetune`'s pre-flight: the doctor's checks for this task x method, the first missing piece named."""
     env = probe(cfg.output_dir, gpu_details=False)
-    method = METHOD_OF_PEFT[cfg.peft.method]
+    method = cfg.peft.plan_method
     missing = missing_for(env, cfg.task, method)
     if missing:
-        field = "peft.method" if method != "full" and any(m.split(" ")[0] in ("peft", "bitsandbytes") or "CUDA" in m
-                                                          for m in missing[:1]) else "task"
-        message = missing[0] if missing[0].startswith(method) else f"this machine cannot run {cfg.task} {method}: {missing[0]}"
+        first = missing[0]  # the method's own pieces are the method's field; the rest the task's
+        method_piece = first.split(" ")[0] in ("peft", "bitsandbytes") or "CUDA" in first
+        field = "peft.method" if method != "full" and method_piece else "task"
+        message = first if first.startswith(method) else f"this machine cannot run {cfg.task} {method}: {first}"
         raise UserError(message, field=field, hint="`automodel doctor` lists what this machine has and lacks")
 
 

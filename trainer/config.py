@@ -78,6 +78,11 @@ class PeftConfig(Section):
         """LoRA adapters train on a frozen base (lora and qlora)."""
         return self.method in ("lora", "qlora")
 
+    @property
+    def plan_method(self) -> Literal["full", "lora", "qlora"]:
+        """The method as the estimator and the doctor name it (`none` trains every weight: full)."""
+        return "full" if self.method == "none" else self.method
+
     def check_world_size(self, world_size: int) -> None:
         """QLoRA runs in one process: FSDP2 over 4-bit parameters needs bnb_4bit_quant_storage and is untested."""
         if self.method == "qlora" and world_size > 1:
@@ -304,7 +309,7 @@ class TrainConfig(Section):
         """The estimator's view of this run on `world_size` data-parallel ranks."""
         return Plan(
             mode="train",
-            method="full" if self.peft.method == "none" else self.peft.method,
+            method=self.peft.plan_method,
             lora_rank=self.peft.rank,
             lora_targets=self.peft.target_modules,
             precision=self.distributed.mixed_precision,
