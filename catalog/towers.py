@@ -97,18 +97,6 @@ class VisionDims:
         patches = (w // self.patch_size) * (h // self.patch_size)
         return ImageGrid(w, h, patches, patches // self.spatial_merge**2)
 
-    def patches(self, size: tuple[int, int] | int) -> int:
-        """ViT positions per image at the processor's default bounds (an int is a square)."""
-        return self.image(_pair(size)).patches
-
-    def lm_tokens(self, size: tuple[int, int] | int) -> int:
-        """Tokens one image adds to the language model's sequence at the processor's default bounds."""
-        return self.image(_pair(size)).tokens
-
-
-def _pair(size: tuple[int, int] | int) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else size
-
 
 @dataclass(frozen=True)
 class AudioDims:

@@ -50,7 +50,7 @@ def test_tied_and_nested_defaults() -> None:
     d = dims_from_config(cfg)
     assert d.tied_embeddings and d.params.lm_head == 0
     assert (d.heads, d.kv_heads, d.head_dim) == (8, 4, 256)  # Gemma3TextConfig defaults
-    assert d.vision is not None and d.vision.lm_tokens(999) == 256 and d.vision.patches(999) == 16
+    assert d.vision is not None and d.vision.image((999, 999)).tokens == 256 and d.vision.image((999, 999)).patches == 16
     assert any(lin.component == "vision" for lin in d.linears)
 
 
@@ -58,8 +58,8 @@ def test_qwen2_vl_image_tokens() -> None:
     cfg = dict(TINY_LLAMA, model_type="qwen2_vl", vision_config={"embed_dim": 32, "depth": 1, "num_heads": 2})
     v = dims_from_config(cfg).vision
     assert v is not None
-    assert v.patches(448) == 32 * 32 and v.lm_tokens(448) == 256  # (448/14)^2 / 4
-    assert v.lm_tokens(500) == v.lm_tokens(504) == 18 * 18 * 4 // 4  # rounded to a multiple of 28
+    assert v.image((448, 448)).patches == 32 * 32 and v.image((448, 448)).tokens == 256  # (448/14)^2 / 4
+    assert v.image((500, 500)).tokens == v.image((504, 504)).tokens == 18 * 18 * 4 // 4  # rounded to a multiple of 28
 
 
 def test_audio_frames() -> None:
