@@ -29,12 +29,12 @@ from automodel.advisor.profile import Profile
 from automodel.advisor.scoring import MFU, newest_release, score, train_seconds
 from automodel.catalog.errors import UserError
 from automodel.catalog.memory.estimate import estimate
-from automodel.catalog.memory.headroom import HEADROOM, HEADROOM_RULE, headroom_limit
+from automodel.catalog.memory.headroom import HEADROOM_RULE, headroom_limit
 from automodel.catalog.memory.plan import MemoryEstimate, Plan, format_image_size
 from automodel.catalog.registry import load_catalog
 from automodel.catalog.schema import FamilySpec, ModelSpec
 
-__all__ = ["HEADROOM", "MFU", "Recommendation", "Recommendations", "recommend", "train_seconds"]
+__all__ = ["MFU", "Recommendation", "Recommendations", "recommend", "train_seconds"]
 
 ASSUMPTIONS: tuple[str, ...] = (
     HEADROOM_RULE,

@@ -14,8 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 from automodel.advisor.explain import gib, method_text
-from automodel.advisor.rank import HEADROOM, Recommendation, Recommendations
-from automodel.catalog.memory.headroom import HEADROOM_RULE
+from automodel.advisor.rank import Recommendation, Recommendations
+from automodel.catalog.memory.headroom import HEADROOM, HEADROOM_RULE, headroom_limit
 from automodel.catalog.memory.plan import MemoryEstimate, term_label
 
 
@@ -89,7 +89,7 @@ def breakdown_table(est: MemoryEstimate, gpu_mem_bytes: int) -> Table:
             table.add_row(term_label(term), gib(value))
     table.add_row("peak allocated", gib(est.peak_allocated))
     table.add_row("peak reserved", gib(est.peak_reserved))
-    table.add_row(f"GPU ({HEADROOM:.0%} limit)", f"{gib(gpu_mem_bytes)} ({gib(HEADROOM * gpu_mem_bytes)})")
+    table.add_row(f"GPU ({HEADROOM:.0%} limit)", f"{gib(gpu_mem_bytes)} ({gib(headroom_limit(gpu_mem_bytes))})")
     return table
 
 
