@@ -10,13 +10,13 @@ import pytest
 
 from automodel.advisor.profile import Hardware, Profile, Requirements, StrategyPreference, Task
 from automodel.advisor.rank import (
-    HEADROOM,
     MFU,
     Recommendations,
     recommend,
     train_seconds,
     world_sizes,
 )
+from automodel.catalog.memory.headroom import HEADROOM
 from automodel.catalog.registry import find_gpu, load_catalog
 
 GIB = 2**30
