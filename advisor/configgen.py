@@ -15,10 +15,8 @@ from automodel.advisor.render import launch_command
 from automodel.catalog.errors import UserError
 from automodel.catalog.memory.plan import Plan
 from automodel.trainer.config import TrainConfig, config_from_data, dump_yaml
+from automodel.trainer.config_data import PLACEHOLDER_DATASET  # chat format: no column mapping needed
 
-# Shaped like an HF dataset name so the config validates (and dry-runs) as written; the header comment
-# and the name itself say it must be replaced. Chat format needs no column mapping (a `messages` column).
-PLACEHOLDER_DATASET = "REPLACE_ME/your-dataset"
 LORA_LR, FULL_LR = 2e-4, 2e-5
 PEFT_NAME = {"full": "none", "lora": "lora", "qlora": "qlora"}  # the plan's method -> the trainer's peft.method
 

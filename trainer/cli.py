@@ -23,6 +23,7 @@ from pydantic.fields import FieldInfo
 
 from automodel.catalog.errors import ArgumentParser, UserError, int_in, run_cli
 from automodel.trainer.config import TrainConfig, config_from_data, dump_yaml, read_yaml
+from automodel.trainer.config_data import PLACEHOLDER
 from automodel.trainer.data import is_local_source
 from automodel.trainer.environment import Environment, check_output_dir, missing_for, probe, readiness
 from automodel.trainer.launch import Topology, launch
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
     from automodel.catalog.memory.plan import MemoryEstimate
     from automodel.catalog.registry import ResolvedModel
 
-PLACEHOLDER = "REPLACE_ME"  # what `recommend --write-config` puts where the user's data goes
 
 EXAMPLES = """\
 examples:

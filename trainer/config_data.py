@@ -20,6 +20,11 @@ from automodel.trainer.data_formats import (
     rule,
 )
 
+# What `recommend --write-config` writes where the user's data goes (shaped like an HF dataset name, so the
+# config validates as written); validate and finetune refuse any source that contains PLACEHOLDER.
+PLACEHOLDER = "REPLACE_ME"
+PLACEHOLDER_DATASET = f"{PLACEHOLDER}/your-dataset"
+
 
 class ValidationData(Section):
     """Held-out data for the periodic validation loss."""

@@ -15,11 +15,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from automodel.catalog import hub
 from automodel.catalog.errors import UserError
 from automodel.trainer.data import data_relative
 
 PROCESSOR_HINT = ("give a local model directory with processor files, or go online once to cache the model "
-                  "(gated models also need `hf auth login`)")
+                  f"(gated models also need {hub.LOGIN})")
+QWEN_PROCESSORS = {"qwen2_vl": "Qwen2VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor"}  # video part needs torchvision
 
 
 def load_processor(source: str, *, trust_remote_code: bool = False) -> Any:
@@ -56,7 +58,7 @@ def _image_only_from_pretrained(source: str, trust_remote_code: bool) -> Any:
         name = _processor_class_name(source)
         if name is None:
             model_type = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code).model_type
-            name = {"qwen2_vl": "Qwen2VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor"}.get(model_type)
+            name = QWEN_PROCESSORS.get(model_type)
         image_processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, ImportError) as err:
@@ -87,7 +89,7 @@ def image_only_processor(cls: Any, image_processor: Any, tokenizer: Any, chat_te
     import transformers
 
     if isinstance(cls, str):
-        cls = getattr(transformers, {"qwen2_vl": "Qwen2VLProcessor", "qwen2_5_vl": "Qwen2_5_VLProcessor"}[cls])
+        cls = getattr(transformers, QWEN_PROCESSORS[cls])
 
     def __init__(self: Any, image_processor: Any = None, tokenizer: Any = None, chat_template: Any = None,
                  **kwargs: Any) -> None:
